@@ -1,0 +1,57 @@
+"""corduroy2: an asynchronous CouchDB client for Tornado and Twisted (and blocking scripts).
+
+Importing this package imports no framework. Pick a front door::
+
+    from corduroy2.tornado_io import Couch, Database, relax   # Tornado / asyncio
+    from corduroy2.twisted_io import Couch, Database, relax   # Twisted
+    from corduroy2.blocking import Couch, Database             # scripts, REPL
+"""
+
+from .api import ConflictResolution, Document, PendingDoc, Status
+from .errors import (
+    BadRequest,
+    Conflict,
+    ConnectError,
+    CouchError,
+    DecodeError,
+    Forbidden,
+    HTTPError,
+    MethodNotAllowed,
+    NotFound,
+    PreconditionFailed,
+    RequestEntityTooLarge,
+    ResponseCut,
+    ServerError,
+    Timeout,
+    TooManyRequests,
+    TransportError,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BadRequest",
+    "ConflictResolution",
+    "Conflict",
+    "ConnectError",
+    "CouchError",
+    "DecodeError",
+    "Document",
+    "Forbidden",
+    "HTTPError",
+    "MethodNotAllowed",
+    "NotFound",
+    "PendingDoc",
+    "PreconditionFailed",
+    "RequestEntityTooLarge",
+    "ResponseCut",
+    "ServerError",
+    "Status",
+    "Timeout",
+    "TooManyRequests",
+    "TransportError",
+    "Unauthorized",
+    "UnsupportedMediaType",
+]

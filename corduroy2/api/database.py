@@ -1,0 +1,289 @@
+"""``Database``: documents in one database. Written once for every backend."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote, unquote
+
+from ..errors import Conflict, NotFound
+from ..protocol.requests import Request, encode_json
+from ..protocol.urls import db_path, doc_path, encode_query, validate_db_name, validate_doc_id
+from .calls import Op
+from .documents import ConflictResolution, Document
+
+if TYPE_CHECKING:
+    from .couch import Callback, Couch
+
+__all__ = ["Database", "Merge"]
+
+Merge = Callable[[dict[str, Any], dict[str, Any]], "dict[str, Any] | None"]
+
+# Fetched at once when a doc without _id is saved (corduroy's default).
+UUID_BATCH = 50
+
+
+def _writable(doc: Any) -> dict[str, Any]:
+    """Check a document about to be saved; raise now, in every calling style."""
+    if not isinstance(doc, dict):
+        raise TypeError(f"a document to save must be a dict, not {type(doc).__name__}")
+    encode_json(doc)
+    if doc.get("_id") is not None:
+        validate_doc_id(doc["_id"])
+    return doc
+
+
+def _as_doc(value: Any, what: str) -> Mapping[str, Any]:
+    if isinstance(value, Mapping):
+        return value
+    if hasattr(value, "items"):
+        return dict(value.items())
+    raise TypeError(f"{what} must be a dict (or have .items()), not {type(value).__name__}")
+
+
+class Database:
+    """One database of a :class:`~corduroy2.api.couch.Couch`. Creating it sends nothing.
+
+    Usually made by ``couch.database(name)``; ``Database("http://host:5984/name", auth=...)``
+    also works and makes its own ``Couch``.
+    """
+
+    couch_class: ClassVar[type[Couch]]
+
+    def __init__(
+        self, couch: Couch | str, name: str | None = None, *, auth: tuple[str, str] | None = None
+    ) -> None:
+        if isinstance(couch, str):
+            base, _, last = couch.rstrip("/").rpartition("/")
+            if name is None:
+                name = unquote(last)
+            else:
+                base = couch
+            couch = self.couch_class(base, auth=auth)
+        if name is None:
+            raise TypeError("Database(couch, name) needs a name")
+        self.couch = couch
+        self.name = validate_db_name(name)
+        self._uuids: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"<Database {self.name!r} on {self.couch.url}>"
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _req(self, method: str, path: str, query: Any = None, body: bytes | None = None,
+             headers: tuple[tuple[str, str], ...] = ()) -> Request:
+        return self.couch._request(method, path, query, body, headers)
+
+    def _new_id(self) -> Op[str]:
+        """Take an id from the per-database uuid cache, refilling it from ``_uuids``."""
+        if not self._uuids:
+            reply = yield self._req("GET", "/_uuids", {"count": UUID_BATCH})
+            self._uuids.extend(reversed(reply["uuids"]))
+        return self._uuids.pop()
+
+    # -- database ----------------------------------------------------------------------------
+
+    def info(self, *, callback: Callback = None) -> Any:
+        """The database's info object (``doc_count``, ``update_seq``, ``sizes``...)."""
+        return self.couch._simple(self._req("GET", db_path(self.name)), callback)
+
+    def exists(self, *, callback: Callback = None) -> Any:
+        """True if the database exists (``HEAD``)."""
+        request = self._req("HEAD", db_path(self.name))
+
+        def op() -> Op[bool]:
+            try:
+                yield request
+            except NotFound:
+                return False
+            return True
+
+        return self.couch._invoke(op(), callback)
+
+    # -- documents ---------------------------------------------------------------------------
+
+    def get(self, id_or_ids: str | list[str], *, callback: Callback = None, **opts: Any) -> Any:
+        """One document by id (``NotFound`` if missing), or a list for a list of ids (``None``
+        at the place of each missing or deleted one).
+
+        ``opts`` go to the query: ``rev``, ``revs``, ``revs_info``, ``conflicts``,
+        ``open_revs`` (``"all"`` or a list; the result is then CouchDB's list of
+        ``{"ok": doc}`` / ``{"missing": rev}``), ``attachments``, ``local_seq``...
+        """
+        if isinstance(id_or_ids, (list, tuple)):
+            ids = [validate_doc_id(i) for i in id_or_ids]
+            body = encode_json({"keys": ids})
+            request = self._req(
+                "POST", db_path(self.name) + "/_all_docs", {"include_docs": True, **opts}, body
+            )
+            return self.couch._simple(request, callback, _docs_from_rows)
+        doc_id = validate_doc_id(id_or_ids)
+        request = self._req("GET", doc_path(self.name, doc_id), opts)
+        post = _open_revs if "open_revs" in opts else Document
+        return self.couch._simple(request, callback, post)
+
+    def save(
+        self,
+        doc_or_docs: Any,
+        *,
+        merge: Merge | None = None,
+        force: bool = False,
+        callback: Callback = None,
+        **opts: Any,
+    ) -> Any:
+        """Create or update one document or a list of them.
+
+        One document: ``PUT``; ``_id`` (from the uuid cache when missing) and ``_rev`` are
+        written back into the caller's dict, which is returned. A stale ``_rev`` raises
+        ``Conflict`` unless ``force=True`` (overwrite the server's revision) or
+        ``merge=fn(local, server)`` (write what ``fn`` returns; None gives up).
+
+        A list: ``_bulk_docs``; returns a :class:`ConflictResolution` listing what was written
+        and what is pending; conflicts are reported there, not raised.
+        """
+        if isinstance(doc_or_docs, (list, tuple)):
+            docs = [_writable(d) for d in doc_or_docs]
+            return self.couch._invoke(self._save_many(docs, merge, force, opts), callback)
+        doc = _writable(doc_or_docs)
+        return self.couch._invoke(self._save_one(doc, merge, force, opts), callback)
+
+    def _save_one(self, doc: dict[str, Any], merge: Merge | None, force: bool, opts: dict[str, Any]) -> Op[Any]:
+        if doc.get("_id") is None:
+            doc["_id"] = yield from self._new_id()
+        while True:
+            request = self._req("PUT", doc_path(self.name, doc["_id"]), opts, encode_json(doc))
+            try:
+                reply = yield request
+            except Conflict as conflict:
+                if not (force or merge):
+                    raise
+                server = yield self._req("GET", doc_path(self.name, doc["_id"]))
+                if force:
+                    doc["_rev"] = server["_rev"]
+                    continue
+                assert merge is not None
+                merged = merge(doc, Document(server))
+                if merged is None:
+                    raise conflict
+                if merged is not doc:
+                    doc.clear()
+                    doc.update(merged)
+                doc["_rev"] = server["_rev"]
+                continue
+            if "rev" in reply:  # absent for batch=ok on CouchDB 3
+                doc["_rev"] = reply["rev"]
+            return doc
+
+    def _save_many(
+        self,
+        originals: list[dict[str, Any]],
+        merge: Merge | None,
+        force: bool,
+        opts: dict[str, Any],
+    ) -> Op[ConflictResolution]:
+        for doc in originals:
+            if doc.get("_id") is None and not doc.get("_deleted"):
+                doc["_id"] = yield from self._new_id()
+        body = b'{"docs":[' + b",".join(encode_json(d) for d in originals) + b"]}"
+        results = yield self._req("POST", db_path(self.name) + "/_bulk_docs", opts, body)
+        outcome = ConflictResolution(originals, results)
+        if (force or merge) and outcome.pending:
+            outcome = yield from self._resolve(outcome, merge, force, opts)
+        return outcome
+
+    def _resolve(
+        self, outcome: ConflictResolution, merge: Merge | None, force: bool, opts: dict[str, Any]
+    ) -> Op[ConflictResolution]:
+        """Fetch the server's versions of the conflicted docs and write them again."""
+        conflicted = {i: p for i, p in outcome.pending.items() if p.error == "conflict"}
+        if not conflicted:
+            return outcome
+        keys = encode_json({"keys": list(conflicted)})
+        reply = yield self._req(
+            "POST", db_path(self.name) + "/_all_docs", {"include_docs": True}, keys
+        )
+        retry = []
+        for row in reply["rows"]:
+            server = row.get("doc")
+            pending = conflicted[row["key"]]
+            local = pending.doc
+            if server is None:
+                local.pop("_rev", None)
+            elif force:
+                local["_rev"] = server["_rev"]
+            else:
+                assert merge is not None
+                merged = merge(local, Document(server))
+                if merged is None:
+                    continue
+                if merged is not local:
+                    local.clear()
+                    local.update(merged)
+                local["_rev"] = server["_rev"]
+            retry.append(local)
+        if retry:
+            body = b'{"docs":[' + b",".join(encode_json(d) for d in retry) + b"]}"
+            results = yield self._req("POST", db_path(self.name) + "/_bulk_docs", opts, body)
+            second = ConflictResolution(retry, results)
+            for doc_id in second.resolved:
+                outcome.pending.pop(doc_id, None)
+            outcome.resolved.update(second.resolved)
+            outcome.pending.update(second.pending)
+        return outcome
+
+    def delete(self, doc: Any, *, callback: Callback = None) -> Any:
+        """Delete a document given as a dict with ``_id`` and ``_rev``; returns the server's
+        reply ``{"ok", "id", "rev"}``. ``ValueError`` when the id or rev is missing (CouchDB
+        would answer 409; some servers would delete whatever revision is current)."""
+        doc = _as_doc(doc, "document")
+        doc_id = validate_doc_id(doc.get("_id"))
+        rev = doc.get("_rev")
+        if not rev:
+            raise ValueError(f"document {doc_id!r} has no _rev: fetch it before deleting")
+        request = self._req("DELETE", doc_path(self.name, doc_id), {"rev": rev})
+        return self.couch._simple(request, callback)
+
+    def copy(self, source: Any, dest: Any, *, callback: Callback = None) -> Any:
+        """Copy document ``source`` (an id or a doc) to ``dest`` (an id, or a doc whose
+        ``_rev`` allows overwriting an existing one). Returns the new revision, or None when
+        the server does not report it. ``Conflict`` if ``dest`` exists and no rev is given."""
+        query: dict[str, Any] = {}
+        if isinstance(source, str):
+            src_id = validate_doc_id(source)
+        else:
+            src = _as_doc(source, "copy source")
+            src_id = validate_doc_id(src.get("_id"))
+            if src.get("_rev"):
+                query["rev"] = src["_rev"]
+        if isinstance(dest, str):
+            destination = validate_doc_id(dest)
+            dest_rev = None
+        else:
+            dst = _as_doc(dest, "copy destination")
+            destination = validate_doc_id(dst.get("_id"))
+            dest_rev = dst.get("_rev")
+        # The Destination header is a doc id, not a path: only characters a header cannot carry
+        # are escaped, and ?rev= names the revision being overwritten.
+        header = encode_query({"rev": dest_rev})
+        header = _header_id(destination) + header
+        request = self._req(
+            "COPY", doc_path(self.name, src_id), query, headers=(("Destination", header),)
+        )
+        return self.couch._simple(request, callback, lambda reply: reply.get("rev"))
+
+
+def _header_id(doc_id: str) -> str:
+    return quote(doc_id, safe="/:@!$&'()*+,;=-._~")
+
+
+def _docs_from_rows(reply: dict[str, Any]) -> list[Document | None]:
+    docs: list[Document | None] = []
+    for row in reply["rows"]:
+        doc = row.get("doc")
+        docs.append(Document(doc) if doc is not None and "error" not in row else None)
+    return docs
+
+
+def _open_revs(reply: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"ok": Document(r["ok"])} if "ok" in r else r for r in reply]

@@ -1,0 +1,94 @@
+"""The adapter contract: the only thing a framework folder implements.
+
+A backend moves bytes and makes native promises; it knows nothing about CouchDB. It is kept as
+small as gidgethub's adapter:
+
+* :meth:`Backend.send` performs one HTTP request and feeds the reply to a :class:`Sink`:
+  ``on_start(status, headers)``, ``on_data(chunk)`` zero or more times, then exactly one of
+  ``on_end()`` or ``on_error(exc)``. Native exceptions are mapped to corduroy2's
+  :class:`~corduroy2.errors.TransportError` subclasses inside ``send``, so nothing
+  framework-specific ever reaches the API layer. It returns a :class:`Cancel` handle.
+* :meth:`Backend.run` turns a callback-driven operation into the framework's native result
+  (a Tornado/asyncio ``Future``, a Twisted ``Deferred``, or, for blocking, the value itself):
+  Futures are built once over a callback hook, as in Tornado's ``httpclient.py``.
+* :meth:`Backend.call_later` schedules a callable; :meth:`Backend.close` frees connections.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .errors import CouchError
+from .protocol.requests import Request
+from .protocol.responses import Headers
+
+__all__ = ["Sink", "Cancel", "Outcome", "Start", "Backend", "TransportOptions"]
+
+
+class Sink(Protocol):
+    """Receives one response. Methods are called on the backend's thread/loop."""
+
+    def on_start(self, status: int, headers: Headers) -> None: ...
+
+    def on_data(self, chunk: bytes) -> None: ...
+
+    def on_end(self) -> None: ...
+
+    def on_error(self, exc: CouchError) -> None: ...
+
+
+class Cancel(Protocol):
+    """Handle returned by :meth:`Backend.send`: ``cancel()`` aborts the request (idempotent);
+    the sink then receives nothing more."""
+
+    def cancel(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an operation ended: a value, or an exception (never both)."""
+
+    value: Any = None
+    error: BaseException | None = None
+
+
+# start(done) begins an operation that will call done(outcome) exactly once, and returns a
+# handle whose cancel() aborts it.
+Start = Callable[[Callable[[Outcome], None]], Cancel]
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    """Settings every backend honours. ``None`` means no limit."""
+
+    connect_timeout: float | None = 10.0
+    request_timeout: float | None = None
+    max_connections: int = 10
+    verify_tls: bool = True
+    ca_file: str | None = None
+
+
+class Backend(ABC):
+    """One instance per :class:`~corduroy2.api.Couch`; shared by its databases."""
+
+    def __init__(self, options: TransportOptions | None = None) -> None:
+        self.options = options or TransportOptions()
+
+    @abstractmethod
+    def send(self, request: Request, sink: Sink) -> Cancel:
+        """Start ``request``; report the response to ``sink``."""
+
+    @abstractmethod
+    def run(self, start: Start) -> Any:
+        """Run an operation and return its result in this framework's native form."""
+
+    @abstractmethod
+    def call_later(self, delay: float, fn: Callable[[], None]) -> Cancel:
+        """Call ``fn`` after ``delay`` seconds, on the backend's loop."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close connections. The backend must not be used afterwards."""

@@ -1,0 +1,68 @@
+"""Request values and the JSON encoder for bodies."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+__all__ = ["Request", "encode_json", "JSON_HEADERS"]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request, ready to send. ``url`` is absolute and never holds credentials."""
+
+    method: str
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes | None = None
+    # Streamed responses are fed to the sink chunk by chunk as they arrive; the others may be
+    # delivered in one piece, which lets a transport skip its per-chunk machinery.
+    stream: bool = False
+    timeout: float | None = field(default=None, compare=False)
+
+    def __repr__(self) -> str:
+        # Headers are left out: they may carry Authorization or Cookie.
+        size = "" if self.body is None else f", {len(self.body)} bytes"
+        return f"<Request {self.method} {self.url}{size}>"
+
+
+JSON_HEADERS = (("Content-Type", "application/json"),)
+
+# datetime is passed through so that it fails like stdlib json does instead of being written as
+# a string that comes back as a str: a silent type change is a data loss.
+_DUMPS_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME
+
+
+def _unsupported(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON serializable: {value!r:.80}")
+
+
+def _check_finite(value: Any) -> None:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{value} is not allowed in JSON (CouchDB would store null)")
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_finite(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_finite(item)
+
+
+def encode_json(value: Any) -> bytes:
+    """Serialize ``value`` with orjson; ``TypeError`` if it cannot be, ``ValueError`` for NaN/inf.
+
+    orjson writes NaN and infinities as ``null``, which would silently change the data. They can
+    only hide where the output has a ``null``, so the slow walk runs only then.
+    """
+    try:
+        data = orjson.dumps(value, default=_unsupported, option=_DUMPS_OPTIONS)
+    except orjson.JSONEncodeError as exc:
+        raise TypeError(str(exc)) from exc.__cause__
+    if b"null" in data:
+        _check_finite(value)
+    return data

@@ -1,0 +1,125 @@
+"""Response headers, JSON decoding, and the one status -> error mapping."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import orjson
+
+from .. import errors
+
+__all__ = ["Headers", "error_class", "make_error", "decode_json", "check_status"]
+
+
+class Headers(Mapping[str, str]):
+    """Case-insensitive, read-only response headers that keep repeated fields.
+
+    ``headers["etag"]`` joins repeats with ``", "``; :meth:`get_list` returns them apart (needed
+    for ``Set-Cookie``, whose values contain commas).
+    """
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
+        self._fields: dict[str, list[str]] = {}
+        for name, value in fields:
+            self._fields.setdefault(name.lower(), []).append(value)
+
+    def __getitem__(self, name: str) -> str:
+        return ", ".join(self._fields[name.lower()])
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._fields
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def get_list(self, name: str) -> list[str]:
+        return list(self._fields.get(name.lower(), ()))
+
+    def __repr__(self) -> str:
+        # Cookies are secrets: never show them.
+        shown = {
+            k: ("<hidden>" if k in ("set-cookie", "authorization", "cookie") else self[k])
+            for k in self._fields
+        }
+        return f"Headers({shown!r})"
+
+
+_BY_STATUS: dict[int, type[errors.HTTPError]] = {
+    400: errors.BadRequest,
+    401: errors.Unauthorized,
+    403: errors.Forbidden,
+    404: errors.NotFound,
+    405: errors.MethodNotAllowed,
+    409: errors.Conflict,
+    412: errors.PreconditionFailed,
+    413: errors.RequestEntityTooLarge,
+    415: errors.UnsupportedMediaType,
+    429: errors.TooManyRequests,
+}
+
+
+def error_class(status: int) -> type[errors.HTTPError]:
+    """The exception class for an HTTP status >= 400."""
+    if status >= 500:
+        return errors.ServerError
+    return _BY_STATUS.get(status, errors.HTTPError)
+
+
+def make_error(
+    status: int,
+    headers: Mapping[str, str] | None,
+    body: bytes | Any,
+    *,
+    method: str | None = None,
+    url: str | None = None,
+) -> errors.HTTPError:
+    """Build the typed error for a reply with status >= 400.
+
+    ``body`` may be the raw bytes or an already decoded object (an error met mid-stream).
+    CouchDB sends ``{"error", "reason"}``; Mango sends ``{"error", "message"}``; anything else
+    (HTML from a proxy, an empty body) still gives the right class.
+    """
+    decoded: Any = body
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        try:
+            decoded = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            decoded = bytes(body).decode("utf-8", "replace")[:500]
+    error = reason = None
+    if isinstance(decoded, dict):
+        error = decoded.get("error")
+        reason = decoded.get("reason", decoded.get("message"))
+        error = None if error is None else str(error)
+        reason = None if reason is None else str(reason)
+    elif isinstance(decoded, str) and decoded:
+        reason = decoded
+    return error_class(status)(status, error, reason, headers, decoded, method=method, url=url)
+
+
+def decode_json(body: bytes, *, method: str | None = None, url: str | None = None) -> Any:
+    """Parse a JSON body; ``DecodeError`` (a ``ValueError``) if it is not JSON."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        preview = bytes(body[:80]).decode("utf-8", "replace")
+        where = f" ({method} {url})" if method and url else ""
+        raise errors.DecodeError(f"expected JSON, got {preview!r}{where}: {exc}") from exc
+
+
+def check_status(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    method: str | None = None,
+    url: str | None = None,
+) -> None:
+    """Raise the mapped error when ``status`` >= 400."""
+    if status >= 400:
+        raise make_error(status, headers, body, method=method, url=url)

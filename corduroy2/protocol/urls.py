@@ -1,0 +1,143 @@
+"""Path quoting and query encoding for CouchDB URLs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit, unquote
+
+import orjson
+
+__all__ = [
+    "SYSTEM_DATABASES",
+    "validate_db_name",
+    "validate_doc_id",
+    "db_path",
+    "doc_path",
+    "encode_query",
+    "split_credentials",
+]
+
+SYSTEM_DATABASES = frozenset({"_users", "_replicator", "_global_changes"})
+_DB_NAME = re.compile(r"^[a-z][a-z0-9_$()+/-]*$")
+_MAX_DB_NAME = 238
+
+
+def validate_db_name(name: Any) -> str:
+    """Return ``name`` if CouchDB 3 accepts it as a database name, else raise ``ValueError``.
+
+    Checked on the client because some servers (pouchdb-server) accept invalid names silently.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"database name must be a str, not {type(name).__name__}")
+    if name in SYSTEM_DATABASES:
+        return name
+    if len(name) > _MAX_DB_NAME or not _DB_NAME.match(name):
+        raise ValueError(
+            f"invalid database name {name!r}: it must match ^[a-z][a-z0-9_$()+/-]*$ "
+            f"(at most {_MAX_DB_NAME} characters) or be a system database"
+        )
+    return name
+
+
+def validate_doc_id(doc_id: Any) -> str:
+    """Return ``doc_id`` if it can name a document, else raise ``TypeError``/``ValueError``."""
+    if doc_id is None:
+        raise ValueError("document id is None")
+    if not isinstance(doc_id, str):
+        raise TypeError(f"document id must be a str, not {type(doc_id).__name__}")
+    if not doc_id:
+        raise ValueError("document id is empty")
+    return doc_id
+
+
+def _segment(text: str) -> str:
+    # safe="" so that "/" becomes %2F: CouchDB splits paths on a literal slash.
+    return quote(text, safe="")
+
+
+def db_path(name: str) -> str:
+    """``/<db>`` with the name quoted (a ``/`` inside a db name must travel as ``%2F``)."""
+    return "/" + _segment(name)
+
+
+def doc_path(db: str, doc_id: str, *rest: str) -> str:
+    """``/<db>/<id>[/<rest>...]``; ``_design/x`` and ``_local/x`` keep their slash."""
+    prefix, sep, tail = doc_id.partition("/")
+    if sep and prefix in ("_design", "_local") and tail:
+        quoted_id = prefix + "/" + _segment(tail)
+    else:
+        quoted_id = _segment(doc_id)
+    path = db_path(db) + "/" + quoted_id
+    for part in rest:
+        path += "/" + _segment(part)
+    return path
+
+
+def _query_value(value: Any, json_keys: bool) -> str:
+    if json_keys:
+        return orjson.dumps(value).decode()
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return orjson.dumps(value).decode()
+    # Lists, dicts and None mean JSON to CouchDB (e.g. open_revs=["1-a"]).
+    return orjson.dumps(value).decode()
+
+
+# Options whose value CouchDB parses as JSON even when it is a string.
+JSON_OPTIONS = frozenset(
+    {
+        "key",
+        "keys",
+        "startkey",
+        "start_key",
+        "endkey",
+        "end_key",
+        "open_revs",
+        "doc_ids",
+    }
+)
+
+
+def encode_query(params: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> str:
+    """Encode query options: booleans as ``true``/``false``, ``None`` dropped, JSON where
+    CouchDB expects JSON (``key``, ``startkey``, ``open_revs`` ...). Returns ``""`` or ``"?..."``.
+    """
+    if not params:
+        return ""
+    items = params.items() if isinstance(params, Mapping) else params
+    pairs = []
+    for name, value in items:
+        if value is None:
+            continue
+        pairs.append((name, _query_value(value, name in JSON_OPTIONS)))
+    if not pairs:
+        return ""
+    return "?" + urlencode(pairs, quote_via=quote)
+
+
+def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """Return ``url`` without userinfo, and the ``(user, password)`` it carried, if any.
+
+    Credentials are removed so that no URL kept by corduroy2 (and so no error message or repr)
+    can contain them.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"server URL must start with http:// or https://, got {parts.scheme!r}")
+    if not parts.hostname:
+        raise ValueError("server URL has no host")
+    creds = None
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        user, _, password = userinfo.partition(":")
+        creds = (unquote(user), unquote(password))
+    path = parts.path.rstrip("/")
+    return urlunsplit((parts.scheme, netloc, path, "", "")), creds
