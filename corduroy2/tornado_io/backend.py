@@ -1,0 +1,273 @@
+"""The Tornado transport: ``AsyncHTTPClient`` (curl or simple), one instance per ``Couch``.
+
+Never ``AsyncHTTPClient.configure``: that would change every client of the process. The
+implementation class is instantiated directly with ``force_instance=True``. The instance is made
+lazily on the first request, on the loop that is current then (Tornado binds a client to the
+IOLoop it was made on), and made again if the caller moves to another loop.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from tornado import httputil
+from tornado.concurrent import Future
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
+from tornado.ioloop import IOLoop
+from tornado.iostream import StreamClosedError
+from tornado.simple_httpclient import (
+    HTTPStreamClosedError,
+    HTTPTimeoutError,
+    SimpleAsyncHTTPClient,
+)
+
+from ..backend import Backend, Cancel, Outcome, Sink, Start, TransportOptions
+from ..errors import ConnectError, CouchError, ResponseCut, Timeout, TransportError
+from ..protocol.requests import Request
+from ..protocol.responses import Headers
+
+try:
+    import pycurl
+    from tornado.curl_httpclient import CurlAsyncHTTPClient, CurlError
+except ImportError:  # pycurl is optional: the simple client is used without it
+    pycurl = None  # type: ignore[assignment]
+    CurlAsyncHTTPClient = None  # type: ignore[assignment,misc]
+    CurlError = None  # type: ignore[assignment,misc]
+
+__all__ = ["TornadoBackend", "HAS_CURL"]
+
+HAS_CURL = CurlAsyncHTTPClient is not None
+
+# Both clients apply max_body_size to streamed bodies as well: a long view or feed would die at
+# Tornado's 100 MiB default. Memory is bounded by streaming, not by this.
+_MAX_BODY = 1 << 62
+
+# libcurl error numbers (curl/curl.h), by what they mean for the caller.
+_CURL_CONNECT = {5, 6, 7, 35, 51, 53, 54, 58, 59, 60, 77, 80, 83, 90, 91}
+_CURL_TIMEOUT = {28}
+_CURL_CUT = {18, 52, 56, 92}
+
+
+class _Pending:
+    """Cancel handle for one fetch. Tornado has no per-request abort, so cancelling stops all
+    delivery at once and, for streamed requests, also aborts the transfer (curl: the progress
+    callback returns non-zero; simple: the next chunk raises, which closes the stream)."""
+
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Aborted(Exception):
+    """Raised from a streaming callback to make the simple client drop the connection."""
+
+
+class _LoopCall:
+    __slots__ = ("_loop", "_handle")
+
+    def __init__(self, loop: IOLoop, handle: object) -> None:
+        self._loop, self._handle = loop, handle
+
+    def cancel(self) -> None:
+        self._loop.remove_timeout(self._handle)
+
+
+class TornadoBackend(Backend):
+    """``client="curl"`` (the default when pycurl imports) or ``"simple"``."""
+
+    def __init__(self, options: TransportOptions | None = None, client: str | None = None) -> None:
+        super().__init__(options)
+        if client is None:
+            client = "curl" if HAS_CURL else "simple"
+        if client not in ("curl", "simple"):
+            raise ValueError(f"client must be 'curl' or 'simple', not {client!r}")
+        if client == "curl" and not HAS_CURL:
+            raise ImportError("client='curl' needs pycurl: pip install corduroy2[curl]")
+        self.client = client
+        self._http: AsyncHTTPClient | None = None
+        self._loop: IOLoop | None = None
+
+    def _get_http(self) -> AsyncHTTPClient:
+        loop = IOLoop.current()
+        if self._http is None or self._loop is not loop:
+            if self._http is not None:
+                self._http.close()
+            cls = CurlAsyncHTTPClient if self.client == "curl" else SimpleAsyncHTTPClient
+            self._http = cls(
+                force_instance=True,
+                max_clients=self.options.max_connections,
+                max_body_size=_MAX_BODY,
+            )
+            self._loop = loop
+        return self._http
+
+    def _tornado_request(self, request: Request, pending: _Pending, sink: Sink,
+                         started: list[bool]) -> HTTPRequest:
+        opts = self.options
+        kwargs: dict[str, Any] = {}
+        if request.stream:
+            parser = _HeaderParser(sink, started)
+
+            def on_chunk(chunk: bytes) -> None:
+                if pending.cancelled:
+                    raise _Aborted()
+                sink.on_data(chunk)
+
+            kwargs["header_callback"] = parser.feed
+            kwargs["streaming_callback"] = on_chunk
+            if self.client == "curl":
+                kwargs["prepare_curl_callback"] = _abort_when(pending)
+        return HTTPRequest(
+            request.url,
+            method=request.method,
+            headers=httputil.HTTPHeaders(request.headers),
+            body=request.body,
+            connect_timeout=opts.connect_timeout or 0,
+            # 0 = no limit for both clients; Tornado's own default (20 s) would cut long feeds.
+            request_timeout=request.timeout or opts.request_timeout or 0,
+            follow_redirects=False,
+            allow_nonstandard_methods=True,  # COPY, and DELETE/HEAD details
+            decompress_response=True,
+            validate_cert=opts.verify_tls,
+            ca_certs=opts.ca_file,
+            **kwargs,
+        )
+
+    def send(self, request: Request, sink: Sink) -> Cancel:
+        pending = _Pending()
+        started = [False]
+        try:
+            future = self._get_http().fetch(
+                self._tornado_request(request, pending, sink, started), raise_error=False
+            )
+        except (ValueError, RuntimeError) as exc:
+            # Tornado rejects some requests before sending (bad header characters, closed client).
+            sink.on_error(TransportError(f"request not sent: {exc}", method=request.method,
+                                         url=request.url))
+            return pending
+
+        def finished(future: Future[HTTPResponse]) -> None:
+            if pending.cancelled:
+                return
+            exc = future.exception()
+            response = None if exc is not None else future.result()
+            if response is not None and response.code == 599:
+                exc = response.error
+            if exc is not None:
+                sink.on_error(_map_error(exc, request, started[0]))
+                return
+            assert response is not None
+            if not started[0]:
+                started[0] = True
+                sink.on_start(response.code, Headers(response.headers.get_all()))
+                if not request.stream:
+                    body = response.body
+                    if body:
+                        sink.on_data(body)
+            sink.on_end()
+
+        future.add_done_callback(finished)
+        return pending
+
+    def run(self, start: Start) -> Future[Any]:
+        future: Future[Any] = Future()
+
+        def done(outcome: Outcome) -> None:
+            if future.done():  # cancelled by the caller
+                return
+            if outcome.error is not None:
+                future.set_exception(outcome.error)
+            else:
+                future.set_result(outcome.value)
+
+        handle = start(done)
+        if not future.done():
+            future.add_done_callback(lambda f: handle.cancel() if f.cancelled() else None)
+        return future
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> Cancel:
+        loop = IOLoop.current()
+        return _LoopCall(loop, loop.call_later(delay, fn))
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+
+class _HeaderParser:
+    """Turns ``header_callback`` lines into one ``sink.on_start(status, headers)``."""
+
+    __slots__ = ("_sink", "_started", "_status", "_fields")
+
+    def __init__(self, sink: Sink, started: list[bool]) -> None:
+        self._sink, self._started = sink, started
+        self._status = 0
+        self._fields: list[tuple[str, str]] = []
+
+    def feed(self, line: str) -> None:
+        if line.startswith("HTTP/"):
+            self._status = httputil.parse_response_start_line(line.strip()).code
+            self._fields = []
+        elif line in ("\r\n", "\n", ""):
+            # An interim 100 Continue is followed by the real status line: wait for it.
+            if self._status >= 200 and not self._started[0]:
+                self._started[0] = True
+                self._sink.on_start(self._status, Headers(self._fields))
+        elif line[0] in " \t" and self._fields:  # obsolete line folding
+            name, value = self._fields[-1]
+            self._fields[-1] = (name, value + " " + line.strip())
+        else:
+            name, _, value = line.partition(":")
+            self._fields.append((name.strip(), value.strip()))
+
+
+def _abort_when(pending: _Pending) -> Callable[[Any], None]:
+    def prepare(curl: Any) -> None:
+        # libcurl calls this at least once a second even on an idle connection, so a cancelled
+        # feed is torn down promptly; returning non-zero aborts the transfer.
+        curl.setopt(pycurl.NOPROGRESS, 0)
+        curl.setopt(pycurl.XFERINFOFUNCTION, lambda *_: 1 if pending.cancelled else 0)
+
+    return prepare
+
+
+def _map_error(exc: BaseException, request: Request, started: bool) -> CouchError:
+    """One map from Tornado's and libcurl's errors to corduroy2's transport errors."""
+    where: dict[str, str] = {"method": request.method, "url": request.url}
+    err: CouchError
+    if isinstance(exc, HTTPTimeoutError):
+        err = Timeout(str(exc), **where)
+    elif isinstance(exc, (HTTPStreamClosedError, StreamClosedError)):
+        err = ResponseCut(f"connection closed before the response was complete: {exc}", **where)
+    elif CurlError is not None and isinstance(exc, CurlError):
+        errno = exc.errno
+        message = f"curl error {errno}: {exc.message}"
+        if errno in _CURL_TIMEOUT:
+            err = Timeout(message, **where)
+        elif errno in _CURL_CONNECT:
+            err = ConnectError(message, **where)
+        elif errno in _CURL_CUT:
+            err = ResponseCut(message, **where)
+        else:
+            err = TransportError(message, **where)
+    elif isinstance(exc, (ConnectionRefusedError, ssl.SSLError)) or (
+        isinstance(exc, OSError) and not started
+    ):
+        err = ConnectError(f"cannot connect: {exc!r}", **where)
+    elif isinstance(exc, OSError):
+        err = ResponseCut(f"connection failed during the response: {exc!r}", **where)
+    elif isinstance(exc, _Aborted):
+        err = TransportError("request cancelled", **where)
+    elif isinstance(exc, HTTPClientError):
+        err = TransportError(f"HTTP client error: {exc}", **where)
+    else:
+        err = TransportError(f"unexpected transport failure: {exc!r}", **where)
+    err.__cause__ = exc
+    return err
