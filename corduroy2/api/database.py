@@ -166,10 +166,7 @@ class Database:
                 merged = merge(doc, Document(server))
                 if merged is None:
                     raise conflict
-                if merged is not doc:
-                    doc.clear()
-                    doc.update(merged)
-                doc["_rev"] = server["_rev"]
+                _adopt(doc, merged, server)
                 continue
             if "rev" in reply:  # absent for batch=ok on CouchDB 3
                 doc["_rev"] = reply["rev"]
@@ -217,10 +214,7 @@ class Database:
                 merged = merge(local, Document(server))
                 if merged is None:
                     continue
-                if merged is not local:
-                    local.clear()
-                    local.update(merged)
-                local["_rev"] = server["_rev"]
+                _adopt(local, merged, server)
             retry.append(local)
         if retry:
             body = b'{"docs":[' + b",".join(encode_json(d) for d in retry) + b"]}"
@@ -271,6 +265,17 @@ class Database:
             "COPY", doc_path(self.name, src_id), query, headers=(("Destination", header),)
         )
         return self.couch._simple(request, callback, lambda reply: reply.get("rev"))
+
+
+def _adopt(doc: dict[str, Any], merged: dict[str, Any], server: dict[str, Any]) -> None:
+    """Make the caller's ``doc`` the merge result, on top of the server's revision. The id is
+    kept even when ``merge`` built a new dict without it."""
+    if merged is not doc:
+        doc_id = doc["_id"]
+        doc.clear()
+        doc.update(merged)
+        doc["_id"] = doc_id
+    doc["_rev"] = server["_rev"]
 
 
 def _header_id(doc_id: str) -> str:

@@ -33,8 +33,9 @@ class Request:
 JSON_HEADERS = (("Content-Type", "application/json"),)
 
 # datetime is passed through so that it fails like stdlib json does instead of being written as
-# a string that comes back as a str: a silent type change is a data loss.
-_DUMPS_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME
+# a string that comes back as a str: a silent type change is a data loss. Dataclasses too: orjson
+# would write them itself, hiding NaN fields from the finiteness check below.
+_DUMPS_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
 def _unsupported(value: Any) -> Any:

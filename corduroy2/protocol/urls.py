@@ -20,7 +20,7 @@ __all__ = [
 ]
 
 SYSTEM_DATABASES = frozenset({"_users", "_replicator", "_global_changes"})
-_DB_NAME = re.compile(r"^[a-z][a-z0-9_$()+/-]*$")
+_DB_NAME = re.compile(r"[a-z][a-z0-9_$()+/-]*")
 _MAX_DB_NAME = 238
 
 
@@ -33,7 +33,7 @@ def validate_db_name(name: Any) -> str:
         raise TypeError(f"database name must be a str, not {type(name).__name__}")
     if name in SYSTEM_DATABASES:
         return name
-    if len(name) > _MAX_DB_NAME or not _DB_NAME.match(name):
+    if len(name) > _MAX_DB_NAME or not _DB_NAME.fullmatch(name):
         raise ValueError(
             f"invalid database name {name!r}: it must match ^[a-z][a-z0-9_$()+/-]*$ "
             f"(at most {_MAX_DB_NAME} characters) or be a system database"
@@ -90,7 +90,8 @@ def _query_value(value: Any, json_keys: bool) -> str:
     return orjson.dumps(value).decode()
 
 
-# Options whose value CouchDB parses as JSON even when it is a string.
+# Options whose value CouchDB parses as JSON even when it is a string. (Others are JSON only
+# when they are lists/dicts: open_revs takes the bare word ``all`` or a JSON list.)
 JSON_OPTIONS = frozenset(
     {
         "key",
@@ -99,8 +100,6 @@ JSON_OPTIONS = frozenset(
         "start_key",
         "endkey",
         "end_key",
-        "open_revs",
-        "doc_ids",
     }
 )
 

@@ -1,0 +1,184 @@
+"""The backend x calling-style matrix: every behaviour test runs once per combination.
+
+A test receives ``c`` (a :class:`Client`) and awaits ``c.call(method, *args)``: the call is made
+in the combination's style and its value returned, or its error raised, so one test body checks
+the same behaviour in every style. Each style also checks its own contract on the way (a
+promise is a Future/Deferred, a callback call returns None and reports errors in ``status``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from corduroy2 import CouchError, HTTPError, Status
+from corduroy2.api import Couch
+
+from ..conftest import LOOP, Server
+
+BACKENDS = ["tornado-curl", "tornado-simple", "twisted", "blocking"]
+ASYNC_STYLES = ["callback", "promise", "relax", "await"]
+BLOCKING_STYLES = ["blocking", "callback", "relax"]
+MATRIX = [(b, s) for b in BACKENDS for s in (BLOCKING_STYLES if b == "blocking" else ASYNC_STYLES)]
+
+
+def make_couch(backend: str, url: str, auth: tuple[str, str] | None, **kwargs: Any) -> Couch:
+    """A front-door ``Couch`` for ``backend``; skips (with the reason) if it is not installed."""
+    if backend.startswith("tornado"):
+        tornado_io = pytest.importorskip("corduroy2.tornado_io", reason="tornado is not installed")
+        client = backend.split("-")[1]
+        if client == "curl" and not tornado_io.HAS_CURL:
+            pytest.skip("pycurl is not installed")
+        return tornado_io.Couch(url, auth, client=client, **kwargs)  # type: ignore[no-any-return]
+    if backend == "twisted":
+        twisted_io = pytest.importorskip("corduroy2.twisted_io", reason="twisted is not installed")
+        return twisted_io.Couch(url, auth, **kwargs)  # type: ignore[no-any-return]
+    from corduroy2 import blocking
+
+    return blocking.Couch(url, auth, **kwargs)
+
+
+class Client:
+    """Calls API methods in one style on one backend and awaits them on the shared loop."""
+
+    def __init__(self, backend: str, style: str, couch: Couch) -> None:
+        self.backend = backend
+        self.style = style
+        self.couch = couch
+
+    def __repr__(self) -> str:
+        return f"<Client {self.backend}/{self.style}>"
+
+    @property
+    def blocking(self) -> bool:
+        return self.backend == "blocking"
+
+    def relax(self) -> Callable[..., Any]:
+        if self.backend.startswith("tornado"):
+            from corduroy2.tornado_io import relax
+        elif self.backend == "twisted":
+            from corduroy2.twisted_io import relax
+        else:
+            from corduroy2.blocking import relax
+        return relax  # type: ignore[no-any-return]
+
+    async def resolve(self, result: Any) -> Any:
+        """Await a backend's native promise on the shared loop."""
+        if self.backend == "twisted":
+            from twisted.internet.defer import Deferred
+
+            assert isinstance(result, Deferred), f"expected a Deferred, got {result!r}"
+            return await result.asFuture(LOOP)
+        assert isinstance(result, asyncio.Future), f"expected a Future, got {result!r}"
+        return await result
+
+    async def in_thread(self, fn: Callable[[], Any]) -> Any:
+        # Blocking calls run in a worker thread so the loop keeps serving in-process servers.
+        return await LOOP.run_in_executor(None, fn)
+
+    async def call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        style = self.style
+        if style == "callback":
+            return await self._call_with_callback(method, args, kwargs)
+        if style == "relax":
+            relax = self.relax()
+
+            @relax
+            def body() -> Any:
+                value = yield method(*args, **kwargs)
+                return value
+
+            if self.blocking:
+                return await self.in_thread(body)
+            return await self.resolve(body())
+        if self.blocking:
+            return await self.in_thread(functools.partial(method, *args, **kwargs))
+        if style == "promise":
+            return await self.resolve(method(*args, **kwargs))
+        if style == "await":
+            async def body_await() -> Any:
+                return await method(*args, **kwargs)
+
+            if self.backend == "twisted":
+                from twisted.internet.defer import Deferred
+
+                return await Deferred.fromCoroutine(body_await()).asFuture(LOOP)
+            return await body_await()
+        raise AssertionError(style)
+
+    async def _call_with_callback(self, method: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        calls: list[tuple[Any, Status]] = []
+        if self.blocking:
+            def run() -> Any:
+                return method(*args, callback=lambda d, s: calls.append((d, s)), **kwargs)
+
+            returned = await self.in_thread(run)
+        else:
+            done: asyncio.Future[None] = LOOP.create_future()
+
+            def callback(data: Any, status: Status) -> None:
+                calls.append((data, status))
+                if not done.done():
+                    done.set_result(None)
+
+            returned = method(*args, callback=callback, **kwargs)
+            await done
+            await asyncio.sleep(0)  # a second, wrong call would show up here
+        assert returned is None, "a callback-style call must return None"
+        assert len(calls) == 1, f"callback called {len(calls)} times"
+        data, status = calls[0]
+        assert isinstance(status, Status)
+        if status.ok:
+            assert status.exception is None and status.error is None
+            assert isinstance(status.code, int) and status.code < 400
+            return data
+        assert data is None
+        exc = status.exception
+        assert isinstance(exc, CouchError) and status.error is type(exc)
+        if isinstance(exc, HTTPError):
+            assert status.code == exc.status and status.response is exc.body
+        raise exc
+
+
+@pytest.fixture(params=MATRIX, ids=[f"{b}-{s}" for b, s in MATRIX])
+def c(request: pytest.FixtureRequest, server: Server) -> Any:
+    backend, style = request.param
+    couch = make_couch(backend, server.url, server.auth)
+    client = Client(backend, style, couch)
+    yield client
+    closing = couch.close()
+    if closing is not None and hasattr(closing, "asFuture"):
+        LOOP.run_until_complete(closing.asFuture(LOOP))
+
+
+@pytest.fixture
+def admin(server: Server) -> Any:
+    """A blocking admin client for arranging and checking state independently of ``c``."""
+    from corduroy2 import blocking
+
+    couch = blocking.Couch(server.url, server.auth)
+    yield couch
+    couch.close()
+
+
+@pytest.fixture
+def dbname(admin: Any) -> Any:
+    """A fresh database name, created by the admin client and deleted afterwards."""
+    name = f"c2test-{uuid.uuid4().hex[:12]}"
+    admin.create(name)
+    yield name
+    try:
+        admin.delete(name)
+    except HTTPError:
+        pass
+
+
+@pytest.fixture
+def db(c: Client, dbname: str) -> Any:
+    """The fresh database, as a handle of the backend under test."""
+    return c.couch.database(dbname)

@@ -1,0 +1,104 @@
+"""Session-wide test plumbing: one asyncio loop shared by Tornado and Twisted, and a real
+CouchDB-compatible server.
+
+Twisted's asyncioreactor is installed on that loop before anything imports the default reactor,
+so Tornado (which runs on asyncio) and Twisted share one loop in one process. ``async def``
+tests run on it. ``reactor.startRunning`` must be called once, or the reactor's thread pool
+(name resolution for ``Agent``) never starts and requests hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corduroy2.protocol.urls import split_credentials
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_TIMEOUT = 60.0
+
+LOOP = asyncio.new_event_loop()
+asyncio.set_event_loop(LOOP)
+try:
+    from twisted.internet import asyncioreactor
+
+    asyncioreactor.install(LOOP)
+    from twisted.internet import reactor
+
+    reactor.startRunning(installSignalHandlers=False)  # type: ignore[attr-defined]
+except ImportError:  # Twisted is optional; its tests skip themselves
+    pass
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run ``async def`` tests on the shared loop, with a timeout so a hang fails."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    kwargs = {name: pyfuncitem.funcargs[name] for name in names}
+    LOOP.run_until_complete(asyncio.wait_for(pyfuncitem.obj(**kwargs), TEST_TIMEOUT))
+    return True
+
+
+@dataclass(frozen=True)
+class Server:
+    """The server under test: its URL (no credentials), admin credentials, and flavour."""
+
+    url: str
+    auth: tuple[str, str] | None
+    pouchdb: bool
+
+    def deviates(self, name: str) -> bool:
+        """True where this server is known to differ from CouchDB 3 in the documented way
+        ``name`` (see ../shared/reference/pouchdb-server.md). Tests assert CouchDB 3
+        behaviour and branch on this explicitly, so a real CouchDB runs the strict path."""
+        if name not in POUCHDB_DEVIATIONS:
+            raise KeyError(f"undocumented deviation {name!r}")
+        return self.pouchdb
+
+
+POUCHDB_DEVIATIONS = {
+    "delete_missing_db_ok": "DELETE of a missing db answers 200, not 404",
+    "copy_reply_no_rev": "COPY answers {ok:true} without id/rev",
+    "batch_ok_has_rev": "batch=ok answers 201 with a rev (3.x: 202, none)",
+    "uuids_dashed": "uuids are uuid4 with dashes",
+    "seq_integers": "seqs are integers",
+    "all_dbs_unsorted": "_all_dbs is not sorted",
+}
+
+
+def _probe(url: str, auth: tuple[str, str] | None) -> dict[str, Any]:
+    import base64
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(url + "/", headers={"Accept": "application/json"})
+    if auth:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[Server]:
+    """``COUCHDB_URL`` (with admin credentials in it) if set, else a pouchdb-server started
+    here on a free loopback port and stopped at the end."""
+    external = os.environ.get("COUCHDB_URL")
+    if external:
+        url, auth = split_credentials(external)
+        info = _probe(url, auth)
+        yield Server(url, auth, "express-pouchdb" in info)
+        return
+    from corduroy2.testing import PouchDBServer
+
+    with PouchDBServer(REPO / ".cache") as pouch:
+        yield Server(pouch.url, pouch.admin, True)
