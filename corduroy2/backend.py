@@ -25,7 +25,7 @@ from .errors import CouchError
 from .protocol.requests import Request
 from .protocol.responses import Headers
 
-__all__ = ["Sink", "Cancel", "Outcome", "Start", "Backend", "TransportOptions"]
+__all__ = ["Sink", "Cancel", "Transfer", "Outcome", "Start", "Backend", "TransportOptions"]
 
 
 class Sink(Protocol):
@@ -41,10 +41,19 @@ class Sink(Protocol):
 
 
 class Cancel(Protocol):
-    """Handle returned by :meth:`Backend.send`: ``cancel()`` aborts the request (idempotent);
-    the sink then receives nothing more."""
+    """``cancel()`` aborts what was started (idempotent); nothing is delivered afterwards."""
 
     def cancel(self) -> None: ...
+
+
+class Transfer(Cancel, Protocol):
+    """Handle returned by :meth:`Backend.send`. ``cancel()`` aborts the request and drops its
+    connection; ``pause()``/``resume()`` apply back-pressure (idempotent; a transport whose sink
+    runs inline with its reads, like the blocking one, is paused by the sink itself)."""
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -78,7 +87,7 @@ class Backend(ABC):
         self.options = options or TransportOptions()
 
     @abstractmethod
-    def send(self, request: Request, sink: Sink) -> Cancel:
+    def send(self, request: Request, sink: Sink) -> Transfer:
         """Start ``request``; report the response to ``sink``."""
 
     @abstractmethod

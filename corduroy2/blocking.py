@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from . import api
-from .backend import Backend, Cancel, Outcome, Sink, Start, TransportOptions
+from .backend import Backend, Cancel, Outcome, Sink, Start, Transfer, TransportOptions
 from .errors import ConnectError, CouchError, ResponseCut, Timeout, TransportError
 from .protocol.requests import Request
 from .protocol.responses import Headers
@@ -33,9 +33,17 @@ _READ_SIZE = 256 * 1024
 
 
 class _Done:
-    """The cancel handle of a call that has already finished."""
+    """The handle of a call that has already finished when ``send`` returns. There is nothing
+    left to cancel, and no need to pause: the sink ran inline with the reads, so a slow sink
+    already slowed them down."""
 
     def cancel(self) -> None:
+        return None
+
+    def pause(self) -> None:
+        return None
+
+    def resume(self) -> None:
         return None
 
 
@@ -81,7 +89,7 @@ class BlockingBackend(Backend):
                 return
         conn.close()
 
-    def send(self, request: Request, sink: Sink) -> Cancel:
+    def send(self, request: Request, sink: Sink) -> Transfer:
         try:
             self._exchange(request, sink)
         except CouchError as exc:

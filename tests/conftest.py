@@ -37,6 +37,17 @@ except ImportError:  # Twisted is optional; its tests skip themselves
     pass
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Shut the reactor down: its thread pool's threads are not daemons, so without this the
+    interpreter waits for them forever after the last test."""
+    import sys
+
+    if "twisted.internet.reactor" in sys.modules:
+        from twisted.internet import reactor
+
+        reactor.fireSystemEvent("shutdown")  # type: ignore[attr-defined]
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     """Run ``async def`` tests on the shared loop, with a timeout so a hang fails."""

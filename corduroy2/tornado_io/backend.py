@@ -23,7 +23,7 @@ from tornado.simple_httpclient import (
     SimpleAsyncHTTPClient,
 )
 
-from ..backend import Backend, Cancel, Outcome, Sink, Start, TransportOptions
+from ..backend import Backend, Cancel, Outcome, Sink, Start, Transfer, TransportOptions
 from ..errors import ConnectError, CouchError, ResponseCut, Timeout, TransportError
 from ..protocol.requests import Request
 from ..protocol.responses import Headers
@@ -51,17 +51,59 @@ _CURL_CUT = {18, 52, 56, 92}
 
 
 class _Pending:
-    """Cancel handle for one fetch. Tornado has no per-request abort, so cancelling stops all
-    delivery at once and, for streamed requests, also aborts the transfer (curl: the progress
-    callback returns non-zero; simple: the next chunk raises, which closes the stream)."""
+    """Handle for one fetch.
 
-    __slots__ = ("cancelled",)
+    Tornado has no per-request abort, so cancelling stops all delivery at once and, for streamed
+    requests, also aborts the transfer (curl: the progress callback returns non-zero; simple:
+    the next chunk raises, which closes the stream).
+
+    Back-pressure: the simple client awaits what ``streaming_callback`` returns before reading
+    on, so a paused transfer hands it a Future that ``resume()`` resolves. For curl, the easy
+    handle is paused with ``curl_easy_pause``; Tornado's own curl buffer only unpauses what it
+    paused itself, and a chunk it had already queued re-applies our pause when it arrives.
+    """
+
+    __slots__ = ("cancelled", "paused", "curl", "_waiter")
 
     def __init__(self) -> None:
         self.cancelled = False
+        self.paused = False
+        self.curl: Any = None
+        self._waiter: Future[None] | None = None
 
     def cancel(self) -> None:
         self.cancelled = True
+        self.resume()
+
+    def pause(self) -> None:
+        self.paused = True
+        if self.curl is not None:
+            try:
+                self.curl.pause(pycurl.PAUSE_RECV)
+            except pycurl.error:
+                pass  # the transfer already ended; its result is on its way
+
+    def resume(self) -> None:
+        if not self.paused:
+            return
+        self.paused = False
+        if self._waiter is not None:
+            waiter, self._waiter = self._waiter, None
+            if not waiter.done():
+                waiter.set_result(None)
+        if self.curl is not None:
+            try:
+                self.curl.pause(pycurl.PAUSE_CONT)
+            except pycurl.error:
+                pass
+
+    def wait(self) -> Future[None] | None:
+        """For the simple client's streaming_callback: a Future while paused, else None."""
+        if not self.paused or self.curl is not None:
+            return None
+        if self._waiter is None:
+            self._waiter = Future()
+        return self._waiter
 
 
 class _Aborted(Exception):
@@ -114,10 +156,11 @@ class TornadoBackend(Backend):
         if request.stream:
             parser = _HeaderParser(sink, started)
 
-            def on_chunk(chunk: bytes) -> None:
+            def on_chunk(chunk: bytes) -> Future[None] | None:
                 if pending.cancelled:
                     raise _Aborted()
                 sink.on_data(chunk)
+                return pending.wait()
 
             kwargs["header_callback"] = parser.feed
             kwargs["streaming_callback"] = on_chunk
@@ -139,7 +182,7 @@ class TornadoBackend(Backend):
             **kwargs,
         )
 
-    def send(self, request: Request, sink: Sink) -> Cancel:
+    def send(self, request: Request, sink: Sink) -> Transfer:
         pending = _Pending()
         started = [False]
         try:
@@ -153,6 +196,7 @@ class TornadoBackend(Backend):
             return pending
 
         def finished(future: Future[HTTPResponse]) -> None:
+            pending.curl = None  # Tornado reuses the easy handle for other requests
             if pending.cancelled:
                 return
             exc = future.exception()
@@ -230,6 +274,7 @@ class _HeaderParser:
 
 def _abort_when(pending: _Pending) -> Callable[[Any], None]:
     def prepare(curl: Any) -> None:
+        pending.curl = curl
         # libcurl calls this at least once a second even on an idle connection, so a cancelled
         # feed is torn down promptly; returning non-zero aborts the transfer.
         curl.setopt(pycurl.NOPROGRESS, 0)

@@ -27,7 +27,7 @@ from twisted.web.http_headers import Headers as TwistedHeaders
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
-from ..backend import Backend, Cancel, Outcome, Sink, Start, TransportOptions
+from ..backend import Backend, Cancel, Outcome, Sink, Start, Transfer, TransportOptions
 from ..errors import ConnectError, CouchError, ResponseCut, Timeout, TransportError
 from ..protocol.requests import Request
 from ..protocol.responses import Headers
@@ -89,6 +89,7 @@ class _Exchange(Protocol):
         self.request = request
         self.sink = sink
         self.finished = False
+        self.paused = False
         self.requesting: defer.Deferred[IResponse] | None = None
         self.timer: IDelayedCall | None = None
         if timeout:
@@ -108,6 +109,8 @@ class _Exchange(Protocol):
         ]
         self.sink.on_start(response.code, Headers(fields))
         response.deliverBody(self)
+        if self.paused and self.transport is not None:
+            self.transport.pauseProducing()
 
     def request_failed(self, failure: Failure) -> None:
         self.requesting = None
@@ -163,6 +166,18 @@ class _Exchange(Protocol):
                 self.timer.cancel()
             self._abort()
 
+    def pause(self) -> None:
+        # Before the body starts there is nothing to pause; got_response honours the flag.
+        self.paused = True
+        if self.transport is not None and not self.finished:
+            self.transport.pauseProducing()
+
+    def resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            if self.transport is not None and not self.finished:
+                self.transport.resumeProducing()
+
 
 class _Discard(Protocol):
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
@@ -209,7 +224,7 @@ class TwistedBackend(Backend):
             )
         return self._agent
 
-    def send(self, request: Request, sink: Sink) -> Cancel:
+    def send(self, request: Request, sink: Sink) -> Transfer:
         exchange = _Exchange(request, sink, self.reactor,
                              request.timeout or self.options.request_timeout)
         headers = TwistedHeaders()
