@@ -25,7 +25,7 @@ from .errors import CouchError
 from .protocol.requests import Request
 from .protocol.responses import Headers
 
-__all__ = ["Sink", "Cancel", "Transfer", "Outcome", "Start", "Backend", "TransportOptions"]
+__all__ = ["Sink", "Cancel", "Transfer", "StopTransfer", "Outcome", "Start", "Backend", "TransportOptions"]
 
 
 class Sink(Protocol):
@@ -54,6 +54,12 @@ class Transfer(Cancel, Protocol):
     def pause(self) -> None: ...
 
     def resume(self) -> None: ...
+
+
+class StopTransfer(Exception):
+    """A sink raises this from ``on_data`` to abort a transfer that has no handle yet (a
+    synchronous backend is still inside ``send``). The backend drops the connection and calls
+    nothing more on the sink."""
 
 
 @dataclass(frozen=True)

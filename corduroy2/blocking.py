@@ -6,6 +6,7 @@ safe: each call takes a connection from the pool for its duration.
 
 from __future__ import annotations
 
+import collections
 import functools
 import http.client
 import socket
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from . import api
-from .backend import Backend, Cancel, Outcome, Sink, Start, Transfer, TransportOptions
+from .backend import Backend, Cancel, Outcome, Sink, Start, StopTransfer, Transfer, TransportOptions
 from .errors import ConnectError, CouchError, ResponseCut, Timeout, TransportError
 from .protocol.requests import Request
 from .protocol.responses import Headers
@@ -129,12 +130,19 @@ class BlockingBackend(Backend):
             if request.stream:
                 while chunk := response.read1(_READ_SIZE):
                     sink.on_data(chunk)
+                # read1() can report the end without finishing the response; read() does, and
+                # only then may the connection carry another request.
+                if rest := response.read():
+                    sink.on_data(rest)
             else:
                 body = response.read()
                 if body:
                     sink.on_data(body)
             if response.length:  # Content-Length promised more than arrived
                 raise http.client.IncompleteRead(b"", response.length)
+        except StopTransfer:
+            conn.close()  # the rest of the body is unwanted: the connection cannot be reused
+            return
         except (TimeoutError, socket.timeout) as exc:
             conn.close()
             raise Timeout("timed out reading the response", **where) from exc
@@ -172,6 +180,89 @@ class BlockingBackend(Backend):
                 conn.close()
 
 
+class RowReader:
+    """``for row in db.iter_view(...)`` in blocking mode.
+
+    A worker thread reads the response and parses it; it blocks (and so stops reading the
+    socket) while ``high_water`` rows wait for the reader. ``close()``, or leaving a ``with``
+    block, aborts the request. ``fields`` holds the top-level members once the body has ended.
+    """
+
+    def __init__(self, backend: BlockingBackend, request: Request,
+                 wrap: Callable[[Any], Any], high_water: int) -> None:
+        if high_water < 1:
+            raise ValueError("high_water must be at least 1")
+        self._backend, self._request, self._wrap, self._high = backend, request, wrap, high_water
+        self._rows: collections.deque[Any] = collections.deque()
+        self._cond = threading.Condition()
+        self._ended = False
+        self._closed = False
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self.fields: dict[str, Any] = {}
+
+    # consumer side, on the worker thread
+    def header(self, fields: dict[str, Any]) -> None:
+        return None
+
+    def rows(self, rows: list[Any]) -> None:
+        wrapped = list(map(self._wrap, rows))
+        with self._cond:
+            while len(self._rows) >= self._high and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                raise StopTransfer()
+            self._rows.extend(wrapped)
+            self._cond.notify_all()
+
+    def end(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+    def _finished(self, value: Any, error: BaseException | None, *_: Any) -> None:
+        with self._cond:
+            self._ended = True
+            if not isinstance(error, StopTransfer):
+                self._error = error
+            self._cond.notify_all()
+
+    def _work(self) -> None:
+        sink = api.calls.RowSink(self._request, self, self._finished)
+        self._backend.send(self._request, sink)
+
+    # reader side
+    def __iter__(self) -> RowReader:
+        return self
+
+    def __next__(self) -> Any:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, daemon=True,
+                                            name="corduroy2-rows")
+            self._thread.start()
+        with self._cond:
+            while not self._rows and not self._ended:
+                self._cond.wait()
+            if self._rows:
+                row = self._rows.popleft()
+                self._cond.notify_all()
+                return row
+            if self._error is not None and not self._closed:
+                raise self._error
+            raise StopIteration
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._ended = True
+            self._rows.clear()
+            self._cond.notify_all()
+
+    def __enter__(self) -> RowReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Couch(api.Couch):
     """A CouchDB server whose methods block and return values (or raise)."""
 
@@ -179,6 +270,10 @@ class Couch(api.Couch):
 
     def _make_backend(self, options: TransportOptions) -> Backend:
         return BlockingBackend(options)
+
+    def _iterate(self, request: Request, wrap: Callable[[Any], Any], high_water: int) -> Any:
+        assert isinstance(self._backend, BlockingBackend)
+        return RowReader(self._backend, request, wrap, high_water)
 
 
 class Database(api.Database):

@@ -16,15 +16,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from ..backend import Backend, Outcome
+from ..backend import Backend, Outcome, StopTransfer
 from ..errors import CouchError, HTTPError
 from ..protocol.requests import Request
-from ..protocol.responses import Headers, check_status, decode_json
+from ..protocol.responses import Headers, check_status, decode_json, make_error
+from ..protocol.rows import NEED_DATA, End, Header, RowStream
+from ..errors import ResponseCut
 from .status import Status
 
-__all__ = ["Raw", "Response", "Op", "invoke"]
+__all__ = ["Raw", "Response", "Stream", "RowConsumer", "Op", "invoke"]
 
 log = logging.getLogger("corduroy2")
 
@@ -47,7 +49,30 @@ class Raw:
     request: Request
 
 
-Op = Generator["Request | Raw", Any, T]
+class RowConsumer(Protocol):
+    """Receives a streamed row body as it is parsed; :meth:`end` gives the operation's value."""
+
+    def header(self, fields: dict[str, Any]) -> None: ...
+
+    def rows(self, rows: list[Any]) -> None: ...
+
+    def end(self, fields: dict[str, Any]) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Stream:
+    """Yield ``Stream(request, consumer)`` to have a row-bearing reply parsed as it arrives.
+
+    ``request.stream`` should be True. The consumer sees rows per received chunk; what its
+    ``end`` returns is sent back at the ``yield``. An exception raised by the consumer aborts
+    the transfer and fails the call with that exception.
+    """
+
+    request: Request
+    consumer: RowConsumer
+
+
+Op = Generator["Request | Raw | Stream", Any, T]
 
 
 class _Collector:
@@ -75,6 +100,105 @@ class _Collector:
 
     def on_error(self, exc: CouchError) -> None:
         self._done(exc)
+
+
+class RowSink:
+    """A sink that parses a row-bearing body with :class:`RowStream` as chunks arrive.
+
+    Error replies (>= 400) are collected whole and mapped. A failure while parsing (bad JSON, an
+    error member mid-stream, the consumer raising) cancels the transfer: the rest of the body is
+    unwanted, and the connection must not be reused half-read.
+    """
+
+    __slots__ = ("_consumer", "_done", "_request", "transfer", "_parser", "_status",
+                 "_headers", "_error_chunks", "_end", "_over")
+
+    def __init__(self, request: Request, consumer: RowConsumer,
+                 done: Callable[[Any, BaseException | None, int, Headers], None]) -> None:
+        self._request = request
+        self._consumer = consumer
+        self._done = done
+        self.transfer: Any = None
+        self._parser: RowStream | None = None
+        self._status = 0
+        self._headers = Headers()
+        self._error_chunks: list[bytes] = []
+        self._end: dict[str, Any] | None = None
+        self._over = False
+
+    def on_start(self, status: int, headers: Headers) -> None:
+        self._status, self._headers = status, headers
+        if status < 400:
+            self._parser = RowStream(status=status, headers=headers)
+
+    def on_data(self, chunk: bytes) -> None:
+        if self._over:
+            return
+        if self._parser is None:
+            self._error_chunks.append(chunk)
+            return
+        try:
+            self._parser.receive_data(chunk)
+            self._drain(self._parser)
+        except StopTransfer:
+            raise
+        except Exception as exc:
+            self._fail(exc)
+
+    def _drain(self, parser: RowStream) -> None:
+        consumer = self._consumer
+        while True:
+            rows = parser.rows_ready()
+            if rows:
+                consumer.rows(rows)
+                continue
+            event = parser.next_event()
+            if event is NEED_DATA:
+                return
+            if isinstance(event, Header):
+                consumer.header(event.fields)
+            elif isinstance(event, End):
+                self._end = event.fields
+                return
+            else:  # a row that rows_ready() left for next_event()
+                consumer.rows([event.value])  # type: ignore[union-attr]
+
+    def _fail(self, exc: BaseException) -> None:
+        self._over = True
+        self._done(None, exc, self._status, self._headers)
+        if self.transfer is not None:
+            self.transfer.cancel()
+        else:
+            raise StopTransfer() from exc  # a synchronous backend: stop reading now
+
+    def on_end(self) -> None:
+        if self._over:
+            return
+        request = self._request
+        if self._parser is None:
+            self._over = True
+            error = make_error(self._status, self._headers, b"".join(self._error_chunks),
+                               method=request.method, url=request.url)
+            self._done(None, error, self._status, self._headers)
+            return
+        try:
+            self._parser.receive_data(b"")
+            self._drain(self._parser)
+            if self._end is None:
+                raise ResponseCut("response body ended early", method=request.method,
+                                  url=request.url)
+            value = self._consumer.end(self._end)
+        except Exception as exc:
+            self._over = True  # the body is complete: nothing to abort
+            self._done(None, exc, self._status, self._headers)
+            return
+        self._over = True
+        self._done(value, None, self._status, self._headers)
+
+    def on_error(self, exc: CouchError) -> None:
+        if not self._over:
+            self._over = True
+            self._done(None, exc, self._status, self._headers)
 
 
 _IDLE, _RUNNING, _FINISHED = range(3)
@@ -133,7 +257,9 @@ class _Run:
         if self._state == _RUNNING:
             self._state = _IDLE
 
-    def _send(self, step: Request | Raw) -> Any:
+    def _send(self, step: Request | Raw | Stream) -> Any:
+        if isinstance(step, Stream):
+            return self._stream(step)
         raw = isinstance(step, Raw)
         request = step.request if isinstance(step, Raw) else step
 
@@ -163,6 +289,17 @@ class _Run:
             self._advance(value, None)
 
         return self._backend.send(request, _Collector(complete))
+
+    def _stream(self, step: Stream) -> Any:
+        def complete(value: Any, error: BaseException | None, status: int,
+                     headers: Headers) -> None:
+            self._current = None
+            self._code, self._headers = (status or None), headers
+            self._advance(value, error)
+
+        sink = RowSink(step.request, step.consumer, complete)
+        sink.transfer = self._backend.send(step.request, sink)
+        return sink.transfer
 
     def _finish(self, outcome: Outcome) -> None:
         self._state = _FINISHED

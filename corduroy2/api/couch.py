@@ -12,6 +12,7 @@ from ..protocol.requests import JSON_HEADERS, Request
 from ..protocol.urls import db_path, encode_query, split_credentials, validate_db_name
 from .calls import Op, invoke
 from .status import Status
+from .views import RowIterator
 
 if TYPE_CHECKING:
     from .database import Database
@@ -86,6 +87,10 @@ class Couch:
 
     def _invoke(self, op: Op[Any], callback: Callback) -> Any:
         return invoke(self._backend, op, callback)
+
+    def _iterate(self, request: Request, wrap: Callable[[Any], Any], high_water: int) -> Any:
+        """The row iterator for this front door (``async for``; blocking overrides it)."""
+        return RowIterator(self._backend, request, wrap, high_water)
 
     def _simple(self, request: Request, callback: Callback, post: Callable[[Any], Any] | None = None) -> Any:
         return self._invoke(_one(request, post), callback)

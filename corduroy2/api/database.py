@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, unquote
 
 from ..errors import Conflict, NotFound
 from ..protocol.requests import Request, encode_json
 from ..protocol.urls import db_path, doc_path, encode_query, validate_db_name, validate_doc_id
-from .calls import Op
+from .calls import Op, Stream
 from .documents import ConflictResolution, Document
+from .views import Each, Keep, RowIterator, build_find, build_view, wrap_row
 
 if TYPE_CHECKING:
     from .couch import Callback, Couch
@@ -18,6 +20,8 @@ if TYPE_CHECKING:
 __all__ = ["Database", "Merge"]
 
 Merge = Callable[[dict[str, Any], dict[str, Any]], "dict[str, Any] | None"]
+OnRow = Callable[[Any], Any] | None
+OnRows = Callable[[list[Any]], Any] | None
 
 # Fetched at once when a doc without _id is saved (corduroy's default).
 UUID_BATCH = 50
@@ -226,6 +230,82 @@ class Database:
             outcome.pending.update(second.pending)
         return outcome
 
+    # -- views, _all_docs, _find -----------------------------------------------------------
+
+    def _view_request(self, path: str, opts: dict[str, Any]) -> Request:
+        if "keys" in opts:
+            keys = opts.pop("keys")
+            if not isinstance(keys, (list, tuple)):
+                raise TypeError("keys must be a list")
+            # keys travel in a POST body: a GET query string has a length limit.
+            request = self._req("POST", path, opts, encode_json({"keys": list(keys)}))
+        else:
+            request = self._req("GET", path, opts)
+        return replace(request, stream=True)
+
+    def _rows(self, request: Request, wrap: Any, build: Any, on_row: OnRow, on_rows: OnRows,
+              callback: Callback) -> Any:
+        if on_row is None and on_rows is None:
+            consumer: Any = Keep(wrap, build)
+        else:
+            consumer = Each(wrap, build, on_row, on_rows)
+        return self.couch._invoke(_stream(request, consumer), callback)
+
+    def view(self, name: str, *, on_row: OnRow = None, on_rows: OnRows = None,
+             callback: Callback = None, **opts: Any) -> Any:
+        """Query view ``"ddoc/view"`` (or ``"_all_docs"``). Returns a
+        :class:`~corduroy2.api.views.ViewResult`.
+
+        Options are CouchDB's (``key``, ``keys``, ``startkey``/``start_key``, ``endkey``,
+        ``startkey_docid``, ``limit``, ``skip``, ``descending``, ``include_docs``,
+        ``inclusive_end``, ``reduce``, ``group``, ``group_level``, ``stable``, ``update``,
+        ``update_seq``, ``sorted``, ``conflicts``, ``attachments``...); keys are JSON-encoded
+        and ``keys`` is sent by POST. Rows are parsed as they arrive: with ``on_row=fn`` each
+        row is handed to ``fn`` at once (``on_rows=fn``: a list per received chunk) and none is
+        kept, so memory stays flat whatever the number of rows.
+        """
+        request = self._view_request(_view_path(self.name, name), opts)
+        return self._rows(request, wrap_row, build_view, on_row, on_rows, callback)
+
+    def all_docs(self, *, on_row: OnRow = None, on_rows: OnRows = None,
+                 callback: Callback = None, **opts: Any) -> Any:
+        """``_all_docs``, with the options and streaming of :meth:`view`."""
+        return self.view("_all_docs", on_row=on_row, on_rows=on_rows, callback=callback, **opts)
+
+    def _find_request(self, selector: Any, opts: dict[str, Any]) -> Request:
+        if not isinstance(selector, dict):
+            raise TypeError(f"selector must be a dict, not {type(selector).__name__}")
+        body = {"selector": selector, **{k: v for k, v in opts.items() if v is not None}}
+        return replace(self._req("POST", db_path(self.name) + "/_find", None, encode_json(body)),
+                       stream=True)
+
+    def find(self, selector: dict[str, Any], *, on_row: OnRow = None, on_rows: OnRows = None,
+             callback: Callback = None, **opts: Any) -> Any:
+        """Mango query. ``opts``: ``fields``, ``sort``, ``limit``, ``skip``, ``use_index``,
+        ``bookmark``, ``execution_stats``, ``r``, ``conflicts``, ``update``, ``stable``.
+        Returns a :class:`~corduroy2.api.views.FindResult` (docs, ``bookmark``, ``warning``);
+        ``on_row``/``on_rows`` stream the docs as in :meth:`view`."""
+        request = self._find_request(selector, opts)
+        return self._rows(request, Document, build_find, on_row, on_rows, callback)
+
+    def iter_view(self, name: str, *, high_water: int = 1000, **opts: Any) -> Any:
+        """Iterate a view's rows as they arrive (``async for``; a plain ``for`` in blocking
+        mode). At most about ``high_water`` rows wait in memory: the transport is paused while
+        the reader is behind."""
+        request = self._view_request(_view_path(self.name, name), opts)
+        return self.couch._iterate(request, wrap_row, high_water)
+
+    def iter_all_docs(self, *, high_water: int = 1000, **opts: Any) -> Any:
+        """:meth:`iter_view` over ``_all_docs``."""
+        return self.iter_view("_all_docs", high_water=high_water, **opts)
+
+    def iter_find(self, selector: dict[str, Any], *, high_water: int = 1000,
+                  **opts: Any) -> Any:
+        """Iterate the docs of a Mango query as they arrive (see :meth:`iter_view`)."""
+        return self.couch._iterate(self._find_request(selector, opts), Document, high_water)
+
+    # -- more documents -----------------------------------------------------------------------
+
     def delete(self, doc: Any, *, callback: Callback = None) -> Any:
         """Delete a document given as a dict with ``_id`` and ``_rev``; returns the server's
         reply ``{"ok", "id", "rev"}``. ``ValueError`` when the id or rev is missing (CouchDB
@@ -267,6 +347,18 @@ class Database:
         return self.couch._simple(request, callback, lambda reply: reply.get("rev"))
 
 
+def _view_path(db: str, name: str) -> str:
+    """``"ddoc/view"`` -> ``/db/_design/ddoc/_view/view``; ``"_all_docs"`` stays a path."""
+    if not isinstance(name, str):
+        raise TypeError(f"view name must be a str like 'ddoc/view', not {type(name).__name__}")
+    if name == "_all_docs":
+        return db_path(db) + "/_all_docs"
+    ddoc, sep, view = name.partition("/")
+    if not sep or not ddoc or not view or "/" in view:
+        raise ValueError(f"view name must look like 'ddoc/view', got {name!r}")
+    return doc_path(db, "_design/" + ddoc) + "/_view/" + quote(view, safe="")
+
+
 def _adopt(doc: dict[str, Any], merged: dict[str, Any], server: dict[str, Any]) -> None:
     """Make the caller's ``doc`` the merge result, on top of the server's revision. The id is
     kept even when ``merge`` built a new dict without it."""
@@ -280,6 +372,11 @@ def _adopt(doc: dict[str, Any], merged: dict[str, Any], server: dict[str, Any]) 
 
 def _header_id(doc_id: str) -> str:
     return quote(doc_id, safe="/:@!$&'()*+,;=-._~")
+
+
+def _stream(request: Request, consumer: Any) -> Op[Any]:
+    result = yield Stream(request, consumer)
+    return result
 
 
 def _docs_from_rows(reply: dict[str, Any]) -> list[Document | None]:

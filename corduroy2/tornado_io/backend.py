@@ -154,11 +154,17 @@ class TornadoBackend(Backend):
         opts = self.options
         kwargs: dict[str, Any] = {}
         if request.stream:
-            parser = _HeaderParser(sink, started)
+            # Tornado's curl client can deliver body chunks before the header lines (both are
+            # queued on the loop separately), so chunks wait here until the headers are in.
+            early: list[bytes] = []
+            parser = _HeaderParser(sink, started, early)
 
             def on_chunk(chunk: bytes) -> Future[None] | None:
                 if pending.cancelled:
                     raise _Aborted()
+                if not started[0]:
+                    early.append(chunk)
+                    return None
                 sink.on_data(chunk)
                 return pending.wait()
 
@@ -246,12 +252,13 @@ class TornadoBackend(Backend):
 
 
 class _HeaderParser:
-    """Turns ``header_callback`` lines into one ``sink.on_start(status, headers)``."""
+    """Turns ``header_callback`` lines into one ``sink.on_start(status, headers)``, then hands
+    over any body chunks that arrived before the headers."""
 
-    __slots__ = ("_sink", "_started", "_status", "_fields")
+    __slots__ = ("_sink", "_started", "_early", "_status", "_fields")
 
-    def __init__(self, sink: Sink, started: list[bool]) -> None:
-        self._sink, self._started = sink, started
+    def __init__(self, sink: Sink, started: list[bool], early: list[bytes]) -> None:
+        self._sink, self._started, self._early = sink, started, early
         self._status = 0
         self._fields: list[tuple[str, str]] = []
 
@@ -264,6 +271,9 @@ class _HeaderParser:
             if self._status >= 200 and not self._started[0]:
                 self._started[0] = True
                 self._sink.on_start(self._status, Headers(self._fields))
+                early, self._early[:] = list(self._early), []
+                for chunk in early:
+                    self._sink.on_data(chunk)
         elif line[0] in " \t" and self._fields:  # obsolete line folding
             name, value = self._fields[-1]
             self._fields[-1] = (name, value + " " + line.strip())

@@ -1,0 +1,289 @@
+"""Rows from views, ``_all_docs`` and ``_find``: results, per-row callbacks and iterators.
+
+Every form is built on the same stream: :class:`~corduroy2.protocol.rows.RowStream` parses the
+body as it arrives, and a consumer decides what happens to each row. The buffered result keeps
+them; ``on_row``/``on_rows`` hand them over and drop them; an iterator queues a bounded number
+and pauses the transport while its reader is behind.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..backend import Backend, Outcome, Transfer
+from ..protocol.requests import Request
+from .calls import RowSink
+from .documents import Document
+
+__all__ = ["Row", "ViewResult", "FindResult", "RowIterator", "Keep", "Each"]
+
+
+class Row:
+    """One view row: ``.id``, ``.key``, ``.value``, ``.doc`` (a Document or None), ``.error``
+    (e.g. ``"not_found"`` for a missing key in ``_all_docs?keys``). ``row["key"]`` reads the raw
+    row. A light wrapper, so that a million rows cost one small object each."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.raw = raw
+
+    @property
+    def id(self) -> str | None:
+        return self.raw.get("id")
+
+    @property
+    def key(self) -> Any:
+        return self.raw.get("key")
+
+    @property
+    def value(self) -> Any:
+        return self.raw.get("value")
+
+    @property
+    def doc(self) -> Document | None:
+        doc = self.raw.get("doc")
+        return None if doc is None else Document(doc)
+
+    @property
+    def error(self) -> str | None:
+        return self.raw.get("error")
+
+    def __getitem__(self, name: str) -> Any:
+        return self.raw[name]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Row):
+            return self.raw == other.raw
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        if self.error:
+            return f"<Row {self.key!r} «{self.error}»>"
+        ident = f" {self.id}" if self.id is not None else ""
+        doc = " +doc" if self.raw.get("doc") is not None else ""
+        return f"<Row {self.key!r}{ident} / {self.value!r}{doc}>"
+
+
+class ViewResult:
+    """A view or ``_all_docs`` answer: ``.rows``, ``.total_rows``, ``.offset``,
+    ``.update_seq``, and every other top-level member in ``.fields``. Streamed calls
+    (``on_row``/``on_rows``) return one with no rows."""
+
+    def __init__(self, rows: list[Row], fields: dict[str, Any]) -> None:
+        self.rows = rows
+        self.fields = fields
+
+    total_rows = property(lambda self: self.fields.get("total_rows"))
+    offset = property(lambda self: self.fields.get("offset"))
+    update_seq = property(lambda self: self.fields.get("update_seq"))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self.rows)
+
+    def __getitem__(self, index: int) -> Row:
+        return self.rows[index]
+
+    def __repr__(self) -> str:
+        return f"<ViewResult {len(self.rows)}/{self.total_rows} rows>"
+
+
+class FindResult:
+    """A Mango ``_find`` answer: ``.docs`` (Documents), ``.bookmark``, ``.warning``,
+    ``.execution_stats`` (CouchDB sends these after the docs)."""
+
+    def __init__(self, docs: list[Document], fields: dict[str, Any]) -> None:
+        self.docs = docs
+        self.fields = fields
+
+    bookmark = property(lambda self: self.fields.get("bookmark"))
+    warning = property(lambda self: self.fields.get("warning"))
+    execution_stats = property(lambda self: self.fields.get("execution_stats"))
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def __iter__(self) -> Iterator[Document]:
+        return iter(self.docs)
+
+    def __getitem__(self, index: int) -> Document:
+        return self.docs[index]
+
+    def __repr__(self) -> str:
+        return f"<FindResult {len(self.docs)} docs>"
+
+
+Wrap = Callable[[Any], Any]  # raw row -> Row or Document
+Build = Callable[[list[Any], dict[str, Any]], Any]  # rows, fields -> result
+
+
+class Keep:
+    """Consumer that keeps every row, for the buffered result."""
+
+    __slots__ = ("_wrap", "_build", "_rows", "_fields")
+
+    def __init__(self, wrap: Wrap, build: Build) -> None:
+        self._wrap, self._build = wrap, build
+        self._rows: list[Any] = []
+        self._fields: dict[str, Any] = {}
+
+    def header(self, fields: dict[str, Any]) -> None:
+        return None  # End carries the header fields again
+
+    def rows(self, rows: list[Any]) -> None:
+        self._rows.extend(map(self._wrap, rows))
+
+    def end(self, fields: dict[str, Any]) -> Any:
+        return self._build(self._rows, fields)
+
+
+class Each:
+    """Consumer that hands rows to ``on_row`` one by one, or to ``on_rows`` per received
+    chunk, and keeps none of them."""
+
+    __slots__ = ("_wrap", "_build", "_on_row", "_on_rows")
+
+    def __init__(self, wrap: Wrap, build: Build, on_row: Callable[[Any], Any] | None,
+                 on_rows: Callable[[list[Any]], Any] | None) -> None:
+        self._wrap, self._build = wrap, build
+        self._on_row, self._on_rows = on_row, on_rows
+
+    def header(self, fields: dict[str, Any]) -> None:
+        return None
+
+    def rows(self, rows: list[Any]) -> None:
+        wrapped = list(map(self._wrap, rows))
+        if self._on_rows is not None:
+            self._on_rows(wrapped)
+        if self._on_row is not None:
+            for row in wrapped:
+                self._on_row(row)
+
+    def end(self, fields: dict[str, Any]) -> Any:
+        return self._build([], fields)
+
+
+class RowIterator:
+    """``async for row in db.iter_view(...)``: rows as they are parsed, in bounded memory.
+
+    At most about ``high_water`` parsed rows wait in the queue (plus the rows of one received
+    chunk): past that the transport is paused until the reader has taken half of them. Each
+    ``__anext__`` returns the backend's native promise (a Future, or a Deferred under Twisted's
+    ``Deferred.fromCoroutine``). ``fields`` holds the top-level members once the body has ended.
+    ``close()`` (or ``async with``) aborts the request when the reader stops early.
+    """
+
+    def __init__(self, backend: Backend, request: Request, wrap: Wrap,
+                 high_water: int = 1000) -> None:
+        if high_water < 1:
+            raise ValueError("high_water must be at least 1")
+        self._backend = backend
+        self._request = request
+        self._wrap = wrap
+        self._high = high_water
+        self._queue: collections.deque[Any] = collections.deque()
+        self._waiter: Callable[[Outcome], None] | None = None
+        self._transfer: Transfer | None = None
+        self._paused = False
+        self._ended = False
+        self._error: BaseException | None = None
+        self.fields: dict[str, Any] = {}
+
+    # -- consumer side (called by the RowSink) --------------------------------------------------
+
+    def header(self, fields: dict[str, Any]) -> None:
+        return None
+
+    def rows(self, rows: list[Any]) -> None:
+        self._queue.extend(map(self._wrap, rows))
+        self._wake()
+        if len(self._queue) >= self._high and not self._paused and self._transfer is not None:
+            self._paused = True
+            self._transfer.pause()
+
+    def end(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+        return None
+
+    def _finished(self, value: Any, error: BaseException | None, *_: Any) -> None:
+        self._ended = True
+        self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and (self._queue or self._ended):
+            self._waiter = None
+            self._deliver(waiter)
+
+    # -- reader side ------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        sink = RowSink(self._request, self, self._finished)
+        self._transfer = self._backend.send(self._request, sink)
+        sink.transfer = self._transfer
+
+    def _deliver(self, done: Callable[[Outcome], None]) -> None:
+        if self._queue:
+            row = self._queue.popleft()
+            if self._paused and len(self._queue) <= self._high // 2:
+                self._paused = False
+                assert self._transfer is not None
+                self._transfer.resume()
+            done(Outcome(value=row))
+        elif self._error is not None:
+            done(Outcome(error=self._error))
+        else:
+            done(Outcome(error=StopAsyncIteration()))
+
+    def _next(self, done: Callable[[Outcome], None]) -> RowIterator:
+        if self._queue or self._ended:
+            self._deliver(done)
+        else:
+            self._waiter = done
+        return self
+
+    def __aiter__(self) -> RowIterator:
+        return self
+
+    def __anext__(self) -> Any:
+        if self._transfer is None and not self._ended:
+            self._start()
+        return self._backend.run(self._next)
+
+    def cancel(self) -> None:
+        """Part of the cancel-handle contract: a cancelled ``__anext__`` stops the iteration."""
+        self.close()
+
+    def close(self) -> None:
+        """Stop: abort the request and drop queued rows."""
+        if not self._ended:
+            self._ended = True
+            self._error = None
+            if self._transfer is not None:
+                self._transfer.cancel()
+        self._queue.clear()
+        self._waiter = None
+
+    async def __aenter__(self) -> RowIterator:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+def wrap_row(raw: Any) -> Row:
+    return Row(raw)
+
+
+def build_view(rows: list[Any], fields: dict[str, Any]) -> ViewResult:
+    return ViewResult(rows, fields)
+
+
+def build_find(docs: list[Any], fields: dict[str, Any]) -> FindResult:
+    return FindResult(docs, fields)
