@@ -12,7 +12,7 @@ from ..protocol.requests import Request, encode_json
 from ..protocol.urls import db_path, doc_path, encode_query, validate_db_name, validate_doc_id
 from .calls import Op, Stream
 from .documents import ConflictResolution, Document
-from .views import Each, Keep, RowIterator, build_find, build_view, wrap_row
+from .views import Each, FindResult, Keep, Pages, ViewResult, build_find, build_view, wrap_row
 
 if TYPE_CHECKING:
     from .couch import Callback, Couch
@@ -88,9 +88,13 @@ class Database:
 
     # -- database ----------------------------------------------------------------------------
 
-    def info(self, *, callback: Callback = None) -> Any:
-        """The database's info object (``doc_count``, ``update_seq``, ``sizes``...)."""
-        return self.couch._simple(self._req("GET", db_path(self.name)), callback)
+    def info(self, ddoc: str | None = None, *, callback: Callback = None) -> Any:
+        """The database's info object (``doc_count``, ``update_seq``, ``sizes``...), or with
+        ``ddoc`` that design document's ``_info`` (its view index state)."""
+        if ddoc is None:
+            return self.couch._simple(self._req("GET", db_path(self.name)), callback)
+        path = doc_path(self.name, "_design/" + _ddoc_name(ddoc)) + "/_info"
+        return self.couch._simple(self._req("GET", path), callback)
 
     def exists(self, *, callback: Callback = None) -> Any:
         """True if the database exists (``HEAD``)."""
@@ -304,6 +308,105 @@ class Database:
         """Iterate the docs of a Mango query as they arrive (see :meth:`iter_view`)."""
         return self.couch._iterate(self._find_request(selector, opts), Document, high_water)
 
+    def pages(self, name: str, page_size: int = 100, **opts: Any) -> Pages:
+        """Page through a view (or ``"_all_docs"``) by key, never with ``skip``: each page asks
+        for ``page_size + 1`` rows and the extra row's key and id start the next page. An
+        iterator of :class:`~corduroy2.api.views.ViewResult` pages (``async for``; ``for`` in
+        blocking mode) that fetches a page only when it is asked for. Not for grouped reduce
+        queries (their rows have no id to break ties)."""
+        if not isinstance(page_size, int) or page_size < 1:
+            raise ValueError(f"page_size must be a positive int, got {page_size!r}")
+        if "keys" in opts or "skip" in opts:
+            raise ValueError("pages() pages by key: 'keys' and 'skip' cannot be used")
+        path = _view_path(self.name, name)
+        limit = opts.pop("limit", None)
+        by_docid = name != "_all_docs"
+
+        def fetch(state: dict[str, Any]) -> Op[ViewResult]:
+            if state.get("done"):
+                raise StopAsyncIteration
+            want = page_size if limit is None else min(page_size, limit - state.get("seen", 0))
+            query = {**opts, **state.get("next", {}), "limit": want + 1}
+            result = yield Stream(self._view_request(path, query), Keep(wrap_row, build_view))
+            rows = result.rows
+            if len(rows) > want:
+                last = rows.pop()
+                state["next"] = {"startkey": last.key}
+                if by_docid:
+                    state["next"]["startkey_docid"] = last.id
+            else:
+                state["done"] = True
+            state["seen"] = state.get("seen", 0) + len(rows)
+            if limit is not None and state["seen"] >= limit:
+                state["done"] = True
+            if not rows:
+                raise StopAsyncIteration
+            return result
+
+        return Pages(self.couch, fetch)
+
+    def find_pages(self, selector: dict[str, Any], page_size: int = 100, **opts: Any) -> Pages:
+        """Page through a Mango query by ``bookmark``; an iterator of
+        :class:`~corduroy2.api.views.FindResult` pages, fetched when asked for. Ends at the
+        first page shorter than ``page_size`` (or without a bookmark)."""
+        if not isinstance(page_size, int) or page_size < 1:
+            raise ValueError(f"page_size must be a positive int, got {page_size!r}")
+        self._find_request(selector, opts)  # check the arguments now
+
+        def fetch(state: dict[str, Any]) -> Op[FindResult]:
+            if state.get("done"):
+                raise StopAsyncIteration
+            query = {**opts, "limit": page_size, "bookmark": state.get("bookmark")}
+            result = yield Stream(self._find_request(selector, query), Keep(Document, build_find))
+            if len(result.docs) < page_size or not result.bookmark:
+                state["done"] = True
+            state["bookmark"] = result.bookmark
+            if not result.docs:
+                raise StopAsyncIteration
+            return result
+
+        return Pages(self.couch, fetch)
+
+    # -- Mango indexes ------------------------------------------------------------------------
+
+    def create_index(self, fields: list[Any], *, ddoc: str | None = None, name: str | None = None,
+                     type: str = "json", partial_filter_selector: dict[str, Any] | None = None,
+                     callback: Callback = None, **opts: Any) -> Any:
+        """Create a Mango index on ``fields`` (``["a", {"b": "desc"}]``); returns CouchDB's
+        ``{"result": "created"|"exists", "id", "name"}``."""
+        index: dict[str, Any] = {"fields": list(fields)}
+        if partial_filter_selector is not None:
+            index["partial_filter_selector"] = partial_filter_selector
+        body = {"index": index, "type": type, **opts}
+        if ddoc is not None:
+            body["ddoc"] = _ddoc_name(ddoc)
+        if name is not None:
+            body["name"] = name
+        request = self._req("POST", db_path(self.name) + "/_index", None, encode_json(body))
+        return self.couch._simple(request, callback)
+
+    def indexes(self, *, callback: Callback = None) -> Any:
+        """The database's Mango indexes (a list, ``_all_docs``'s special index included)."""
+        request = self._req("GET", db_path(self.name) + "/_index")
+        return self.couch._simple(request, callback, lambda reply: reply["indexes"])
+
+    def delete_index(self, ddoc: str, name: str, *, type: str = "json",
+                     callback: Callback = None) -> Any:
+        """Delete index ``name`` of design doc ``ddoc`` (with or without ``_design/``)."""
+        # "_design/x" travels as one segment, _design%2Fx: CouchDB accepts it, and it is the
+        # only form some servers (pouchdb-server) route correctly.
+        path = (db_path(self.name) + "/_index/" + quote("_design/" + _ddoc_name(ddoc), safe="")
+                + "/" + quote(type, safe="") + "/" + quote(name, safe=""))
+        return self.couch._simple(self._req("DELETE", path), callback)
+
+    def explain(self, selector: dict[str, Any], *, callback: Callback = None, **opts: Any) -> Any:
+        """How CouchDB would run a Mango query (which index, which range)."""
+        if not isinstance(selector, dict):
+            raise TypeError(f"selector must be a dict, not {type(selector).__name__}")
+        body = encode_json({"selector": selector, **opts})
+        request = self._req("POST", db_path(self.name) + "/_explain", None, body)
+        return self.couch._simple(request, callback)
+
     # -- more documents -----------------------------------------------------------------------
 
     def delete(self, doc: Any, *, callback: Callback = None) -> Any:
@@ -357,6 +460,12 @@ def _view_path(db: str, name: str) -> str:
     if not sep or not ddoc or not view or "/" in view:
         raise ValueError(f"view name must look like 'ddoc/view', got {name!r}")
     return doc_path(db, "_design/" + ddoc) + "/_view/" + quote(view, safe="")
+
+
+def _ddoc_name(ddoc: str) -> str:
+    if not isinstance(ddoc, str) or not ddoc:
+        raise ValueError(f"design document name must be a non-empty str, got {ddoc!r}")
+    return ddoc[len("_design/"):] if ddoc.startswith("_design/") else ddoc
 
 
 def _adopt(doc: dict[str, Any], merged: dict[str, Any], server: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from ..protocol.requests import Request
 from .calls import RowSink
 from .documents import Document
 
-__all__ = ["Row", "ViewResult", "FindResult", "RowIterator", "Keep", "Each"]
+__all__ = ["Row", "ViewResult", "FindResult", "RowIterator", "Pages", "Keep", "Each"]
 
 
 class Row:
@@ -275,6 +275,34 @@ class RowIterator:
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
+
+
+class Pages:
+    """An iterator of result pages that fetches each page only when asked: ``async for page in
+    ...`` (each ``__anext__`` is the backend's promise), or ``for page in ...`` in blocking
+    mode."""
+
+    def __init__(self, couch: Any, fetch: Callable[[dict[str, Any]], Any]) -> None:
+        self._couch = couch
+        self._fetch = fetch
+        self._state: dict[str, Any] = {}
+
+    def __aiter__(self) -> Pages:
+        return self
+
+    def __anext__(self) -> Any:
+        return self._couch._invoke(self._fetch(self._state), None)
+
+    def __iter__(self) -> Pages:
+        if self._couch.backend_name != "blocking":
+            raise TypeError("use 'async for' with an asynchronous Couch")
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return self.__anext__()
+        except StopAsyncIteration:
+            raise StopIteration from None
 
 
 def wrap_row(raw: Any) -> Row:

@@ -74,8 +74,13 @@ _SKIP = re.compile(rb'[^"{}\[\]]*(?:"[^"\\]*(?:\\.[^"\\]*)*"[^"{}\[\]]*)*', re.S
 _SCALAR = re.compile(rb"[^ \t\r\n,\]}]*")
 _WS = re.compile(rb"[ \t\r\n]*")
 
-# Parser states: where we are in ``{ "key" : value , ... "rows" : [ row , ... ] ... }``.
+# Parser states: where we are in ``{ "key" : value , ... "rows" : [ row , ... ] ... }``; the
+# punctuation each one accepts, and what it wants when it meets anything else.
 _START, _KEY1, _KEY, _COLON, _VALUE, _AFTER, _ROW1, _ROW, _ROWNEXT, _DONE = range(10)
+_PUNCT = {(_START, 123): _KEY1, (_KEY1, 125): _DONE, (_COLON, 58): _VALUE, (_AFTER, 44): _KEY,
+          (_AFTER, 125): _DONE, (_ROW1, 93): _AFTER, (_ROWNEXT, 44): _ROW, (_ROWNEXT, 93): _AFTER}
+_EXPECTED = ("a JSON object", "a member name", "a member name", "':'", "", "',' or '}'", "", "",
+             "',' or ']'", "nothing after the JSON body")
 
 
 class RowStream:
@@ -108,6 +113,7 @@ class RowStream:
         self._header: Header | None = None
         self._rows: list[Any] = []
         self._ri = 0  # self._rows[:_ri] were handed out
+        self._last: Any = None  # the last row the byte scanner found
         self._final: End | Exception | NeedData | None = None  # what follows the queued rows
 
     @property
@@ -179,86 +185,60 @@ class RowStream:
     def _parse(self) -> None:
         buf, fields = self._buf, self._fields
         n, pos, st = len(buf), self._pos, self._state
-        guess = True
+        guess = True  # once per parse: a failed guess costs a parse of the buffer
         while True:
             pos = _WS.match(buf, pos).end()  # type: ignore[union-attr]
             if pos >= n:
                 break
             c = buf[pos]
-            if st == _ROW or st == _ROW1:
-                if c == 93:  # ]
-                    if st == _ROW:
-                        raise self._bad(pos, "trailing comma in rows")
-                    pos, st = pos + 1, _AFTER
-                    continue
+            punct = _PUNCT.get((st, c))
+            if punct is not None:
+                if punct == _DONE and "error" in fields:
+                    raise self._http_error(fields)
+                if punct == _DONE and not self._had_rows:
+                    raise errors.DecodeError(f"no {'/'.join(self._keys)} array in the response body")
+                pos, st = pos + 1, punct
+            elif st == _ROW or st == _ROW1:
                 if self._scan < 0:
                     if self._fast is None:
-                        self._fast = buf[pos - 1] == 10  # row starts on a new line
+                        self._fast = buf[pos - 1] == 10  # rows start on new lines
                     if self._fast:
                         pos, st = self._fast_rows(buf, pos, n)
                         if st == _ROW and self._fast:
                             break  # the next row is not complete yet
                         continue
-                    if guess:  # once per parse: a failed guess costs a parse of the buffer
-                        guess = False
-                        new = self._guess(buf, pos, n)
+                    if guess:
+                        guess, new = False, self._guess(buf, pos, n)
                         if new != pos:
                             pos, st = new, _ROW
                             continue
                 end = self._value_end(buf, pos, n)
                 if end < 0:
                     break
-                self._rows.append(self._load(buf, pos, end))
+                self._last = self._load(buf, pos, end)
+                self._rows.append(self._last)
                 pos, st = end, _ROWNEXT
-            elif st == _ROWNEXT or st == _AFTER:
-                if c == 44:  # ,
-                    pos, st = pos + 1, (_ROW if st == _ROWNEXT else _KEY)
-                elif c == (93 if st == _ROWNEXT else 125):  # ] or }
-                    pos, st = pos + 1, (_AFTER if st == _ROWNEXT else self._close())
-                elif c == 123:  # {: an error object appended without a separator?
-                    end = self._value_end(buf, pos, n)
-                    if end < 0:
-                        break
-                    stray = self._load(buf, pos, end)
-                    if isinstance(stray, dict) and "error" in stray:
-                        raise self._http_error(stray)
-                    raise self._bad(pos, "expected ',' after a value")
+            elif st == _VALUE and c == 91 and not self._had_rows and self._key in self._keys:
+                self._had_rows, self._header = True, Header(dict(fields))
+                pos, st = pos + 1, _ROW1
+            elif (c == 34 and st in (_KEY, _KEY1)) or st == _VALUE or (c == 123 and st in (_ROWNEXT, _AFTER)):
+                end = self._value_end(buf, pos, n)
+                if end < 0:
+                    break
+                value = self._load(buf, pos, end)
+                if st == _VALUE:
+                    fields[self._key] = value
+                    if "error" in fields and "reason" in fields:
+                        raise self._http_error(fields)
+                elif st == _ROWNEXT or st == _AFTER:  # a stray object: CouchDB's mid-stream error?
+                    if isinstance(value, dict) and "error" in value:
+                        raise self._http_error(value)
+                    raise self._bad(pos, "expected ','")
                 else:
-                    raise self._bad(pos, "expected ',' after a value")
-            elif st == _KEY or st == _KEY1:
-                if c == 125 and st == _KEY1:
-                    pos, st = pos + 1, self._close()
-                    continue
-                if c != 34:
-                    raise self._bad(pos, "expected a member name")
-                end = self._value_end(buf, pos, n)
-                if end < 0:
-                    break
-                self._key = self._load(buf, pos, end)
-                pos, st = end, _COLON
-            elif st == _COLON:
-                if c != 58:
-                    raise self._bad(pos, "expected ':'")
-                pos, st = pos + 1, _VALUE
-            elif st == _VALUE:
-                if c == 91 and not self._had_rows and self._key in self._keys:
-                    self._had_rows = True
-                    self._header = Header(dict(fields))
-                    pos, st = pos + 1, _ROW1
-                    continue
-                end = self._value_end(buf, pos, n)
-                if end < 0:
-                    break
-                fields[self._key] = self._load(buf, pos, end)
-                pos, st = end, _AFTER
-                if "error" in fields and "reason" in fields:
-                    raise self._http_error(fields)
-            elif st == _START:
-                if c != 123:
-                    raise self._bad(pos, "expected a JSON object")
-                pos, st = pos + 1, _KEY1
+                    self._key = value
+                pos, st = end, (_AFTER if st == _VALUE else _COLON)
             else:
-                raise self._bad(pos, "data after the end of the JSON body")
+                raise self._bad(pos, f"expected {_EXPECTED[st]}")
         self._pos, self._state = pos, st
         if self._eof and st != _DONE:
             if self._fast:  # e.g. the last row ends without a newline: finish generally
@@ -266,6 +246,9 @@ class RowStream:
                 return self._parse()
             if "error" in fields:
                 raise self._http_error(fields)
+            last = self._last if st == _ROWNEXT else None
+            if isinstance(last, dict) and "code" in last and "error" in last:
+                raise self._http_error(last)  # it came before any row: it read as one
             raise errors.ResponseCut(f"response body ended early (after {self._base + n} bytes)")
 
     def _fast_rows(self, buf: bytearray, pos: int, n: int) -> tuple[int, int]:
@@ -368,14 +351,6 @@ class RowStream:
         self._scan, self._depth, self._in_str = i, depth, in_str
         return -1
 
-    def _close(self) -> int:
-        """The top-level ``}``: the body is complete unless it was an error."""
-        if "error" in self._fields:
-            raise self._http_error(self._fields)
-        if not self._had_rows:
-            raise errors.DecodeError(f"no {'/'.join(self._keys)} array in the response body")
-        return _DONE
-
     def _load(self, buf: bytearray, start: int, end: int) -> Any:
         try:
             return orjson.loads(buf[start:end])
@@ -387,6 +362,13 @@ class RowStream:
         return errors.DecodeError(f"invalid JSON body at byte {self._base + pos}: {what}: {near!r}")
 
     def _http_error(self, obj: dict[str, Any]) -> errors.HTTPError:
+        """The typed error for an error object met in a 2xx body.
+
+        When streaming fails, CouchDB 3 (chttpd:send_chunked_error) writes LF
+        ``{"code":500,"error":..,"reason":..}`` LF where a row or a comma should be, and ends the
+        body; its ``code`` is the status the error would have had.
+        """
         body = {k: obj[k] for k in ("error", "reason") if k in obj}
-        status = 500 if self._status < 400 else self._status
-        return make_error(status, self._headers, body)
+        code = obj.get("code")
+        status = code if type(code) is int and code >= 400 else 500
+        return make_error(self._status if self._status >= 400 else status, self._headers, body)
