@@ -94,47 +94,47 @@ class HTTPError(CouchError):
 
 
 class BadRequest(HTTPError):
-    """400."""
+    """HTTP 400."""
 
 
 class Unauthorized(HTTPError):
-    """401: no or wrong credentials."""
+    """HTTP 401: no or wrong credentials."""
 
 
 class Forbidden(HTTPError):
-    """403: authenticated but not allowed (or ``validate_doc_update`` said no)."""
+    """HTTP 403: authenticated but not allowed (or ``validate_doc_update`` said no)."""
 
 
 class NotFound(HTTPError):
-    """404."""
+    """HTTP 404."""
 
 
 class MethodNotAllowed(HTTPError):
-    """405."""
+    """HTTP 405."""
 
 
 class Conflict(HTTPError):
-    """409: a stale or missing ``_rev``, or a document that already exists."""
+    """HTTP 409: a stale or missing ``_rev``, or a document that already exists."""
 
 
 class PreconditionFailed(HTTPError):
-    """412: e.g. creating a database that exists."""
+    """HTTP 412: e.g. creating a database that exists."""
 
 
 class RequestEntityTooLarge(HTTPError):
-    """413."""
+    """HTTP 413."""
 
 
 class UnsupportedMediaType(HTTPError):
-    """415."""
+    """HTTP 415."""
 
 
 class TooManyRequests(HTTPError):
-    """429: rate limited; ``headers['retry-after']`` may say for how long."""
+    """HTTP 429: rate limited; ``headers['retry-after']`` may say for how long."""
 
 
 class ServerError(HTTPError):
-    """Any 5xx."""
+    """Any HTTP 5xx."""
 
 
 class TransportError(CouchError):
