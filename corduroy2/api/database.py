@@ -166,7 +166,12 @@ class Database:
             except Conflict as conflict:
                 if not (force or merge):
                     raise
-                server = yield self._req("GET", doc_path(self.name, doc["_id"]))
+                try:
+                    server = yield self._req("GET", doc_path(self.name, doc["_id"]))
+                except NotFound:
+                    # Deleted meanwhile: the local doc is written anew, as the bulk path does.
+                    doc.pop("_rev", None)
+                    continue
                 if force:
                     doc["_rev"] = server["_rev"]
                     continue
@@ -190,8 +195,8 @@ class Database:
         for doc in originals:
             if doc.get("_id") is None and not doc.get("_deleted"):
                 doc["_id"] = yield from self._new_id()
-        body = b'{"docs":[' + b",".join(encode_json(d) for d in originals) + b"]}"
-        results = yield self._req("POST", db_path(self.name) + "/_bulk_docs", opts, body)
+        body = _bulk_body(originals, opts)
+        results = yield self._req("POST", db_path(self.name) + "/_bulk_docs", None, body)
         outcome = ConflictResolution(originals, results)
         if (force or merge) and outcome.pending:
             outcome = yield from self._resolve(outcome, merge, force, opts)
@@ -225,8 +230,8 @@ class Database:
                 _adopt(local, merged, server)
             retry.append(local)
         if retry:
-            body = b'{"docs":[' + b",".join(encode_json(d) for d in retry) + b"]}"
-            results = yield self._req("POST", db_path(self.name) + "/_bulk_docs", opts, body)
+            body = _bulk_body(retry, opts)
+            results = yield self._req("POST", db_path(self.name) + "/_bulk_docs", None, body)
             second = ConflictResolution(retry, results)
             for doc_id in second.resolved:
                 outcome.pending.pop(doc_id, None)
@@ -460,6 +465,13 @@ def _view_path(db: str, name: str) -> str:
     if not sep or not ddoc or not view or "/" in view:
         raise ValueError(f"view name must look like 'ddoc/view', got {name!r}")
     return doc_path(db, "_design/" + ddoc) + "/_view/" + quote(view, safe="")
+
+
+def _bulk_body(docs: list[dict[str, Any]], opts: dict[str, Any]) -> bytes:
+    """``{"docs": [...], **opts}``: CouchDB reads ``_bulk_docs`` options (``new_edits``) from
+    the body. Each doc was already checked by ``encode_json``, so they are joined as bytes."""
+    head = encode_json(opts)[:-1] + b"," if opts else b"{"
+    return head + b'"docs":[' + b",".join(encode_json(d) for d in docs) + b"]}"
 
 
 def _ddoc_name(ddoc: str) -> str:
