@@ -105,5 +105,6 @@ class Backend(ABC):
         """Call ``fn`` after ``delay`` seconds, on the backend's loop."""
 
     @abstractmethod
-    def close(self) -> None:
-        """Close connections. The backend must not be used afterwards."""
+    def close(self) -> Any:
+        """Close connections (Twisted returns a Deferred that fires when they are closed).
+        The backend must not be used afterwards."""

@@ -332,7 +332,8 @@ class Database:
                 raise StopAsyncIteration
             want = page_size if limit is None else min(page_size, limit - state.get("seen", 0))
             query = {**opts, **state.get("next", {}), "limit": want + 1}
-            result = yield Stream(self._view_request(path, query), Keep(wrap_row, build_view))
+            result: ViewResult = yield Stream(self._view_request(path, query),
+                                              Keep(wrap_row, build_view))
             rows = result.rows
             if len(rows) > want:
                 last = rows.pop()
@@ -362,7 +363,8 @@ class Database:
             if state.get("done"):
                 raise StopAsyncIteration
             query = {**opts, "limit": page_size, "bookmark": state.get("bookmark")}
-            result = yield Stream(self._find_request(selector, query), Keep(Document, build_find))
+            result: FindResult = yield Stream(self._find_request(selector, query),
+                                              Keep(Document, build_find))
             if len(result.docs) < page_size or not result.bookmark:
                 state["done"] = True
             state["bookmark"] = result.bookmark

@@ -73,7 +73,7 @@ class ConflictResolution:
         self.resolved: dict[str, dict[str, Any]] = {}
         self.pending: dict[str, PendingDoc] = {}
         for doc, result in zip(docs, results):
-            doc_id = result.get("id", doc.get("_id"))
+            doc_id: str = result.get("id") or doc.get("_id") or ""
             if "error" in result:
                 self.pending[doc_id] = PendingDoc(doc, result["error"], result.get("reason"))
             else:

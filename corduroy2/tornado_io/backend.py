@@ -32,7 +32,7 @@ try:
     import pycurl
     from tornado.curl_httpclient import CurlAsyncHTTPClient, CurlError
 except ImportError:  # pycurl is optional: the simple client is used without it
-    pycurl = None  # type: ignore[assignment]
+    pycurl = None
     CurlAsyncHTTPClient = None  # type: ignore[assignment,misc]
     CurlError = None  # type: ignore[assignment,misc]
 
@@ -175,7 +175,7 @@ class TornadoBackend(Backend):
         return HTTPRequest(
             request.url,
             method=request.method,
-            headers=httputil.HTTPHeaders(request.headers),
+            headers=_headers(request.headers),
             body=request.body,
             connect_timeout=opts.connect_timeout or 0,
             # 0 = no limit for both clients; Tornado's own default (20 s) would cut long feeds.
@@ -249,6 +249,13 @@ class TornadoBackend(Backend):
         if self._http is not None:
             self._http.close()
             self._http = None
+
+
+def _headers(fields: tuple[tuple[str, str], ...]) -> httputil.HTTPHeaders:
+    headers = httputil.HTTPHeaders()
+    for name, value in fields:
+        headers.add(name, value)
+    return headers
 
 
 class _HeaderParser:

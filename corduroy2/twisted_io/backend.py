@@ -297,5 +297,5 @@ def _map_failure(failure: Failure, request: Request) -> CouchError:
     return err
 
 
-def _is_tls_error(exc: BaseException) -> bool:
-    return type(exc).__module__.startswith("OpenSSL")
+def _is_tls_error(exc: BaseException | None) -> bool:
+    return exc is not None and type(exc).__module__.startswith("OpenSSL")
