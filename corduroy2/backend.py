@@ -101,6 +101,12 @@ class Backend(ABC):
         """Run an operation and return its result in this framework's native form."""
 
     @abstractmethod
+    def when_done(self, value: Any, done: Callable[[Outcome], None]) -> bool:
+        """If ``value`` is this framework's promise (or an awaitable it can run), call ``done``
+        once it settles and return True; otherwise return False and call nothing. Lets user
+        callbacks return a Future/Deferred that corduroy2 waits for (a follower's handler)."""
+
+    @abstractmethod
     def call_later(self, delay: float, fn: Callable[[], None]) -> Cancel:
         """Call ``fn`` after ``delay`` seconds, on the backend's loop."""
 

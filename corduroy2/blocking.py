@@ -167,6 +167,10 @@ class BlockingBackend(Backend):
             raise box[0].error
         return box[0].value
 
+    def when_done(self, value: Any, done: Callable[[Outcome], None]) -> bool:
+        # Nothing is pending in blocking mode: a handler's return value is already its result.
+        return False
+
     def call_later(self, delay: float, fn: Callable[[], None]) -> Cancel:
         time.sleep(delay)
         fn()

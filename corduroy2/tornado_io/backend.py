@@ -8,11 +8,12 @@ IOLoop it was made on), and made again if the caller moves to another loop.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tornado import httputil
+from tornado import gen, httputil
 from tornado.concurrent import Future
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.ioloop import IOLoop
@@ -240,6 +241,22 @@ class TornadoBackend(Backend):
         if not future.done():
             future.add_done_callback(lambda f: handle.cancel() if f.cancelled() else None)
         return future
+
+    def when_done(self, value: Any, done: Callable[[Outcome], None]) -> bool:
+        if not isinstance(value, Awaitable):
+            return False
+        future = gen.convert_yielded(value)  # Futures, coroutines, and yieldable lists
+
+        def settled(f: Future[Any]) -> None:
+            if f.cancelled():
+                done(Outcome(error=asyncio.CancelledError()))
+            elif f.exception() is not None:
+                done(Outcome(error=f.exception()))
+            else:
+                done(Outcome(value=f.result()))
+
+        future.add_done_callback(settled)
+        return True
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> Cancel:
         loop = IOLoop.current()

@@ -7,6 +7,7 @@ the one it wants (asyncio, epoll...).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -252,6 +253,21 @@ class TwistedBackend(Backend):
 
         handle.append(start(done))
         return deferred
+
+    def when_done(self, value: Any, done: Callable[[Outcome], None]) -> bool:
+        if inspect.iscoroutine(value):
+            value = defer.Deferred.fromCoroutine(value)
+        if not isinstance(value, defer.Deferred):
+            return False
+
+        def ok(result: Any) -> None:
+            done(Outcome(value=result))
+
+        def failed(failure: Failure) -> None:
+            done(Outcome(error=failure.value))
+
+        value.addCallbacks(ok, failed)
+        return True
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> Cancel:
         return _DelayedCall(self.reactor.callLater(delay, fn))

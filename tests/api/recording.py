@@ -87,6 +87,9 @@ class RecordingBackend(Backend):
             raise box[0].error
         return box[0].value
 
+    def when_done(self, value: Any, done: Callable[[Outcome], None]) -> bool:
+        return False  # like blocking: values are results
+
     def call_later(self, delay: float, fn: Callable[[], None]) -> Cancel:
         handle = _Handle()
         self.later.append((delay, fn, handle))
