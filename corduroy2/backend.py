@@ -77,13 +77,23 @@ Start = Callable[[Callable[[Outcome], None]], Cancel]
 
 @dataclass(frozen=True)
 class TransportOptions:
-    """Settings every backend honours. ``None`` means no limit."""
+    """Settings every backend honours. ``None`` means no limit.
+
+    ``request_timeout`` bounds a whole exchange; ``idle_timeout`` bounds the silence between
+    two pieces of a response (a stalled stream), and is what long feeds want instead.
+    TLS: certificates are verified unless ``verify_tls`` is False (an explicit opt-out);
+    ``ca_file`` replaces the system CA bundle; ``cert_file``/``key_file`` present a client
+    certificate.
+    """
 
     connect_timeout: float | None = 10.0
     request_timeout: float | None = None
+    idle_timeout: float | None = None
     max_connections: int = 10
     verify_tls: bool = True
     ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
 
 class Backend(ABC):

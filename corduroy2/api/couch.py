@@ -43,7 +43,12 @@ class Couch:
         *,
         connect_timeout: float | None = 10.0,
         request_timeout: float | None = None,
+        idle_timeout: float | None = None,
         max_connections: int = 10,
+        verify_tls: bool = True,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
         backend: Backend | None = None,
     ) -> None:
         self.url, url_auth = split_credentials(url)
@@ -58,7 +63,12 @@ class Couch:
         options = TransportOptions(
             connect_timeout=connect_timeout,
             request_timeout=request_timeout,
+            idle_timeout=idle_timeout,
             max_connections=max_connections,
+            verify_tls=verify_tls,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
         )
         self._backend = backend if backend is not None else self._make_backend(options)
 

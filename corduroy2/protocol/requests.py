@@ -22,7 +22,9 @@ class Request:
     # Streamed responses are fed to the sink chunk by chunk as they arrive; the others may be
     # delivered in one piece, which lets a transport skip its per-chunk machinery.
     stream: bool = False
+    # Per-request overrides of the backend's TransportOptions (None: use the backend's).
     timeout: float | None = field(default=None, compare=False)
+    idle_timeout: float | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:
         # Headers are left out: they may carry Authorization or Cookie.
