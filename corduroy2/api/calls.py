@@ -23,7 +23,7 @@ from ..errors import CouchError, HTTPError
 from ..protocol.requests import Request
 from ..protocol.responses import Headers, check_status, decode_json, make_error
 from ..protocol.rows import NEED_DATA, End, Header, RowStream
-from ..errors import ResponseCut
+from ..errors import DecodeError, ResponseCut
 from .status import Status
 
 __all__ = ["Raw", "Response", "Stream", "RowConsumer", "Op", "invoke"]
@@ -183,7 +183,12 @@ class RowSink:
             return
         try:
             self._parser.receive_data(b"")
-            self._drain(self._parser)
+            try:
+                self._drain(self._parser)
+            except ResponseCut as cut:
+                # The transport saw the whole body by its framing: JSON that stops short is a
+                # malformed reply, not a cut connection (which arrives through on_error).
+                raise DecodeError(f"response body is incomplete JSON: {cut}") from cut
             if self._end is None:
                 raise ResponseCut("response body ended early", method=request.method,
                                   url=request.url)

@@ -9,6 +9,8 @@ IOLoop it was made on), and made again if the caller moves to another loop.
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,6 +24,7 @@ from tornado.simple_httpclient import (
     HTTPStreamClosedError,
     HTTPTimeoutError,
     SimpleAsyncHTTPClient,
+    _HTTPConnection,
 )
 
 from ..backend import Backend, Cancel, Outcome, Sink, Start, Transfer, TransportOptions
@@ -49,14 +52,17 @@ _MAX_BODY = 1 << 62
 _CURL_CONNECT = {5, 6, 7, 35, 51, 53, 54, 58, 59, 60, 77, 80, 83, 90, 91}
 _CURL_TIMEOUT = {28}
 _CURL_CUT = {18, 52, 56, 92}
+# Socket errors that mean the connection was never made.
+_CONNECT_ERRNOS = {errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH,
+                   errno.EADDRNOTAVAIL, errno.ETIMEDOUT}
 
 
 class _Pending:
     """Handle for one fetch.
 
-    Tornado has no per-request abort, so cancelling stops all delivery at once and, for streamed
-    requests, also aborts the transfer (curl: the progress callback returns non-zero; simple:
-    the next chunk raises, which closes the stream).
+    Tornado has no per-request abort, so cancelling stops all delivery at once and tears the
+    transfer down where it can: simple closes the connection's stream; curl aborts streamed
+    transfers from the progress callback (a buffered curl request runs to its end, unseen).
 
     Back-pressure: the simple client awaits what ``streaming_callback`` returns before reading
     on, so a paused transfer hands it a Future that ``resume()`` resolves. For curl, the easy
@@ -64,17 +70,23 @@ class _Pending:
     paused itself, and a chunk it had already queued re-applies our pause when it arrives.
     """
 
-    __slots__ = ("cancelled", "paused", "curl", "_waiter")
+    __slots__ = ("cancelled", "paused", "curl", "connection", "_waiter")
 
     def __init__(self) -> None:
         self.cancelled = False
         self.paused = False
         self.curl: Any = None
+        self.connection: _HTTPConnection | None = None
         self._waiter: Future[None] | None = None
 
     def cancel(self) -> None:
+        if self.cancelled:
+            return
         self.cancelled = True
         self.resume()
+        stream = getattr(self.connection, "stream", None)
+        if stream is not None:
+            stream.close()  # the simple client: drop the connection (it is never reused)
 
     def pause(self) -> None:
         self.paused = True
@@ -107,8 +119,34 @@ class _Pending:
         return self._waiter
 
 
-class _Aborted(Exception):
-    """Raised from a streaming callback to make the simple client drop the connection."""
+class _SimpleConnection(_HTTPConnection):
+    """Tornado's simple-client connection with two repairs.
+
+    * On a connection reset after the headers, Tornado's ``on_connection_close`` re-raises the
+      socket error instead of ending the request, so the fetch never settles; here the error
+      ends the request like any other.
+    * It tells its request's :class:`_Pending` about itself, so cancelling closes the stream
+      (there is no public per-request abort).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        original = getattr(self.request, "request", self.request)  # inside _RequestProxy
+        pending = getattr(original, "corduroy2_pending", None)
+        if isinstance(pending, _Pending):
+            pending.connection = self
+
+    def on_connection_close(self) -> None:
+        error = self.stream.error
+        if self.final_callback is not None and error is not None:
+            self._handle_exception(type(error), error, error.__traceback__)
+            return
+        super().on_connection_close()
+
+
+class _SimpleClient(SimpleAsyncHTTPClient):
+    def _connection_class(self) -> type:
+        return _SimpleConnection
 
 
 class _LoopCall:
@@ -141,7 +179,7 @@ class TornadoBackend(Backend):
         if self._http is None or self._loop is not loop:
             if self._http is not None:
                 self._http.close()
-            cls = CurlAsyncHTTPClient if self.client == "curl" else SimpleAsyncHTTPClient
+            cls = CurlAsyncHTTPClient if self.client == "curl" else _SimpleClient
             self._http = cls(
                 force_instance=True,
                 max_clients=self.options.max_connections,
@@ -162,7 +200,7 @@ class TornadoBackend(Backend):
 
             def on_chunk(chunk: bytes) -> Future[None] | None:
                 if pending.cancelled:
-                    raise _Aborted()
+                    return None  # being torn down; raising here would only be logged
                 if not started[0]:
                     early.append(chunk)
                     return None
@@ -173,7 +211,7 @@ class TornadoBackend(Backend):
             kwargs["streaming_callback"] = on_chunk
             if self.client == "curl":
                 kwargs["prepare_curl_callback"] = _abort_when(pending)
-        return HTTPRequest(
+        tornado_request = HTTPRequest(
             request.url,
             method=request.method,
             headers=_headers(request.headers),
@@ -188,6 +226,8 @@ class TornadoBackend(Backend):
             ca_certs=opts.ca_file,
             **kwargs,
         )
+        tornado_request.corduroy2_pending = pending  # type: ignore[attr-defined]  # _SimpleConnection
+        return tornado_request
 
     def send(self, request: Request, sink: Sink) -> Transfer:
         pending = _Pending()
@@ -204,9 +244,9 @@ class TornadoBackend(Backend):
 
         def finished(future: Future[HTTPResponse]) -> None:
             pending.curl = None  # Tornado reuses the easy handle for other requests
+            exc = future.exception()  # retrieved even when cancelled, or asyncio logs it
             if pending.cancelled:
                 return
-            exc = future.exception()
             response = None if exc is not None else future.result()
             if response is not None and response.code == 599:
                 exc = response.error
@@ -336,14 +376,14 @@ def _map_error(exc: BaseException, request: Request, started: bool) -> CouchErro
             err = ResponseCut(message, **where)
         else:
             err = TransportError(message, **where)
-    elif isinstance(exc, (ConnectionRefusedError, ssl.SSLError)) or (
-        isinstance(exc, OSError) and not started
+    elif isinstance(exc, (ssl.SSLError, socket.gaierror)) or (
+        isinstance(exc, OSError) and exc.errno in _CONNECT_ERRNOS
     ):
         err = ConnectError(f"cannot connect: {exc!r}", **where)
     elif isinstance(exc, OSError):
-        err = ResponseCut(f"connection failed during the response: {exc!r}", **where)
-    elif isinstance(exc, _Aborted):
-        err = TransportError("request cancelled", **where)
+        # A reset or broken pipe: the request may have been sent, so this is not "cannot
+        # connect" (that would tell callers it is safe to send again).
+        err = ResponseCut(f"connection failed during the exchange: {exc!r}", **where)
     elif isinstance(exc, HTTPClientError):
         err = TransportError(f"HTTP client error: {exc}", **where)
     else:

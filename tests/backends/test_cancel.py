@@ -95,10 +95,6 @@ async def test_twisted_cancel_aborts_connection(h: Harness, fault: WatchedFaultS
 # A cancelled request's fetch Future is dropped without looking at its exception: in
 # TornadoBackend.send, finished() returns on `pending.cancelled` before future.exception(), so
 # when the abandoned fetch later fails, asyncio logs "Future exception was never retrieved".
-UNRETRIEVED = ("BUG: corduroy2/tornado_io/backend.py TornadoBackend.send.finished returns early "
-               "for a cancelled request without retrieving the fetch Future's exception; a "
-               "failure after cancel() is logged by asyncio ('Future exception was never "
-               "retrieved')")
 
 
 @pytest.mark.parametrize("backend", ["tornado-curl", "tornado-simple"])
@@ -110,8 +106,6 @@ async def test_tornado_cancel_buffered(request: pytest.FixtureRequest, h: Harnes
                                        then: str) -> None:
     """Cancelling the Future: no exception logged, nothing delivered (whatever arrives later
     for it, a reply or a failure, goes nowhere), and later calls work."""
-    if then == "drops":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=UNRETRIEVED))
     late = (Reply.json(VALUE, stall_before_headers=0.5) if then == "replies"
             else Reply(drop=True, stall_before_headers=0.5))
     fault.add("GET", "/", [late, Reply.json(VALUE)])
@@ -152,16 +146,6 @@ async def test_tornado_cancel_streamed_aborts(h: Harness, fault: WatchedFaultSer
     assert [r.id for r in result.rows] == [r["id"] for r in ROWS]
 
 
-STREAM_ABORT_LOGS = {
-    "tornado-curl": "BUG: corduroy2/tornado_io/backend.py _tornado_request.on_chunk raises "
-                    "_Aborted for curl too; curl_httpclient runs streaming_callback via "
-                    "add_callback, so Tornado logs 'Exception in callback' (the abort itself "
-                    "is done by the XFERINFOFUNCTION; on_chunk should just return)",
-    "tornado-simple": "BUG: corduroy2/tornado_io/backend.py aborts a cancelled simple-client "
-                      "stream by raising _Aborted from streaming_callback: Tornado logs "
-                      "'Uncaught exception' and the failed fetch Future is never retrieved "
-                      "('Future exception was never retrieved')",
-}
 
 
 @pytest.mark.parametrize("backend", ["tornado-curl", "tornado-simple"])
@@ -169,7 +153,6 @@ async def test_tornado_cancel_streamed_is_quiet(request: pytest.FixtureRequest, 
                                                 fault: WatchedFaultServer,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     """Cancelling a streamed request logs nothing (it is the caller's choice, not an error)."""
-    request.applymarker(pytest.mark.xfail(strict=True, reason=STREAM_ABORT_LOGS[h.backend]))
     fault.add("GET", "/db/_all_docs", [_rows_reply(delay=0.3), _rows_reply(0)])
     db = h.couch().database("db")
     seen: list[Any] = []

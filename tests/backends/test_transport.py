@@ -113,10 +113,6 @@ async def test_chunked_tiny_chunks(h: Harness, fault: WatchedFaultServer, split:
 # Tornado's simple client never completes a fetch whose connection is reset (RST) after the
 # status line: _HTTPConnection.on_connection_close() does `raise self.stream.error` instead of
 # reporting it, Tornado logs "Uncaught exception" and the Future is left pending forever.
-SIMPLE_RST_HANGS = ("BUG: tornado-simple hangs (no on_error, ever) when the server resets the "
-                    "connection after the headers: corduroy2/tornado_io/backend.py relies on "
-                    "SimpleAsyncHTTPClient, whose on_connection_close re-raises stream.error "
-                    "instead of finishing the request")
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -128,8 +124,6 @@ async def test_body_cut_is_response_cut(request: pytest.FixtureRequest, h: Harne
                                         where: str, shape: str) -> None:
     """A body that ends before its framing says it should: ResponseCut, never a short value
     and never DecodeError."""
-    if h.backend == "tornado-simple" and how == "rst":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=SIMPLE_RST_HANGS))
     body = _body(shape)
     cut = len(body) // 2 if where == "half" else 0
     reply = Reply(headers={"Content-Type": "application/json"}, body=body,
@@ -155,11 +149,6 @@ async def test_html_200_is_decode_error(h: Harness, fault: WatchedFaultServer,
     _assert_clean(exc)
 
 
-STREAMED_TRUNCATED_IS_CUT = (
-    "BUG: a streamed reply whose framing is complete (Content-Length met) but whose JSON stops "
-    "short gives ResponseCut, while the same body buffered gives DecodeError: "
-    "protocol/rows.py RowStream raises ResponseCut at EOF and api/calls.py RowSink.on_end "
-    "passes it on, although the transport said the whole answer arrived")
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -168,8 +157,6 @@ async def test_complete_reply_with_truncated_json(request: pytest.FixtureRequest
                                                   shape: str) -> None:
     """The framing says the body is complete but the JSON stops short (a server bug, not a
     cut connection): DecodeError, not ResponseCut."""
-    if shape == "streamed":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=STREAMED_TRUNCATED_IS_CUT))
     body = _body(shape)[:-7]
     fault.add("GET", _route(shape), Reply(headers={"Content-Type": "application/json"},
                                           body=body))
@@ -178,10 +165,6 @@ async def test_complete_reply_with_truncated_json(request: pytest.FixtureRequest
     assert type(info.value) is DecodeError, f"{type(info.value).__name__}: {info.value}"
 
 
-SIMPLE_RST_IS_CONNECT = (
-    "BUG: tornado-simple maps a reset on an established connection (request already sent, no "
-    "reply) to ConnectError ('cannot connect'), which claims the request never left: "
-    "tornado_io/backend.py _map_error treats any OSError before on_start as a connect failure")
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -190,8 +173,6 @@ async def test_drop_on_fresh_connection(request: pytest.FixtureRequest, h: Harne
                                         fault: WatchedFaultServer, how: str, shape: str) -> None:
     """The server reads the request and closes without a word: a TransportError (ideally
     ResponseCut: no complete answer arrived), with no credentials in it and sent only once."""
-    if h.backend == "tornado-simple" and how == "rst":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=SIMPLE_RST_IS_CONNECT))
     fault.add("GET", _route(shape), Reply(drop=True, reset=how == "rst"))
     couch = h.couch(auth=(USER, PASSWORD))
     with pytest.raises(TransportError) as info:
