@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import functools
 import http.client
+import logging
 import socket
 import ssl
 import threading
@@ -22,10 +23,13 @@ from .backend import Backend, Cancel, Outcome, Sink, Start, StopTransfer, Transf
 from .errors import ConnectError, CouchError, ResponseCut, Timeout, TransportError
 from .protocol.requests import Request
 from .protocol.responses import Headers
+from .api.views import MakeSink
 
 __all__ = ["Couch", "Database", "relax", "BlockingBackend"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("corduroy2")
 
 # Errors that mean "the idle keep-alive connection was closed by the server before it read our
 # request": safe to send again once on a fresh connection.
@@ -49,38 +53,44 @@ class _Done:
 
 
 class BlockingBackend(Backend):
-    """Performs each request synchronously inside :meth:`send`."""
+    """Performs each request synchronously inside :meth:`send`.
+
+    Timeouts are socket timeouts, recomputed before every read: each wait on the socket is
+    bounded by ``idle_timeout`` (silence) and by what is left of ``request_timeout`` (the whole
+    exchange, checked again between pieces); the connect by ``connect_timeout`` and both of
+    those. Time spent in the sink is not silence: the socket is not being waited on then.
+    """
 
     def __init__(self, options: TransportOptions | None = None) -> None:
         super().__init__(options)
         self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
-        self._ssl = ssl.create_default_context(cafile=self.options.ca_file)
-        if not self.options.verify_tls:
-            self._ssl.check_hostname = False
-            self._ssl.verify_mode = ssl.CERT_NONE
+        self._ssl = _ssl_context(self.options)
 
-    def _connect(self, key: tuple[str, str, int]) -> http.client.HTTPConnection:
+    def _connect(self, key: tuple[str, str, int], budget: _Budget) -> http.client.HTTPConnection:
         scheme, host, port = key
-        timeout = self.options.connect_timeout
+        timeout = budget.wait(self.options.connect_timeout)
         conn: http.client.HTTPConnection
         if scheme == "https":
             conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=self._ssl)
         else:
             conn = http.client.HTTPConnection(host, port, timeout=timeout)
-        conn.connect()
-        # After connecting, reads wait at most request_timeout for each piece of the reply.
+        try:
+            conn.connect()
+        except BaseException:
+            conn.close()
+            raise
         assert conn.sock is not None
-        conn.sock.settimeout(self.options.request_timeout)
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return conn
 
-    def _checkout(self, key: tuple[str, str, int]) -> tuple[http.client.HTTPConnection, bool]:
+    def _checkout(self, key: tuple[str, str, int],
+                  budget: _Budget) -> tuple[http.client.HTTPConnection, bool]:
         with self._lock:
             idle = self._idle.get(key)
             if idle:
                 return idle.pop(), True
-        return self._connect(key), False
+        return self._connect(key, budget), False
 
     def _checkin(self, key: tuple[str, str, int], conn: http.client.HTTPConnection) -> None:
         with self._lock:
@@ -103,15 +113,25 @@ class BlockingBackend(Backend):
         key = (parts.scheme, parts.hostname or "", port)
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         where = {"method": request.method, "url": request.url}
+        budget = _Budget(request.timeout or self.options.request_timeout,
+                         request.idle_timeout or self.options.idle_timeout)
         for attempt in (1, 2):
             try:
-                conn, reused = self._checkout(key)
+                conn, reused = self._checkout(key, budget)
             except (TimeoutError, socket.timeout) as exc:
-                raise Timeout(f"timed out connecting to {parts.netloc}", **where) from exc
+                raise Timeout(budget.expired(f"connecting to {parts.netloc}"), **where) from exc
+            except ssl.SSLCertVerificationError as exc:
+                raise ConnectError(f"TLS certificate verification failed for {parts.netloc}: "
+                                   f"{exc.verify_message}", **where) from exc
+            except ssl.SSLError as exc:
+                raise ConnectError(f"TLS handshake with {parts.netloc} failed: {exc}",
+                                   **where) from exc
             except OSError as exc:
                 raise ConnectError(f"cannot connect to {parts.netloc}: {exc}", **where) from exc
             try:
+                budget.apply(conn)
                 conn.request(request.method, target, request.body, dict(request.headers))
+                budget.apply(conn)
                 response = conn.getresponse()
                 break
             except _STALE as exc:
@@ -121,23 +141,39 @@ class BlockingBackend(Backend):
                 raise ResponseCut(f"connection closed before a response: {exc}", **where) from exc
             except (TimeoutError, socket.timeout) as exc:
                 conn.close()
-                raise Timeout("timed out waiting for the response", **where) from exc
+                raise Timeout(budget.expired("waiting for the response"), **where) from exc
+            except ssl.SSLError as exc:
+                conn.close()
+                if reused:
+                    raise ResponseCut(f"TLS connection failed before a response: {exc}",
+                                      **where) from exc
+                # A fresh TLS 1.3 connection that the server refuses after the handshake (no or
+                # a rejected client certificate): the alert arrives with the first read.
+                raise ConnectError(f"TLS connection to {parts.netloc} refused by the server "
+                                   f"(client certificate?): {exc}", **where) from exc
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 raise TransportError(f"invalid or failed HTTP exchange: {exc!r}", **where) from exc
         try:
             sink.on_start(response.status, Headers(response.getheaders()))
-            if request.stream:
-                while chunk := response.read1(_READ_SIZE):
+            # Piece by piece even when buffered, so the deadline is checked between pieces.
+            body: list[bytes] = []
+            while True:
+                budget.apply(conn)
+                chunk = response.read1(_READ_SIZE)
+                if not chunk:
+                    break
+                if request.stream:
                     sink.on_data(chunk)
-                # read1() can report the end without finishing the response; read() does, and
-                # only then may the connection carry another request.
-                if rest := response.read():
-                    sink.on_data(rest)
-            else:
-                body = response.read()
-                if body:
-                    sink.on_data(body)
+                else:
+                    body.append(chunk)
+            # read1() can report the end without finishing the response; read() does, and
+            # only then may the connection carry another request.
+            budget.apply(conn)
+            if rest := response.read():
+                body.append(rest)
+            if body:
+                sink.on_data(b"".join(body))
             if response.length:  # Content-Length promised more than arrived
                 raise http.client.IncompleteRead(b"", response.length)
         except StopTransfer:
@@ -145,7 +181,7 @@ class BlockingBackend(Backend):
             return
         except (TimeoutError, socket.timeout) as exc:
             conn.close()
-            raise Timeout("timed out reading the response", **where) from exc
+            raise Timeout(budget.expired("reading the response"), **where) from exc
         except (http.client.IncompleteRead, OSError, http.client.HTTPException) as exc:
             conn.close()
             raise ResponseCut(f"response body ended early: {exc!r}", **where) from exc
@@ -184,6 +220,68 @@ class BlockingBackend(Backend):
                 conn.close()
 
 
+class _Budget:
+    """The time limits of one exchange: a deadline for the whole of it and a bound on each
+    silence. ``apply`` sets the socket timeout for the next wait; after a socket timeout,
+    ``expired`` says which limit it was."""
+
+    __slots__ = ("_deadline", "_total", "_idle", "_last")
+
+    def __init__(self, total: float | None, idle: float | None) -> None:
+        self._total, self._idle = total, idle
+        self._deadline = None if total is None else time.monotonic() + total
+        self._last = "idle"
+
+    def wait(self, limit: float | None = None) -> float | None:
+        """How long the next wait on the socket may last (None: forever); remembers which
+        limit binds. Raises TimeoutError if the deadline has passed."""
+        candidates: list[tuple[float, str]] = []
+        if limit is not None:
+            candidates.append((limit, "connect"))
+        if self._idle is not None:
+            candidates.append((self._idle, "idle"))
+        if self._deadline is not None:
+            remaining = self._deadline - time.monotonic()
+            if remaining <= 0:
+                self._last = "request"
+                raise TimeoutError("request deadline passed")
+            candidates.append((remaining, "request"))
+        if not candidates:
+            return None
+        seconds, self._last = min(candidates)
+        return seconds
+
+    def apply(self, conn: http.client.HTTPConnection) -> None:
+        timeout = self.wait()
+        if conn.sock is not None:  # None once http.client has closed a will_close reply
+            conn.sock.settimeout(timeout)
+
+    def expired(self, doing: str) -> str:
+        if self._last == "idle" and self._idle is not None:
+            return f"no data for {self._idle:g} s while {doing} (idle_timeout)"
+        if self._last == "request" and self._total is not None:
+            return f"request timed out after {self._total:g} s while {doing}"
+        return f"timed out {doing}"
+
+
+def _ssl_context(options: TransportOptions) -> ssl.SSLContext:
+    """The client context for every HTTPS connection of one backend. Bad file names fail here,
+    when the ``Couch`` is made, not at its first request."""
+    context = ssl.create_default_context(cafile=options.ca_file)
+    if options.cert_file:
+        context.load_cert_chain(options.cert_file, options.key_file)
+    if not options.verify_tls:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        _warn_unverified()
+    return context
+
+
+def _warn_unverified() -> None:
+    log.warning("TLS certificate verification is disabled (verify_tls=False): this client's "
+                "HTTPS connections accept any certificate, so they can be intercepted")
+
+
 class RowReader:
     """``for row in db.iter_view(...)`` in blocking mode.
 
@@ -193,9 +291,11 @@ class RowReader:
     """
 
     def __init__(self, backend: BlockingBackend, request: Request,
-                 wrap: Callable[[Any], Any], high_water: int) -> None:
+                 wrap: Callable[[Any], Any], high_water: int,
+                 make_sink: MakeSink = api.calls.RowSink) -> None:
         if high_water < 1:
             raise ValueError("high_water must be at least 1")
+        self._make_sink = make_sink
         self._backend, self._request, self._wrap, self._high = backend, request, wrap, high_water
         self._rows: collections.deque[Any] = collections.deque()
         self._cond = threading.Condition()
@@ -230,7 +330,7 @@ class RowReader:
             self._cond.notify_all()
 
     def _work(self) -> None:
-        sink = api.calls.RowSink(self._request, self, self._finished)
+        sink = self._make_sink(self._request, self, self._finished)
         self._backend.send(self._request, sink)
 
     # reader side
@@ -267,6 +367,47 @@ class RowReader:
         self.close()
 
 
+class ThreadedChangesFeed(api.changes.ChangesFeed):
+    """corduroy's callback feed in blocking mode: it reads on a daemon thread, and ``latency``
+    batches are flushed by a timer thread, so ``callback(seq, changes)`` runs on those threads.
+    ``stop()`` takes effect when the next bytes arrive: ask for a ``heartbeat`` to bound that."""
+
+    def start(self) -> ThreadedChangesFeed:
+        self._lock = threading.RLock()
+        self.listening = True
+        thread = threading.Thread(target=self._read, daemon=True, name="corduroy2-changes")
+        thread.start()
+        return self
+
+    def _read(self) -> None:
+        sink = api.changes.ChangesSink(self._request, self, self._finished, self._feed,
+                                       beat=self._beat)
+        self.db.couch._backend.send(self._request, sink)
+
+    def _beat(self) -> None:
+        if self._stopped:
+            raise StopTransfer()
+
+    def rows(self, changes: list[dict[str, Any]]) -> None:
+        self._beat()
+        with self._lock:
+            super().rows(changes)
+
+    def _call_later(self, delay: float, fn: Callable[[], None]) -> Cancel:
+        def locked() -> None:
+            with self._lock:
+                fn()
+
+        timer = threading.Timer(delay, locked)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def _finished(self, value: Any, error: BaseException | None, *rest: Any) -> None:
+        with self._lock:
+            super()._finished(value, None if isinstance(error, StopTransfer) else error, *rest)
+
+
 class Couch(api.Couch):
     """A CouchDB server whose methods block and return values (or raise)."""
 
@@ -275,9 +416,15 @@ class Couch(api.Couch):
     def _make_backend(self, options: TransportOptions) -> Backend:
         return BlockingBackend(options)
 
-    def _iterate(self, request: Request, wrap: Callable[[Any], Any], high_water: int) -> Any:
+    def _feed(self, db: api.Database, request: Request, feed: str,
+              callback: Callable[[Any, list[dict[str, Any]]], Any], latency: float, since: Any,
+              on_error: Callable[[BaseException], Any] | None) -> Any:
+        return ThreadedChangesFeed(db, request, feed, callback, latency, since, on_error).start()
+
+    def _iterate(self, request: Request, wrap: Callable[[Any], Any], high_water: int,
+                 make_sink: MakeSink = api.calls.RowSink) -> Any:
         assert isinstance(self._backend, BlockingBackend)
-        return RowReader(self._backend, request, wrap, high_water)
+        return RowReader(self._backend, request, wrap, high_water, make_sink)
 
 
 class Database(api.Database):

@@ -12,7 +12,9 @@ from ..protocol.requests import JSON_HEADERS, Request
 from ..protocol.urls import db_path, encode_query, split_credentials, validate_db_name
 from .calls import Op, invoke
 from .status import Status
-from .views import RowIterator
+from .calls import RowSink
+from .changes import ChangesFeed
+from .views import MakeSink, RowIterator
 
 if TYPE_CHECKING:
     from .database import Database
@@ -98,9 +100,16 @@ class Couch:
     def _invoke(self, op: Op[Any], callback: Callback) -> Any:
         return invoke(self._backend, op, callback)
 
-    def _iterate(self, request: Request, wrap: Callable[[Any], Any], high_water: int) -> Any:
+    def _iterate(self, request: Request, wrap: Callable[[Any], Any], high_water: int,
+                 make_sink: MakeSink = RowSink) -> Any:
         """The row iterator for this front door (``async for``; blocking overrides it)."""
-        return RowIterator(self._backend, request, wrap, high_water)
+        return RowIterator(self._backend, request, wrap, high_water, make_sink)
+
+    def _feed(self, db: Database, request: Request, feed: str,
+              callback: Callable[[Any, list[dict[str, Any]]], Any], latency: float, since: Any,
+              on_error: Callable[[BaseException], Any] | None) -> Any:
+        """Start corduroy's callback feed for this front door (blocking overrides it)."""
+        return ChangesFeed(db, request, feed, callback, latency, since, on_error).start()
 
     def _simple(self, request: Request, callback: Callback, post: Callable[[Any], Any] | None = None) -> Any:
         return self._invoke(_one(request, post), callback)

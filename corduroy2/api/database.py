@@ -11,6 +11,7 @@ from ..errors import Conflict, NotFound
 from ..protocol.requests import Request, encode_json
 from ..protocol.urls import db_path, doc_path, encode_query, validate_db_name, validate_doc_id
 from .calls import Op, Stream
+from .changes import ChangesSink, changes_request
 from .documents import ConflictResolution, Document
 from .views import Each, FindResult, Keep, Pages, ViewResult, build_find, build_view, wrap_row
 
@@ -374,6 +375,52 @@ class Database:
 
         return Pages(self.couch, fetch)
 
+    # -- changes ------------------------------------------------------------------------------
+
+    def changes(self, *, callback: Any = None, latency: float = 0.0,
+                on_error: Callable[[BaseException], Any] | None = None, **opts: Any) -> Any:
+        """The ``_changes`` feed.
+
+        ``feed="normal"`` (default) or ``"longpoll"``: returns ``{"results": [...],
+        "last_seq": ..., "pending": ...}`` in the usual calling styles. Options are CouchDB's:
+        ``since`` (a seq exactly as the server sent it, or ``"now"``), ``limit``, ``timeout``
+        and ``heartbeat`` (ms), ``include_docs``, ``conflicts``, ``style="all_docs"``,
+        ``descending``, ``filter`` (``"ddoc/name"`` plus its query parameters, ``"_view"``
+        with ``view=``, ``"_design"``), ``doc_ids=[...]`` and ``selector={...}`` (sent by POST,
+        filters implied), ``seq_interval``.
+
+        ``feed="continuous"`` or ``"eventsource"`` with ``callback=fn``: corduroy's feed. It
+        starts at once and returns a :class:`~corduroy2.api.changes.ChangesFeed` (the one
+        callback-style call that returns something); ``fn(seq, changes)`` receives the changes
+        that arrived within ``latency`` seconds. Without a callback use :meth:`iter_changes`
+        or :meth:`follow`.
+        """
+        request = changes_request(self, opts)
+        feed = opts.get("feed", "normal")
+        if feed in ("continuous", "eventsource"):
+            if callback is None:
+                raise TypeError(
+                    f"feed={feed!r} needs callback=fn(seq, changes); or use iter_changes() "
+                    "to iterate, or follow() for a feed that reconnects"
+                )
+            return self.couch._feed(self, request, feed, callback, latency,
+                                    opts.get("since"), on_error)
+        return self.couch._invoke(_stream(request, Keep(_identity, _changes_result)), callback)
+
+    def iter_changes(self, *, high_water: int = 1000, **opts: Any) -> Any:
+        """Iterate a continuous (or eventsource) feed's changes as they arrive: ``async for``
+        (a plain ``for`` in blocking mode), in bounded memory. The iteration ends when the
+        server ends the feed (``limit``/``timeout``); ``fields`` then holds ``last_seq``."""
+        opts.setdefault("feed", "continuous")
+        feed = opts["feed"]
+        if feed not in ("continuous", "eventsource"):
+            raise ValueError("iter_changes() reads a continuous or eventsource feed")
+        request = changes_request(self, opts)
+        return self.couch._iterate(
+            request, _identity, high_water,
+            lambda req, consumer, done: ChangesSink(req, consumer, done, feed),
+        )
+
     # -- Mango indexes ------------------------------------------------------------------------
 
     def create_index(self, fields: list[Any], *, ddoc: str | None = None, name: str | None = None,
@@ -500,6 +547,14 @@ def _header_id(doc_id: str) -> str:
 def _stream(request: Request, consumer: Any) -> Op[Any]:
     result = yield Stream(request, consumer)
     return result
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _changes_result(rows: list[Any], fields: dict[str, Any]) -> dict[str, Any]:
+    return {"results": rows, **fields}
 
 
 def _docs_from_rows(reply: dict[str, Any]) -> list[Document | None]:

@@ -119,6 +119,7 @@ class FindResult:
 
 
 Wrap = Callable[[Any], Any]  # raw row -> Row or Document
+MakeSink = Callable[[Request, Any, Any], RowSink]  # (request, consumer, done) -> sink
 Build = Callable[[list[Any], dict[str, Any]], Any]  # rows, fields -> result
 
 
@@ -179,9 +180,10 @@ class RowIterator:
     """
 
     def __init__(self, backend: Backend, request: Request, wrap: Wrap,
-                 high_water: int = 1000) -> None:
+                 high_water: int = 1000, make_sink: MakeSink = RowSink) -> None:
         if high_water < 1:
             raise ValueError("high_water must be at least 1")
+        self._make_sink = make_sink
         self._backend = backend
         self._request = request
         self._wrap = wrap
@@ -224,7 +226,7 @@ class RowIterator:
     # -- reader side ------------------------------------------------------------------------
 
     def _start(self) -> None:
-        sink = RowSink(self._request, self, self._finished)
+        sink = self._make_sink(self._request, self, self._finished)
         self._transfer = self._backend.send(self._request, sink)
         sink.transfer = self._transfer
 

@@ -221,7 +221,9 @@ class TornadoBackend(Backend):
             request_timeout=request.timeout or opts.request_timeout or 0,
             follow_redirects=False,
             allow_nonstandard_methods=True,  # COPY, and DELETE/HEAD details
-            decompress_response=True,
+            # No Accept-Encoding, like the other backends: a compressing server or proxy holds
+            # back a live feed until its gzip buffer fills (pouchdb-server does exactly that).
+            decompress_response=False,
             validate_cert=opts.verify_tls,
             ca_certs=opts.ca_file,
             **kwargs,
