@@ -421,6 +421,16 @@ class Database:
             lambda req, consumer, done: ChangesSink(req, consumer, done, feed),
         )
 
+    def follow(self, handler: Callable[[dict[str, Any]], Any], **kwargs: Any) -> Any:
+        """Follow the changes feed for as long as the service runs: reconnects with backoff,
+        resumes from the last delivered seq, detects stalls, optionally checkpoints in a
+        ``_local`` doc. See :class:`~corduroy2.api.follower.ChangesFollower` for the options
+        (``since``, ``checkpoint``, ``heartbeat``, ``on_error``, feed filters...).
+
+        Async front doors return the running follower (``await follower.stop()``); in blocking
+        mode call its ``run()``, which returns after ``stop()``."""
+        return self.couch._follower(self, handler, **kwargs)
+
     # -- Mango indexes ------------------------------------------------------------------------
 
     def create_index(self, fields: list[Any], *, ddoc: str | None = None, name: str | None = None,
