@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, BinaryIO, Callable, Sequence
 
-__all__ = ["FaultServer", "Handler", "Received", "Reply"]
+__all__ = ["FaultServer", "Handler", "Received", "Reply", "FullBacklog"]
 
 _MAX_LINE = 65536
 
@@ -94,9 +95,15 @@ class FaultServer:
 
     Starts serving on construction; `stop()` (or leaving the `with` block)
     closes every socket and joins every thread, waking any stalled reply.
+
+    With `tls` (a server-side `ssl.SSLContext`) it speaks HTTPS: each accepted
+    connection does its handshake in its own thread, and a failed handshake
+    (the client rejected our certificate, or sent none when the context
+    requires one) ends that connection quietly; `tls_failures` counts them.
+    `url` is then `https://127.0.0.1:PORT`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._routes: dict[tuple[str, str], list[Reply] | Handler] = {}
@@ -108,12 +115,14 @@ class FaultServer:
         #: requests); socket errors are normal in fault tests and not kept.
         self.errors: list[BaseException] = []
         self.connections_accepted = 0
+        self.tls_failures = 0
+        self._tls = tls
         self._listener = socket.create_server(("127.0.0.1", 0), backlog=128)
         # A short accept timeout lets the accept loop notice stop(): closing
         # a listening socket does not portably wake a blocked accept().
         self._listener.settimeout(0.05)
         self.host, self.port = self._listener.getsockname()[:2]
-        self.url = f"http://{self.host}:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://{self.host}:{self.port}"
         self._acceptor = threading.Thread(
             target=self._accept_loop, name=f"faultserver-{self.port}", daemon=True)
         self._acceptor.start()
@@ -203,7 +212,34 @@ class FaultServer:
         if self._stopping.wait(seconds):
             raise _Abort
 
+    def _handshake(self, conn: socket.socket) -> socket.socket | None:
+        """Wrap `conn` in TLS; None (the connection is over) if the handshake fails."""
+        assert self._tls is not None
+        try:
+            tls = self._tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        except OSError:
+            conn.close()
+            return None
+        with self._lock:  # stop() must reach the wrapped socket now
+            self._conns.discard(conn)
+            self._conns.add(tls)
+        try:
+            tls.do_handshake()
+            return tls
+        except OSError:
+            with self._lock:
+                self.tls_failures += 1
+            _linger_close(tls)
+            with self._lock:
+                self._conns.discard(tls)
+            return None
+
     def _serve(self, conn: socket.socket, cid: int) -> None:
+        if self._tls is not None:
+            wrapped = self._handshake(conn)
+            if wrapped is None:
+                return
+            conn = wrapped
         rfile = conn.makefile("rb")
         try:
             while not self._stopping.is_set():
@@ -358,6 +394,55 @@ def _keep_alive(req: Received) -> bool:
     if "close" in tokens:
         return False
     return req.version != "HTTP/1.0" or "keep-alive" in tokens
+
+
+def _linger_close(conn: socket.socket, timeout: float = 2.0) -> None:
+    """Close after a failed handshake without a reset: the alert OpenSSL already queued must
+    reach the client, so send FIN, drain what the client still sends (its request, under TLS
+    1.3), then close. Closing with unread input would send RST and could lose the alert."""
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and conn.recv(65536):
+            pass
+    except (OSError, ValueError):
+        pass
+    finally:
+        conn.close()
+
+
+class FullBacklog:
+    """A loopback port where TCP connects hang: it listens with backlog 0, never accepts, and
+    its one queue slot is taken, so Linux drops further SYNs (the client keeps retrying
+    until its connect timeout). The local stand-in for an unreachable host."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+        self.port: int = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._fillers: list[socket.socket] = []
+        # Fill the accept queue; stop at the first connect that hangs, as the client's will.
+        for _ in range(4):
+            s = socket.socket()
+            s.settimeout(0.05)
+            self._fillers.append(s)
+            try:
+                s.connect(("127.0.0.1", self.port))
+            except OSError:
+                return
+        raise RuntimeError("the listen queue never filled: connects will not hang here")
+
+    def __enter__(self) -> FullBacklog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for s in self._fillers:
+            s.close()
+        self._listener.close()
 
 
 def _abort(conn: socket.socket, reset: bool) -> None:
