@@ -120,12 +120,8 @@ class BlockingBackend(Backend):
                 conn, reused = self._checkout(key, budget)
             except (TimeoutError, socket.timeout) as exc:
                 raise Timeout(budget.expired(f"connecting to {parts.netloc}"), **where) from exc
-            except ssl.SSLCertVerificationError as exc:
-                raise ConnectError(f"TLS certificate verification failed for {parts.netloc}: "
-                                   f"{exc.verify_message}", **where) from exc
             except ssl.SSLError as exc:
-                raise ConnectError(f"TLS handshake with {parts.netloc} failed: {exc}",
-                                   **where) from exc
+                raise ConnectError(_tls_problem(exc), **where) from exc
             except OSError as exc:
                 raise ConnectError(f"cannot connect to {parts.netloc}: {exc}", **where) from exc
             try:
@@ -149,8 +145,7 @@ class BlockingBackend(Backend):
                                       **where) from exc
                 # A fresh TLS 1.3 connection that the server refuses after the handshake (no or
                 # a rejected client certificate): the alert arrives with the first read.
-                raise ConnectError(f"TLS connection to {parts.netloc} refused by the server "
-                                   f"(client certificate?): {exc}", **where) from exc
+                raise ConnectError(_tls_problem(exc), **where) from exc
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 raise TransportError(f"invalid or failed HTTP exchange: {exc!r}", **where) from exc
@@ -262,6 +257,22 @@ class _Budget:
         if self._last == "request" and self._total is not None:
             return f"request timed out after {self._total:g} s while {doing}"
         return f"timed out {doing}"
+
+
+def _tls_problem(exc: ssl.SSLError) -> str:
+    """What a TLS failure means for the user, with the library's words (the same on every
+    backend)."""
+    detail = exc.verify_message if isinstance(exc, ssl.SSLCertVerificationError) else str(exc)
+    text = detail.lower()
+    if "mismatch" in text or "not valid for" in text:
+        meaning = "TLS certificate verification failed: the certificate is not for this host"
+    elif "alert" in text:
+        meaning = "TLS handshake refused by the server (a client certificate may be required)"
+    elif "certificate" in text or "issuer" in text:
+        meaning = "TLS certificate verification failed"
+    else:
+        meaning = "TLS handshake failed"
+    return f"{meaning}: {detail}"
 
 
 def _ssl_context(options: TransportOptions) -> ssl.SSLContext:

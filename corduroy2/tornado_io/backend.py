@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -42,6 +43,8 @@ except ImportError:  # pycurl is optional: the simple client is used without it
 
 __all__ = ["TornadoBackend", "HAS_CURL"]
 
+log = logging.getLogger("corduroy2")
+
 HAS_CURL = CurlAsyncHTTPClient is not None
 
 # Both clients apply max_body_size to streamed bodies as well: a long view or feed would die at
@@ -52,6 +55,10 @@ _MAX_BODY = 1 << 62
 _CURL_CONNECT = {5, 6, 7, 35, 51, 53, 54, 58, 59, 60, 77, 80, 83, 90, 91}
 _CURL_TIMEOUT = {28}
 _CURL_CUT = {18, 52, 56, 92}
+# TLS: handshake/connect (35), bad server certificate (60, 51), CA file (77), client
+# certificate or key files (58); and a receive error (56) carrying a TLS alert (the server
+# refused the session after a TLS 1.3 handshake, typically for want of a client certificate).
+_CURL_TLS = {35, 51, 58, 60, 77, 83, 90, 91}
 # Socket errors that mean the connection was never made.
 _CONNECT_ERRNOS = {errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH,
                    errno.EADDRNOTAVAIL, errno.ETIMEDOUT}
@@ -68,28 +75,82 @@ class _Pending:
     on, so a paused transfer hands it a Future that ``resume()`` resolves. For curl, the easy
     handle is paused with ``curl_easy_pause``; Tornado's own curl buffer only unpauses what it
     paused itself, and a chunk it had already queued re-applies our pause when it arrives.
+
+    Idle timeout: ``watch`` starts a loop timer that fires after ``idle`` seconds without
+    ``heard()`` (called for every header line and body chunk). Hearing only stamps the time;
+    the timer, when it fires early, re-arms itself for what is left. It stops while paused
+    (that silence is ours) and once cancelled.
     """
 
-    __slots__ = ("cancelled", "paused", "curl", "connection", "_waiter")
+    __slots__ = ("cancelled", "paused", "curl", "curl_client", "connection", "_waiter", "_loop",
+                 "_idle", "_expired", "_timer", "_heard")
 
     def __init__(self) -> None:
         self.cancelled = False
         self.paused = False
         self.curl: Any = None
+        self.curl_client: Any = None
         self.connection: _HTTPConnection | None = None
         self._waiter: Future[None] | None = None
+        self._loop: IOLoop | None = None
+        self._idle = 0.0
+        self._expired: Callable[[], None] | None = None
+        self._timer: object | None = None
+        self._heard = 0.0
+
+    def watch(self, idle: float, expired: Callable[[], None]) -> None:
+        self._loop, self._idle, self._expired = IOLoop.current(), idle, expired
+        self.heard()
+        self._arm(idle)
+
+    def unwatch(self) -> None:
+        """The fetch has ended: no more idle checks."""
+        self._disarm()
+        self._loop = None
+
+    def heard(self) -> None:
+        if self._loop is not None:
+            self._heard = self._loop.time()
+
+    def _arm(self, delay: float) -> None:
+        assert self._loop is not None
+        self._timer = self._loop.call_later(delay, self._check)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            assert self._loop is not None
+            self._loop.remove_timeout(self._timer)
+            self._timer = None
+
+    def _check(self) -> None:
+        assert self._loop is not None and self._expired is not None
+        self._timer = None
+        if self.cancelled or self.paused:
+            return
+        left = self._heard + self._idle - self._loop.time()
+        if left > 0:
+            self._arm(left)
+        else:
+            self._expired()
 
     def cancel(self) -> None:
         if self.cancelled:
             return
         self.cancelled = True
+        self._disarm()
         self.resume()
         stream = getattr(self.connection, "stream", None)
         if stream is not None:
             stream.close()  # the simple client: drop the connection (it is never reused)
+        if self.curl is not None:
+            curl, self.curl = self.curl, None
+            _abort_curl(self.curl_client, curl)
 
     def pause(self) -> None:
+        if self.paused or self.cancelled:
+            return
         self.paused = True
+        self._disarm()
         if self.curl is not None:
             try:
                 self.curl.pause(pycurl.PAUSE_RECV)
@@ -100,6 +161,9 @@ class _Pending:
         if not self.paused:
             return
         self.paused = False
+        if self._loop is not None and not self.cancelled:
+            self.heard()  # the silence starts now
+            self._arm(self._idle)
         if self._waiter is not None:
             waiter, self._waiter = self._waiter, None
             if not waiter.done():
@@ -173,6 +237,9 @@ class TornadoBackend(Backend):
         self.client = client
         self._http: AsyncHTTPClient | None = None
         self._loop: IOLoop | None = None
+        # Made now, so that bad certificate files fail when the Couch is made. The simple client
+        # uses it as is; curl is given the same settings as options (it does its own TLS).
+        self._ssl = _ssl_context(self.options)
 
     def _get_http(self) -> AsyncHTTPClient:
         loop = IOLoop.current()
@@ -189,7 +256,9 @@ class TornadoBackend(Backend):
         return self._http
 
     def _tornado_request(self, request: Request, pending: _Pending, sink: Sink,
-                         started: list[bool]) -> HTTPRequest:
+                         started: list[bool], collected: list[bytes] | None) -> HTTPRequest:
+        """``collected``: a buffered request watched for idleness has its body gathered there
+        (it has to be streamed for its progress to be seen)."""
         opts = self.options
         kwargs: dict[str, Any] = {}
         if request.stream:
@@ -201,16 +270,34 @@ class TornadoBackend(Backend):
             def on_chunk(chunk: bytes) -> Future[None] | None:
                 if pending.cancelled:
                     return None  # being torn down; raising here would only be logged
+                pending.heard()
                 if not started[0]:
                     early.append(chunk)
                     return None
                 sink.on_data(chunk)
                 return pending.wait()
 
-            kwargs["header_callback"] = parser.feed
+            def on_header(line: str) -> None:
+                if not pending.cancelled:
+                    pending.heard()
+                    parser.feed(line)
+
+            kwargs["header_callback"] = on_header
             kwargs["streaming_callback"] = on_chunk
-            if self.client == "curl":
-                kwargs["prepare_curl_callback"] = _abort_when(pending)
+        elif collected is not None:
+            def on_piece(chunk: bytes) -> None:
+                pending.heard()
+                collected.append(chunk)
+
+            kwargs["header_callback"] = lambda _: pending.heard()
+            kwargs["streaming_callback"] = on_piece
+        if self.client == "curl":
+            if request.stream or collected is not None:
+                kwargs["prepare_curl_callback"] = _abort_when(pending, self._get_http())
+            kwargs.update(validate_cert=opts.verify_tls, ca_certs=opts.ca_file,
+                          client_cert=opts.cert_file, client_key=opts.key_file)
+        else:
+            kwargs["ssl_options"] = self._ssl
         tornado_request = HTTPRequest(
             request.url,
             method=request.method,
@@ -224,8 +311,6 @@ class TornadoBackend(Backend):
             # No Accept-Encoding, like the other backends: a compressing server or proxy holds
             # back a live feed until its gzip buffer fills (pouchdb-server does exactly that).
             decompress_response=False,
-            validate_cert=opts.verify_tls,
-            ca_certs=opts.ca_file,
             **kwargs,
         )
         tornado_request.corduroy2_pending = pending  # type: ignore[attr-defined]  # _SimpleConnection
@@ -234,9 +319,12 @@ class TornadoBackend(Backend):
     def send(self, request: Request, sink: Sink) -> Transfer:
         pending = _Pending()
         started = [False]
+        idle = request.idle_timeout or self.options.idle_timeout
+        collected: list[bytes] | None = [] if idle and not request.stream else None
         try:
             future = self._get_http().fetch(
-                self._tornado_request(request, pending, sink, started), raise_error=False
+                self._tornado_request(request, pending, sink, started, collected),
+                raise_error=False,
             )
         except (ValueError, RuntimeError) as exc:
             # Tornado rejects some requests before sending (bad header characters, closed client).
@@ -244,11 +332,22 @@ class TornadoBackend(Backend):
                                          url=request.url))
             return pending
 
+        if idle:
+            def expired() -> None:
+                # Nothing more reaches the sink once cancelled; the transfer is torn down (simple:
+                # its stream closed now; curl: aborted by the progress callback within a second).
+                pending.cancel()
+                sink.on_error(Timeout(f"no data for {idle:g} s (idle_timeout)",
+                                      method=request.method, url=request.url))
+
+            pending.watch(idle, expired)
+
         def finished(future: Future[HTTPResponse]) -> None:
             pending.curl = None  # Tornado reuses the easy handle for other requests
             exc = future.exception()  # retrieved even when cancelled, or asyncio logs it
             if pending.cancelled:
                 return
+            pending.unwatch()
             response = None if exc is not None else future.result()
             if response is not None and response.code == 599:
                 exc = response.error
@@ -260,7 +359,7 @@ class TornadoBackend(Backend):
                 started[0] = True
                 sink.on_start(response.code, Headers(response.headers.get_all()))
                 if not request.stream:
-                    body = response.body
+                    body = b"".join(collected) if collected is not None else response.body
                     if body:
                         sink.on_data(body)
             sink.on_end()
@@ -348,9 +447,52 @@ class _HeaderParser:
             self._fields.append((name.strip(), value.strip()))
 
 
-def _abort_when(pending: _Pending) -> Callable[[Any], None]:
+def _tls_problem(text: str) -> str:
+    """What a TLS failure means for the user, from the library's message (the same words on
+    every backend)."""
+    text = text.lower()
+    if "mismatch" in text or "subject name" in text or "not valid for" in text:
+        return "TLS certificate verification failed: the certificate is not for this host"
+    if "alert" in text:
+        return "TLS handshake refused by the server (a client certificate may be required)"
+    if "certificate" in text or "issuer" in text:
+        return "TLS certificate verification failed"
+    return "TLS handshake failed"
+
+
+def _ssl_context(options: TransportOptions) -> ssl.SSLContext:
+    """The client context for the simple client's HTTPS connections; made (and so checked)
+    for curl too."""
+    context = ssl.create_default_context(cafile=options.ca_file)
+    if options.cert_file:
+        context.load_cert_chain(options.cert_file, options.key_file)
+    if not options.verify_tls:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        log.warning("TLS certificate verification is disabled (verify_tls=False): this "
+                    "client's HTTPS connections accept any certificate, so they can be "
+                    "intercepted")
+    return context
+
+
+def _abort_curl(client: Any, curl: Any) -> None:
+    """End a running curl transfer now: remove its handle from the multi the way Tornado does
+    when a transfer ends (``_finish``), which makes libcurl close the connection (that of an
+    unfinished transfer is never reused), then let queued requests start. There is no public
+    API for this; without these two methods the progress callback below still aborts the
+    transfer, but only when libcurl next calls it (at the next byte, when it is silent)."""
+    finish = getattr(client, "_finish", None)
+    process_queue = getattr(client, "_process_queue", None)
+    if finish is None or process_queue is None or getattr(curl, "info", None) is None:
+        return  # not running any more, or a Tornado without these internals
+    finish(curl, pycurl.E_ABORTED_BY_CALLBACK, "cancelled by corduroy2")
+    process_queue()
+
+
+def _abort_when(pending: _Pending, client: Any) -> Callable[[Any], None]:
     def prepare(curl: Any) -> None:
         pending.curl = curl
+        pending.curl_client = client
         # libcurl calls this at least once a second even on an idle connection, so a cancelled
         # feed is torn down promptly; returning non-zero aborts the transfer.
         curl.setopt(pycurl.NOPROGRESS, 0)
@@ -372,13 +514,18 @@ def _map_error(exc: BaseException, request: Request, started: bool) -> CouchErro
         message = f"curl error {errno}: {exc.message}"
         if errno in _CURL_TIMEOUT:
             err = Timeout(message, **where)
+        elif errno in _CURL_TLS or (errno == 56 and "alert" in message.lower()):
+            err = ConnectError(f"{_tls_problem(message)}: {message}", **where)
         elif errno in _CURL_CONNECT:
             err = ConnectError(message, **where)
         elif errno in _CURL_CUT:
             err = ResponseCut(message, **where)
         else:
             err = TransportError(message, **where)
-    elif isinstance(exc, (ssl.SSLError, socket.gaierror)) or (
+    elif isinstance(exc, ssl.SSLError):
+        detail = exc.verify_message if isinstance(exc, ssl.SSLCertVerificationError) else exc
+        err = ConnectError(f"{_tls_problem(str(exc))}: {detail}", **where)
+    elif isinstance(exc, socket.gaierror) or (
         isinstance(exc, OSError) and exc.errno in _CONNECT_ERRNOS
     ):
         err = ConnectError(f"cannot connect: {exc!r}", **where)

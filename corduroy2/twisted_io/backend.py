@@ -8,6 +8,7 @@ the one it wants (asyncio, epoll...).
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,8 @@ from ..protocol.responses import Headers
 
 __all__ = ["TwistedBackend"]
 
+log = logging.getLogger("corduroy2")
+
 
 @implementer(IBodyProducer)
 class _BytesProducer:
@@ -61,40 +64,105 @@ class _BytesProducer:
 
 
 @implementer(IPolicyForHTTPS)
-class _NoVerifyPolicy:
-    """The explicit ``verify_tls=False`` opt-out: TLS without certificate checks."""
+class _TLSPolicy:
+    """How every HTTPS connection of one backend is made: verified against the system's CAs or
+    ``ca_file``'s (a bundle: every certificate in it is trusted), with the host name checked
+    (``service_identity``), presenting ``cert_file``/``key_file`` if given; or, with the
+    explicit ``verify_tls=False`` opt-out, without any certificate check."""
+
+    def __init__(self, options: TransportOptions) -> None:
+        from twisted.internet import ssl as tssl
+
+        self._verify = options.verify_tls
+        self._trust: Any = None
+        if options.ca_file:
+            with open(options.ca_file, "rb") as f:
+                certs = [tssl.Certificate.loadPEM(pem) for pem in _pem_blocks(f.read())]
+            if not certs:
+                raise ValueError(f"no PEM certificate in ca_file {options.ca_file!r}")
+            self._trust = tssl.trustRootFromCertificates(certs)
+        # The client certificate (then its chain) and key, as ``cryptography`` objects: what
+        # pyOpenSSL takes without deprecation warnings.
+        self._client: dict[str, Any] = {}
+        if options.cert_file:
+            from cryptography import x509
+            from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+            with open(options.cert_file, "rb") as f:
+                cert_pem = f.read()
+            key_pem = cert_pem
+            if options.key_file:
+                with open(options.key_file, "rb") as f:
+                    key_pem = f.read()
+            chain = x509.load_pem_x509_certificates(cert_pem)
+            key = load_pem_private_key(key_pem, password=None)
+            if key.public_key() != chain[0].public_key():
+                raise ValueError(f"key_file does not match cert_file {options.cert_file!r}")
+            self._client = {"certificate": chain[0], "privateKey": key}
+            if chain[1:]:
+                self._client["extraCertChain"] = chain[1:]
+        if not self._verify:
+            _warn_unverified()
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        from twisted.internet.ssl import CertificateOptions
+        from twisted.internet import ssl as tssl
 
-        return CertificateOptions(verify=False)
+        if not self._verify:
+            return tssl.CertificateOptions(verify=False, **self._client)
+        return tssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._trust,
+                                        extraCertificateOptions=dict(self._client))
 
 
-def _tls_policy(options: TransportOptions) -> IPolicyForHTTPS:
-    if not options.verify_tls:
-        return _NoVerifyPolicy()
-    if options.ca_file:
-        from twisted.internet.ssl import Certificate
+def _pem_blocks(data: bytes) -> list[bytes]:
+    marker = b"-----END CERTIFICATE-----"
+    blocks = []
+    for part in data.split(marker)[:-1]:
+        begin = part.find(b"-----BEGIN CERTIFICATE-----")
+        if begin >= 0:
+            blocks.append(part[begin:] + marker + b"\n")
+    return blocks
 
-        with open(options.ca_file, "rb") as pem:
-            root = Certificate.loadPEM(pem.read())
-        return web_client.BrowserLikePolicyForHTTPS(trustRoot=root)
-    return web_client.BrowserLikePolicyForHTTPS()
+
+def _warn_unverified() -> None:
+    log.warning("TLS certificate verification is disabled (verify_tls=False): this client's "
+                "HTTPS connections accept any certificate, so they can be intercepted")
 
 
 class _Exchange(Protocol):
     """One request: its Deferred, then its body, then exactly one sink end call."""
 
     def __init__(self, request: Request, sink: Sink, reactor: IReactorTime,
-                 timeout: float | None) -> None:
+                 timeout: float | None, idle_timeout: float | None) -> None:
         self.request = request
         self.sink = sink
         self.finished = False
         self.paused = False
         self.requesting: defer.Deferred[IResponse] | None = None
+        self.reactor = reactor
+        self.timeout = timeout
+        self.idle_timeout = idle_timeout
         self.timer: IDelayedCall | None = None
+        # Silence allowed from the server, from the start of the request: reset by the
+        # response's start and by every piece of its body; stopped while paused (the silence
+        # is then ours).
+        self.idle_timer: IDelayedCall | None = None
         if timeout:
-            self.timer = reactor.callLater(timeout, self._timed_out)
+            self.timer = reactor.callLater(timeout, self._timed_out, "request")
+        self._heard()
+
+    def _heard(self) -> None:
+        if not self.idle_timeout or self.finished or self.paused:
+            return
+        if self.idle_timer is not None and self.idle_timer.active():
+            self.idle_timer.reset(self.idle_timeout)
+        else:
+            self.idle_timer = self.reactor.callLater(self.idle_timeout, self._timed_out, "idle")
+
+    def _stop_timers(self) -> None:
+        for timer in (self.timer, self.idle_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self.timer = self.idle_timer = None
 
     # -- response start ---------------------------------------------------------------------
 
@@ -108,6 +176,7 @@ class _Exchange(Protocol):
             for name, values in response.headers.getAllRawHeaders()
             for value in values
         ]
+        self._heard()
         self.sink.on_start(response.code, Headers(fields))
         response.deliverBody(self)
         if self.paused and self.transport is not None:
@@ -122,6 +191,7 @@ class _Exchange(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if not self.finished:
+            self._heard()
             self.sink.on_data(data)
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
@@ -138,8 +208,7 @@ class _Exchange(Protocol):
 
     def _end(self, exc: CouchError | None) -> None:
         self.finished = True
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
+        self._stop_timers()
         if exc is None:
             self.sink.on_end()
         else:
@@ -153,31 +222,41 @@ class _Exchange(Protocol):
         elif self.transport is not None:
             self.transport.stopProducing()
 
-    def _timed_out(self) -> None:
-        self.timer = None
+    def _timed_out(self, which: str) -> None:
+        if which == "idle":
+            self.idle_timer = None
+            message = f"no data for {self.idle_timeout:g} s (idle_timeout)"
+        else:
+            self.timer = None
+            message = f"request timed out after {self.timeout:g} s"
         if not self.finished:
-            self._end(Timeout("request timed out", method=self.request.method,
-                              url=self.request.url))
+            self._end(Timeout(message, method=self.request.method, url=self.request.url))
             self._abort()
 
     def cancel(self) -> None:
         if not self.finished:
             self.finished = True
-            if self.timer is not None and self.timer.active():
-                self.timer.cancel()
+            self._stop_timers()
             self._abort()
 
     def pause(self) -> None:
         # Before the body starts there is nothing to pause; got_response honours the flag.
+        if self.paused or self.finished:
+            return
         self.paused = True
-        if self.transport is not None and not self.finished:
+        if self.idle_timer is not None and self.idle_timer.active():
+            self.idle_timer.cancel()
+        self.idle_timer = None
+        if self.transport is not None:
             self.transport.pauseProducing()
 
     def resume(self) -> None:
         if self.paused:
             self.paused = False
-            if self.transport is not None and not self.finished:
-                self.transport.resumeProducing()
+            if not self.finished:
+                self._heard()
+                if self.transport is not None:
+                    self.transport.resumeProducing()
 
 
 class _Discard(Protocol):
@@ -204,6 +283,8 @@ class TwistedBackend(Backend):
         self._reactor = reactor
         self._agent: web_client.Agent | None = None
         self._pool: web_client.HTTPConnectionPool | None = None
+        # Made now, so that bad certificate files fail when the Couch is made.
+        self._tls = _TLSPolicy(self.options)
 
     @property
     def reactor(self) -> Any:
@@ -219,7 +300,7 @@ class TwistedBackend(Backend):
             self._pool.maxPersistentPerHost = self.options.max_connections
             self._agent = web_client.Agent(
                 self.reactor,
-                contextFactory=_tls_policy(self.options),
+                contextFactory=self._tls,
                 connectTimeout=self.options.connect_timeout,
                 pool=self._pool,
             )
@@ -227,7 +308,8 @@ class TwistedBackend(Backend):
 
     def send(self, request: Request, sink: Sink) -> Transfer:
         exchange = _Exchange(request, sink, self.reactor,
-                             request.timeout or self.options.request_timeout)
+                             request.timeout or self.options.request_timeout,
+                             request.idle_timeout or self.options.idle_timeout)
         headers = TwistedHeaders()
         for name, value in request.headers:
             headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
@@ -297,6 +379,8 @@ def _map_failure(failure: Failure, request: Request) -> CouchError:
     err: CouchError
     if any(isinstance(c, (ierror.TimeoutError, defer.TimeoutError)) for c in causes):
         err = Timeout(f"timed out: {text}", **where)
+    elif any(_is_tls_error(c) for c in causes):
+        err = ConnectError(f"{_tls_problem(causes)}: {text}", **where)
     elif isinstance(failure.value, (ierror.ConnectError, ierror.DNSLookupError)) or any(
         isinstance(c, ierror.ConnectError) or _is_tls_error(c) for c in causes
     ):
@@ -314,4 +398,17 @@ def _map_failure(failure: Failure, request: Request) -> CouchError:
 
 
 def _is_tls_error(exc: BaseException | None) -> bool:
-    return exc is not None and type(exc).__module__.startswith("OpenSSL")
+    """pyOpenSSL's errors, and service_identity's (the certificate is not for this host)."""
+    return exc is not None and type(exc).__module__.startswith(("OpenSSL", "service_identity"))
+
+
+def _tls_problem(causes: list[BaseException]) -> str:
+    """What a TLS failure means for the user (the same words on every backend)."""
+    text = " ".join(repr(c) for c in causes).lower()
+    if "mismatch" in text:
+        return "TLS certificate verification failed: the certificate is not for this host"
+    if "alert" in text:
+        return "TLS handshake refused by the server (a client certificate may be required)"
+    if "certificate" in text:
+        return "TLS certificate verification failed"
+    return "TLS handshake failed"
