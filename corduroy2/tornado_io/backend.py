@@ -90,7 +90,7 @@ class _Pending:
         self.paused = False
         self.curl: Any = None
         self.curl_client: Any = None
-        self.connection: _HTTPConnection | None = None
+        self.connection: _SimpleConnection | None = None
         self._waiter: Future[None] | None = None
         self._loop: IOLoop | None = None
         self._idle = 0.0
@@ -139,9 +139,8 @@ class _Pending:
         self.cancelled = True
         self._disarm()
         self.resume()
-        stream = getattr(self.connection, "stream", None)
-        if stream is not None:
-            stream.close()  # the simple client: drop the connection (it is never reused)
+        if self.connection is not None:
+            self.connection.abandon()
         if self.curl is not None:
             curl, self.curl = self.curl, None
             _abort_curl(self.curl_client, curl)
@@ -189,8 +188,11 @@ class _SimpleConnection(_HTTPConnection):
     * On a connection reset after the headers, Tornado's ``on_connection_close`` re-raises the
       socket error instead of ending the request, so the fetch never settles; here the error
       ends the request like any other.
-    * It tells its request's :class:`_Pending` about itself, so cancelling closes the stream
-      (there is no public per-request abort).
+    * It tells its request's :class:`_Pending` about itself, so cancelling can abandon it
+      (there is no public per-request abort): close the stream, or, while still connecting,
+      end the fetch so that the connection is closed as soon as it is made and the request
+      never sent. A request cancelled while it waited in the client's queue is abandoned as
+      it leaves the queue.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -199,6 +201,17 @@ class _SimpleConnection(_HTTPConnection):
         pending = getattr(original, "corduroy2_pending", None)
         if isinstance(pending, _Pending):
             pending.connection = self
+            if pending.cancelled:
+                self.abandon()
+
+    def abandon(self) -> None:
+        stream = getattr(self, "stream", None)
+        if stream is not None:
+            stream.close()  # drop the connection (the simple client never reuses one)
+        elif self.final_callback is not None:
+            # Connecting: Tornado's own timeout path settles the fetch, frees its slot, and
+            # run() closes the stream once the connect completes, before sending anything.
+            self._on_timeout("(cancelled by corduroy2)")
 
     def on_connection_close(self) -> None:
         error = self.stream.error
@@ -475,6 +488,10 @@ def _ssl_context(options: TransportOptions) -> ssl.SSLContext:
     return context
 
 
+class _Abandoned(Exception):
+    """Raised from prepare_curl_callback so that a cancelled request is not started."""
+
+
 def _abort_curl(client: Any, curl: Any) -> None:
     """End a running curl transfer now: remove its handle from the multi the way Tornado does
     when a transfer ends (``_finish``), which makes libcurl close the connection (that of an
@@ -491,6 +508,10 @@ def _abort_curl(client: Any, curl: Any) -> None:
 
 def _abort_when(pending: _Pending, client: Any) -> Callable[[Any], None]:
     def prepare(curl: Any) -> None:
+        if pending.cancelled:
+            # Cancelled (or timed out) while queued: Tornado reports a setup error, which
+            # nobody sees, and the request is never sent.
+            raise _Abandoned()
         pending.curl = curl
         pending.curl_client = client
         # libcurl calls this at least once a second even on an idle connection, so a cancelled

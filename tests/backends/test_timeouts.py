@@ -255,3 +255,26 @@ async def test_idle_timeout_not_counted_while_paused(h: Harness,
     await _send(h, couch._backend, request, sink)
     assert sink.ends() == [("end", None)], sink.events
     assert b"".join(v for k, v in sink.events if k == "data") == body
+
+
+@pytest.mark.parametrize("backend", ["tornado-curl", "tornado-simple"])
+async def test_timed_out_in_the_queue_is_never_sent(h: Harness,
+                                                   fault: WatchedFaultServer) -> None:
+    """Tornado queues requests beyond max_connections. One whose idle timeout expires while
+    it waits there has failed for its caller, so it must not go out once a slot frees up
+    (the caller may well have sent it again by then)."""
+    fault.add("GET", "/slow", Reply.json(VALUE, stall_before_headers=0.6))
+    fault.add("GET", "/", Reply.json(VALUE))
+    couch = h.couch(max_connections=1)
+    slow, queued = _Recorder(), _Recorder()
+    await asyncio.sleep(0)
+    couch._backend.send(Request("GET", fault.url + "/slow"), slow)
+    took = await _send(h, couch._backend, Request("GET", fault.url + "/", idle_timeout=LIMIT),
+                       queued)
+    assert LIMIT - 0.1 < took < LIMIT + LATE
+    assert [k for k, _ in queued.events] == ["error"]
+    assert type(queued.events[0][1]) is Timeout
+    await asyncio.wait_for(slow.done.wait(), CALL_TIMEOUT)
+    assert slow.ends() == [("end", None)]
+    await asyncio.sleep(0.3)
+    assert [r.path for r in fault.requests] == ["/slow"]
