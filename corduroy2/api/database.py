@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, unquote
 
-from ..errors import Conflict, NotFound
+from ..errors import Conflict, DecodeError, NotFound
 from ..protocol.requests import Request, encode_json
 from ..protocol.urls import db_path, doc_path, encode_query, validate_db_name, validate_doc_id
 from .calls import Op, Stream
@@ -338,9 +338,15 @@ class Database:
             rows = result.rows
             if len(rows) > want:
                 last = rows.pop()
-                state["next"] = {"startkey": last.key}
+                following = {"startkey": last.key}
                 if by_docid:
-                    state["next"]["startkey_docid"] = last.id
+                    following["startkey_docid"] = last.id
+                if following == state.get("next"):
+                    # The server ignored startkey_docid (keys repeat across the page): going on
+                    # would return this page forever.
+                    raise DecodeError(f"paging {name!r} made no progress at key {last.key!r}: "
+                                      "does the server honour startkey_docid?")
+                state["next"] = following
             else:
                 state["done"] = True
             state["seen"] = state.get("seen", 0) + len(rows)
@@ -360,13 +366,19 @@ class Database:
             raise ValueError(f"page_size must be a positive int, got {page_size!r}")
         self._find_request(selector, opts)  # check the arguments now
 
+        limit = opts.pop("limit", None)
+
         def fetch(state: dict[str, Any]) -> Op[FindResult]:
             if state.get("done"):
                 raise StopAsyncIteration
-            query = {**opts, "limit": page_size, "bookmark": state.get("bookmark")}
+            seen = state.get("seen", 0)
+            want = page_size if limit is None else min(page_size, limit - seen)
+            query = {**opts, "limit": want, "bookmark": state.get("bookmark")}
             result: FindResult = yield Stream(self._find_request(selector, query),
                                               Keep(Document, build_find))
-            if len(result.docs) < page_size or not result.bookmark:
+            state["seen"] = seen + len(result.docs)
+            if len(result.docs) < want or not result.bookmark or (
+                    limit is not None and state["seen"] >= limit):
                 state["done"] = True
             state["bookmark"] = result.bookmark
             if not result.docs:

@@ -105,17 +105,19 @@ JSON_OPTIONS = frozenset(
 
 
 def encode_query(params: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> str:
-    """Encode query options: booleans as ``true``/``false``, ``None`` dropped, JSON where
-    CouchDB expects JSON (``key``, ``startkey``, ``open_revs`` ...). Returns ``""`` or ``"?..."``.
+    """Encode query options: booleans as ``true``/``false``, ``None`` dropped (except for the
+    JSON keys, where it is ``null``: ``key=None`` asks for the rows whose key is null), JSON
+    where CouchDB expects JSON (``key``, ``startkey``...). Returns ``""`` or ``"?..."``.
     """
     if not params:
         return ""
     items = params.items() if isinstance(params, Mapping) else params
     pairs = []
     for name, value in items:
-        if value is None:
-            continue
-        pairs.append((name, _query_value(value, name in JSON_OPTIONS)))
+        json_value = name in JSON_OPTIONS
+        if value is None and not json_value:
+            continue  # an unset option; but key=None means the JSON key null
+        pairs.append((name, _query_value(value, json_value)))
     if not pairs:
         return ""
     return "?" + urlencode(pairs, quote_via=quote)
