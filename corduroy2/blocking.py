@@ -419,6 +419,64 @@ class ThreadedChangesFeed(api.changes.ChangesFeed):
             super()._finished(value, None if isinstance(error, StopTransfer) else error, *rest)
 
 
+class BlockingFollower(api.follower.ChangesFollower):
+    """``db.follow(handler)`` in blocking mode: :meth:`run` follows on the calling thread and
+    returns once :meth:`stop` was called (from the handler or another thread) or an error
+    stopped it, after the last checkpoint is written. The handler runs on that thread."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._next_delay: float | None = None
+        self._done = threading.Event()
+
+    def run(self) -> Any:
+        """Follow until stopped; returns the last delivered seq."""
+        self._done.clear()
+        try:
+            self.start()  # loads the checkpoint and reads the first feed until it ends
+            while not self._stopping:
+                delay, self._next_delay = self._next_delay, None
+                if delay is None:
+                    break  # nothing scheduled: _fail stopped us
+                if delay:
+                    time.sleep(delay)
+                self._connect()
+            self._settle_stop()
+        finally:
+            self.running = False
+            self._done.set()
+        return self.seq
+
+    def _connect(self) -> None:
+        super()._connect()
+        # send() returned: the feed is over (ended, failed, or stopped by StopTransfer, which
+        # reports nothing), so no transfer is in flight any more.
+        self._transfer = None
+
+    def _reconnect_after(self, delay: float) -> None:
+        if not self._busy and not self._queue:
+            self._next_delay = delay
+
+    def _halt_blocking_read(self) -> None:
+        raise StopTransfer()
+
+    def stop(self) -> Any:
+        """Ask :meth:`run` to finish; from another thread, wait until it has (checkpoint
+        written). Returns the last delivered seq."""
+        self._stopping = True
+        if self.running and not self._in_run_thread():
+            self._done.wait()
+        return self.seq
+
+    def _in_run_thread(self) -> bool:
+        return getattr(self, "_run_thread", None) is threading.current_thread()
+
+    def start(self) -> BlockingFollower:
+        self._run_thread = threading.current_thread()
+        super().start()
+        return self
+
+
 class Couch(api.Couch):
     """A CouchDB server whose methods block and return values (or raise)."""
 
@@ -431,6 +489,10 @@ class Couch(api.Couch):
               callback: Callable[[Any, list[dict[str, Any]]], Any], latency: float, since: Any,
               on_error: Callable[[BaseException], Any] | None) -> Any:
         return ThreadedChangesFeed(db, request, feed, callback, latency, since, on_error).start()
+
+    def _follower(self, db: api.Database, handler: Callable[[dict[str, Any]], Any],
+                  **kwargs: Any) -> Any:
+        return BlockingFollower(db, handler, **kwargs)
 
     def _iterate(self, request: Request, wrap: Callable[[Any], Any], high_water: int,
                  make_sink: MakeSink = api.calls.RowSink) -> Any:

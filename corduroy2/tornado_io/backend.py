@@ -307,6 +307,8 @@ class TornadoBackend(Backend):
         if self.client == "curl":
             if request.stream or collected is not None:
                 kwargs["prepare_curl_callback"] = _abort_when(pending, self._get_http())
+            else:
+                kwargs["prepare_curl_callback"] = _quiet
             kwargs.update(validate_cert=opts.verify_tls, ca_certs=opts.ca_file,
                           client_cert=opts.cert_file, client_key=opts.key_file)
         else:
@@ -488,6 +490,12 @@ def _ssl_context(options: TransportOptions) -> ssl.SSLContext:
     return context
 
 
+def _quiet(curl: Any) -> None:
+    # Tornado turns on libcurl's verbose trace when its logger is at DEBUG, and that trace
+    # prints every request header, Authorization and Cookie included: never let it.
+    curl.setopt(pycurl.VERBOSE, 0)
+
+
 class _Abandoned(Exception):
     """Raised from prepare_curl_callback so that a cancelled request is not started."""
 
@@ -512,6 +520,7 @@ def _abort_when(pending: _Pending, client: Any) -> Callable[[Any], None]:
             # Cancelled (or timed out) while queued: Tornado reports a setup error, which
             # nobody sees, and the request is never sent.
             raise _Abandoned()
+        _quiet(curl)
         pending.curl = curl
         pending.curl_client = client
         # libcurl calls this at least once a second even on an idle connection, so a cancelled

@@ -137,6 +137,8 @@ class _Exchange(Protocol):
         self.sink = sink
         self.finished = False
         self.paused = False
+        self.delivering = False  # inside sink.on_data, itself inside Twisted's parser
+        self.abandon = False
         self.requesting: defer.Deferred[IResponse] | None = None
         self.reactor = reactor
         self.timeout = timeout
@@ -192,7 +194,16 @@ class _Exchange(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if not self.finished:
             self._heard()
-            self.sink.on_data(data)
+            self.delivering = True
+            try:
+                self.sink.on_data(data)
+            finally:
+                self.delivering = False
+            if self.abandon:
+                # Cancelled while Twisted was inside its parser: raising makes it give the
+                # connection up. Aborting the socket instead would let the parser finish the
+                # buffered response and return the doomed connection to the pool.
+                raise _Abandoned()
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
         if self.finished:
@@ -219,8 +230,17 @@ class _Exchange(Protocol):
         # the body: stopProducing on the body transport aborts it. Either way it is not reused.
         if self.requesting is not None:
             self.requesting.cancel()
+        elif self.delivering:
+            self.abandon = True  # dataReceived raises once the sink returns
         elif self.transport is not None:
-            self.transport.stopProducing()
+            # stopProducing() only starts a graceful close, and the pool could hand the closing
+            # connection to the next request; abort the TCP connection itself when we can
+            # (the body transport is a TransportProxyProducer around it).
+            tcp = getattr(self.transport, "_producer", None)
+            if tcp is not None and hasattr(tcp, "abortConnection"):
+                tcp.abortConnection()
+            else:
+                self.transport.stopProducing()
 
     def _timed_out(self, which: str) -> None:
         if which == "idle":
@@ -257,6 +277,10 @@ class _Exchange(Protocol):
                 self._heard()
                 if self.transport is not None:
                     self.transport.resumeProducing()
+
+
+class _Abandoned(Exception):
+    """Raised into Twisted's HTTP parser to drop a connection whose response was cancelled."""
 
 
 class _Discard(Protocol):
