@@ -8,6 +8,8 @@ Importing this package imports no framework. Pick a front door::
 """
 
 from .api import ConflictResolution, Document, PendingDoc, Status
+from .api.auth import Auth, BasicAuth, CookieAuth, JWTAuth, ProxyAuth
+from .api.retry import Retry
 from .errors import (
     BadRequest,
     Conflict,
@@ -32,21 +34,27 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Auth",
     "BadRequest",
+    "BasicAuth",
     "ConflictResolution",
     "Conflict",
     "ConnectError",
+    "CookieAuth",
     "CouchError",
     "DecodeError",
     "Document",
     "Forbidden",
     "HTTPError",
+    "JWTAuth",
     "MethodNotAllowed",
     "NotFound",
     "PendingDoc",
     "PreconditionFailed",
+    "ProxyAuth",
     "RequestEntityTooLarge",
     "ResponseCut",
+    "Retry",
     "ServerError",
     "Status",
     "Timeout",

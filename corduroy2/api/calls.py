@@ -4,11 +4,16 @@ Each API method builds its requests up front (so bad arguments raise at once, in
 and describes the rest as an *operation*: a generator that yields
 :class:`~corduroy2.protocol.requests.Request` values and receives the decoded JSON reply (or has
 the typed error thrown in at the ``yield``). Multi-request calls (``save`` fetching uuids first,
-``db(create_if_missing=True)``) are then plain sequential code, written once.
+``db(create_if_missing=True)``) are then plain sequential code, written once. An operation may
+also yield :class:`Wait` to wait for something that is not a request (a login in progress, a
+token from the user's callable).
 
 :class:`_Run` drives an operation over a :class:`~corduroy2.backend.Backend`. It trampolines, so
-a backend that completes synchronously (blocking) does not recurse. :func:`invoke` picks the
-calling style: an explicit callback, or the backend's native result.
+a backend that completes synchronously (blocking) does not recurse. A ``Couch`` hands it its
+:class:`~corduroy2.api.retry.Sender` (a backend that adds credentials, renews them and retries),
+so every request of every operation gets that on every backend, and a login is itself just an
+operation run here. :func:`invoke` picks the calling style: an explicit callback, or the
+backend's native result.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from ..backend import Backend, Outcome, StopTransfer
+from ..backend import Backend, Outcome, Start, StopTransfer
 from ..errors import CouchError, HTTPError
 from ..protocol.requests import Request
 from ..protocol.responses import Headers, check_status, decode_json, make_error
@@ -26,7 +31,7 @@ from ..protocol.rows import NEED_DATA, End, Header, RowStream
 from ..errors import DecodeError, ResponseCut
 from .status import Status
 
-__all__ = ["Raw", "Response", "Stream", "RowConsumer", "Op", "invoke"]
+__all__ = ["Raw", "Response", "Stream", "Wait", "RowConsumer", "Op", "invoke"]
 
 log = logging.getLogger("corduroy2")
 
@@ -72,7 +77,17 @@ class Stream:
     consumer: RowConsumer
 
 
-Op = Generator["Request | Raw | Stream", Any, T]
+@dataclass(frozen=True)
+class Wait:
+    """Yield ``Wait(start)`` to wait for anything with a callback: ``start(done)`` begins it and
+    returns a cancel handle, and ``done(Outcome)`` later delivers the value (or the error, raised
+    at the ``yield``). The shape of :meth:`~corduroy2.backend.Backend.run`'s argument. A
+    :class:`Response` value counts as the call's last response (``Status.code``)."""
+
+    start: Start
+
+
+Op = Generator["Request | Raw | Stream | Wait", Any, T]
 
 
 class _Collector:
@@ -262,9 +277,11 @@ class _Run:
         if self._state == _RUNNING:
             self._state = _IDLE
 
-    def _send(self, step: Request | Raw | Stream) -> Any:
+    def _send(self, step: Request | Raw | Stream | Wait) -> Any:
         if isinstance(step, Stream):
             return self._stream(step)
+        if isinstance(step, Wait):
+            return step.start(self._waited)
         raw = isinstance(step, Raw)
         request = step.request if isinstance(step, Raw) else step
 
@@ -294,6 +311,12 @@ class _Run:
             self._advance(value, None)
 
         return self._backend.send(request, _Collector(complete))
+
+    def _waited(self, outcome: Outcome) -> None:
+        self._current = None
+        if isinstance(outcome.value, Response):
+            self._code, self._headers = outcome.value.status, outcome.value.headers
+        self._advance(outcome.value, outcome.error)
 
     def _stream(self, step: Stream) -> Any:
         def complete(value: Any, error: BaseException | None, status: int,

@@ -2,26 +2,40 @@
 
 from __future__ import annotations
 
-import base64
+import copy
+import enum
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from ..backend import Backend, TransportOptions
 from ..errors import NotFound, PreconditionFailed
 from ..protocol.requests import JSON_HEADERS, Request
+from ..protocol.responses import decode_json
 from ..protocol.urls import db_path, encode_query, split_credentials, validate_db_name
-from .calls import Op, invoke
+from .auth import AuthArg, CookieAuth, as_auth
+from .calls import Op, Response, Wait, invoke
+from .retry import Retry, Sender, as_retry
 from .status import Status
 from .calls import RowSink
 from .changes import ChangesFeed
+from .follower import ChangesFollower
 from .views import MakeSink, RowIterator
 
 if TYPE_CHECKING:
     from .database import Database
 
-__all__ = ["Couch", "Callback"]
+__all__ = ["Couch", "Callback", "KEEP"]
 
 Callback = Callable[[Any, Status], Any] | None
+C = TypeVar("C", bound="Couch")
+
+
+class _Keep(enum.Enum):
+    KEEP = "keep"
+
+
+#: ``with_options`` default: keep this setting as it is.
+KEEP: Literal[_Keep.KEEP] = _Keep.KEEP
 
 DEFAULT_URL = "http://127.0.0.1:5984"
 USER_AGENT = "corduroy2/0.1"
@@ -31,8 +45,14 @@ class Couch:
     """A CouchDB server. Creating it sends nothing.
 
     ``url`` may carry ``user:password@``; it is removed from the URL (so it can never show up in
-    a repr or an error) and used like ``auth=(user, password)``. Every network method accepts
-    ``callback=``; see the calling-conventions chapter of the guide.
+    a repr or an error) and used like ``auth=(user, password)``. ``auth`` is ``(user,
+    password)`` or a provider (:class:`~corduroy2.api.auth.BasicAuth`,
+    :class:`~corduroy2.api.auth.CookieAuth`, :class:`~corduroy2.api.auth.ProxyAuth`,
+    :class:`~corduroy2.api.auth.JWTAuth`). ``retry`` is a
+    :class:`~corduroy2.api.retry.Retry` policy, True (the default policy: a few quick retries
+    of what is safe to repeat) or False. :meth:`with_options` makes a handle with other
+    settings over the same connections. Every network method accepts ``callback=``; see the
+    calling-conventions chapter of the guide.
     """
 
     backend_name: ClassVar[str] = "abstract"
@@ -41,8 +61,9 @@ class Couch:
     def __init__(
         self,
         url: str = DEFAULT_URL,
-        auth: tuple[str, str] | None = None,
+        auth: AuthArg = None,
         *,
+        retry: Retry | bool = True,
         connect_timeout: float | None = 10.0,
         request_timeout: float | None = None,
         idle_timeout: float | None = None,
@@ -54,14 +75,11 @@ class Couch:
         backend: Backend | None = None,
     ) -> None:
         self.url, url_auth = split_credentials(url)
-        auth = auth or url_auth
-        headers = [("Accept", "application/json"), ("User-Agent", USER_AGENT)]
-        if auth is not None:
-            user, password = auth
-            token = base64.b64encode(f"{user}:{password}".encode()).decode()
-            headers.append(("Authorization", f"Basic {token}"))
-        self._user = auth[0] if auth else None
-        self._headers = tuple(headers)
+        self._auth = as_auth(auth if auth is not None else url_auth)
+        self._retry = as_retry(retry)
+        # Per-handle overrides of the transport's timeouts (None: the backend's own).
+        self._timeout: float | None = None
+        self._idle_timeout: float | None = None
         options = TransportOptions(
             connect_timeout=connect_timeout,
             request_timeout=request_timeout,
@@ -73,6 +91,45 @@ class Couch:
             key_file=key_file,
         )
         self._backend = backend if backend is not None else self._make_backend(options)
+        self._configure()
+
+    def _configure(self) -> None:
+        """Derive what requests are built and sent with from this handle's settings."""
+        base = (("Accept", "application/json"), ("User-Agent", USER_AGENT))
+        # Fixed credentials go on every request as it is built; changing ones (a cookie, a JWT
+        # from a callable) are added by the Sender as the request goes out.
+        static = self._auth.static_headers() if self._auth is not None else ()
+        self._headers = base + static
+        self._sender = Sender(self._backend, self.url, self._auth, self._retry, base)
+
+    @property
+    def _user(self) -> str | None:
+        return self._auth.user if self._auth is not None else None
+
+    def with_options(
+        self: C,
+        *,
+        auth: AuthArg | Literal[_Keep.KEEP] = KEEP,
+        retry: Retry | bool | Literal[_Keep.KEEP] = KEEP,
+        timeout: float | None | Literal[_Keep.KEEP] = KEEP,
+        idle_timeout: float | None | Literal[_Keep.KEEP] = KEEP,
+    ) -> C:
+        """A handle on the same server with other settings, sharing this one's connections
+        (the per-call override: ``await couch.with_options(retry=False).info()``). Settings not
+        given are kept. ``timeout``/``idle_timeout`` replace the transport's request and idle
+        timeouts (seconds; None: the transport's) for calls made through the new handle.
+        ``auth=None`` makes it anonymous. Closing any handle closes the shared connections."""
+        clone = copy.copy(self)
+        if auth is not KEEP:
+            clone._auth = as_auth(auth)
+        if retry is not KEEP:
+            clone._retry = as_retry(retry)
+        if timeout is not KEEP:
+            clone._timeout = timeout
+        if idle_timeout is not KEEP:
+            clone._idle_timeout = idle_timeout
+        clone._configure()
+        return clone
 
     def _make_backend(self, options: TransportOptions) -> Backend:
         raise TypeError(
@@ -89,27 +146,36 @@ class Couch:
         query: Any = None,
         body: bytes | None = None,
         headers: tuple[tuple[str, str], ...] = (),
+        idempotent: bool | None = None,
     ) -> Request:
         all_headers = self._headers + headers
         if body is not None:
             all_headers += JSON_HEADERS
         elif method in ("PUT", "POST"):
             body = b""
-        return Request(method, self.url + path + encode_query(query), all_headers, body)
+        return Request(method, self.url + path + encode_query(query), all_headers, body,
+                       timeout=self._timeout, idle_timeout=self._idle_timeout,
+                       idempotent=idempotent)
 
     def _invoke(self, op: Op[Any], callback: Callback) -> Any:
-        return invoke(self._backend, op, callback)
+        # Through the Sender: credentials, their renewal and retries apply to every request.
+        return invoke(self._sender, op, callback)
 
     def _iterate(self, request: Request, wrap: Callable[[Any], Any], high_water: int,
                  make_sink: MakeSink = RowSink) -> Any:
         """The row iterator for this front door (``async for``; blocking overrides it)."""
-        return RowIterator(self._backend, request, wrap, high_water, make_sink)
+        return RowIterator(self._sender, request, wrap, high_water, make_sink)
 
     def _feed(self, db: Database, request: Request, feed: str,
               callback: Callable[[Any, list[dict[str, Any]]], Any], latency: float, since: Any,
               on_error: Callable[[BaseException], Any] | None) -> Any:
         """Start corduroy's callback feed for this front door (blocking overrides it)."""
         return ChangesFeed(db, request, feed, callback, latency, since, on_error).start()
+
+    def _follower(self, db: Database, handler: Callable[[dict[str, Any]], Any],
+                  **kwargs: Any) -> Any:
+        """Make and start the follower for this front door (blocking overrides it)."""
+        return ChangesFollower(db, handler, **kwargs).start()
 
     def _simple(self, request: Request, callback: Callback, post: Callable[[Any], Any] | None = None) -> Any:
         return self._invoke(_one(request, post), callback)
@@ -173,6 +239,38 @@ class Couch:
 
         return self._invoke(op(), callback)
 
+    # -- sessions ----------------------------------------------------------------------------
+
+    def session(self, *, callback: Callback = None) -> Any:
+        """``GET /_session``: who the server takes this handle for. The reply's ``userCtx``
+        holds ``name`` (None when anonymous) and ``roles``; ``info.authenticated`` says how."""
+        return self._simple(self._request("GET", "/_session"), callback)
+
+    def login(self, *, callback: Callback = None) -> Any:
+        """Log in now with the handle's :class:`~corduroy2.api.auth.CookieAuth` (joining a login
+        already under way) and return the server's reply (``{"ok", "name", "roles"}``).
+        Not needed before other calls, which log in when they must; it re-enables automatic
+        logins after :meth:`logout`. ``TypeError`` for other kinds of auth."""
+        auth = self._auth
+        if not isinstance(auth, CookieAuth):
+            raise TypeError(f"login() needs CookieAuth, this handle has {auth!r}")
+        sender = self._sender
+        step = Wait(lambda done: auth._login(sender, done))
+        return self._invoke(_login(step, self.url + "/_session"), callback)
+
+    def logout(self, *, callback: Callback = None) -> Any:
+        """``DELETE /_session``. With :class:`~corduroy2.api.auth.CookieAuth` the cookie is
+        dropped at once and nothing logs in automatically until :meth:`login`: calls made
+        meanwhile are anonymous. CouchDB keeps no server-side state for a cookie session, so
+        ending it is the client forgetting the cookie."""
+        headers: tuple[tuple[str, str], ...] = ()
+        if isinstance(self._auth, CookieAuth):
+            cookie = self._auth._logout()
+            if cookie is not None:
+                headers = (("Cookie", f"AuthSession={cookie}"),)
+        request = self._request("DELETE", "/_session", headers=headers, idempotent=True)
+        return self._simple(request, callback)
+
     def close(self) -> Any:
         """Close the connections. Returns what the backend's close returns (a Deferred on
         Twisted, fired once the connections are closed)."""
@@ -186,3 +284,8 @@ class Couch:
 def _one(request: Request, post: Callable[[Any], Any] | None) -> Op[Any]:
     value = yield request
     return value if post is None else post(value)
+
+
+def _login(step: Wait, url: str) -> Op[Any]:
+    response: Response = yield step
+    return decode_json(response.body, method="POST", url=url) if response.body else None

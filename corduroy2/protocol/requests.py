@@ -25,6 +25,9 @@ class Request:
     # Per-request overrides of the backend's TransportOptions (None: use the backend's).
     timeout: float | None = field(default=None, compare=False)
     idle_timeout: float | None = field(default=None, compare=False)
+    # Safe to send twice? None lets the retry policy decide by rule (GET/HEAD yes; PUT/DELETE
+    # when they carry a rev; anything else no); the API sets True/False where it knows better.
+    idempotent: bool | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:
         # Headers are left out: they may carry Authorization or Cookie.

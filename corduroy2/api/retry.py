@@ -1,0 +1,476 @@
+"""Retries, and the :class:`Sender` every request of a ``Couch`` goes out through.
+
+:class:`Retry` is the policy: which failures are retried, how many times, how long to wait.
+It is on by default (:data:`DEFAULT_RETRY`), for requests that are safe to send twice:
+
+* a ``ConnectError`` (no connection was made, so the request never left) for **any** method;
+* a lost connection (``ResponseCut`` and other transport failures) and the statuses in
+  ``statuses`` (429, 503) only for requests that are safe to repeat: ``GET``/``HEAD``, and
+  ``PUT``/``DELETE`` carrying a rev (a ``rev=`` query or a top-level ``_rev`` in the body: sent
+  twice, the second can at worst answer 409, never write twice), or what the API marked with
+  ``Request.idempotent``. A ``POST`` is never sent twice unless ``Retry(methods={"POST"})``.
+* A ``Timeout`` is not retried: the time allowed for the call has been spent.
+
+Delays are exponential with full jitter (``uniform(0, min(cap, base * 2**(n-1)))``, AWS's
+"full jitter"); a ``Retry-After`` (seconds or an HTTP date) replaces that delay, capped at
+``cap``. No retry starts once ``deadline`` seconds have passed since the first attempt. Delays
+run on the backend's ``call_later`` (the blocking backend sleeps). The few lines of backoff are
+written here rather than taken from the ``backoff`` package: its decorators wrap a function
+call, while a retry here is a step of a callback-driven exchange.
+
+:class:`Sender` is a :class:`~corduroy2.backend.Backend` wrapping the real one, with a handle's
+auth provider and retry policy. For each request it: adds dynamic credentials (waiting for a
+renewal under way), sends, shows every response's headers to the provider (a refreshed
+cookie), answers a 401 by renewing once (single-flight) and sending again, and retries what the
+policy allows. Replies that may be retried are held back and replayed to the caller's sink
+only when they are final; a streamed body that will not be retried goes to the sink as it
+arrives, and is then never retried (its consumer has seen bytes). Each attempt is logged at
+DEBUG on the ``corduroy2`` logger (method, URL, status, duration; never headers), retries and
+renewals at INFO.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import orjson
+
+from ..backend import Backend, Cancel, Outcome, Sink, Start, StopTransfer, Transfer
+from ..errors import ConnectError, CouchError, Timeout, TransportError
+from ..protocol.requests import Request
+from ..protocol.responses import Headers
+from .auth import Auth, HeaderList, _Flight
+
+__all__ = ["Retry", "DEFAULT_RETRY", "as_retry", "is_idempotent", "retry_after", "Sender"]
+
+log = logging.getLogger("corduroy2")
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A retry policy. ``Couch(..., retry=Retry(...))``, ``retry=False`` for none, or per
+    handle with ``with_options(retry=...)``.
+
+    ``attempts``: tries in all, the first included. ``base``/``cap``: backoff (seconds) before
+    retry *n* is ``uniform(0, min(cap, base * 2**(n-1)))``; a ``Retry-After`` is used instead,
+    capped at ``cap``. ``deadline``: no retry starts after this many seconds from the first
+    attempt. ``statuses``: replies retried (for requests safe to repeat). ``methods``: methods
+    retried even though they are not safe to repeat (``{"POST"}``: the caller accepts that a
+    POST may be applied twice).
+    """
+
+    attempts: int = 3
+    base: float = 0.1
+    cap: float = 5.0
+    deadline: float = 10.0
+    statuses: frozenset[int] = frozenset({429, 503})
+    methods: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.attempts, int) or self.attempts < 1:
+            raise ValueError(f"attempts must be an int >= 1, got {self.attempts!r}")
+        for name in ("base", "cap", "deadline"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        object.__setattr__(self, "statuses", frozenset(self.statuses))
+        object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
+
+    def allows(self, request: Request) -> bool:
+        """May ``request`` be sent again after it may have reached the server?"""
+        return request.method in self.methods or is_idempotent(request)
+
+    def backoff(self, retry: int) -> float:
+        """The delay before retry number ``retry`` (1 for the first retry): full jitter."""
+        return random.uniform(0.0, min(self.cap, self.base * 2 ** (retry - 1)))
+
+
+DEFAULT_RETRY = Retry()
+
+
+def as_retry(value: Retry | bool | None) -> Retry | None:
+    """The policy for ``retry=``: a :class:`Retry`, True (the default policy), False/None (off)."""
+    if isinstance(value, Retry):
+        return value
+    if value is True:
+        return DEFAULT_RETRY
+    if value is False or value is None:
+        return None
+    raise TypeError(f"retry must be a Retry, True or False, not {type(value).__name__}")
+
+
+def is_idempotent(request: Request) -> bool:
+    """Whether sending ``request`` twice does no more than sending it once.
+
+    ``request.idempotent`` decides when set. Otherwise: GET and HEAD are; PUT and DELETE are
+    when they carry a rev (query ``rev=``, or ``_rev`` at the top of a JSON body): a second
+    copy then meets the new revision and answers 409 instead of writing again. Anything else
+    (POST, COPY, a PUT creating a doc or a database) is not.
+    """
+    if request.idempotent is not None:
+        return request.idempotent
+    method = request.method
+    if method in ("GET", "HEAD"):
+        return True
+    if method not in ("PUT", "DELETE"):
+        return False
+    query = urlsplit(request.url).query
+    if query and any(name == "rev" for name, _ in parse_qsl(query)):
+        return True
+    if request.body and b'"_rev"' in request.body:  # cheap test first; parse only if it may be
+        try:
+            body = orjson.loads(request.body)
+        except orjson.JSONDecodeError:
+            return False
+        return isinstance(body, dict) and bool(body.get("_rev"))
+    return False
+
+
+def retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds asked for by a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
+    if not headers:
+        return None
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+class Sender(Backend):
+    """The backend a ``Couch`` handle's calls go through: the real backend plus the handle's
+    auth provider and retry policy (see the module docstring). Handles made by
+    ``with_options`` have their own Sender over the same backend."""
+
+    def __init__(self, backend: Backend, url: str, auth: Auth | None, retry: Retry | None,
+                 base_headers: HeaderList = ()) -> None:
+        # Not Backend.__init__: the options are the wrapped backend's.
+        self.options = backend.options
+        self.backend = backend
+        self.url = url
+        self.auth = auth
+        self.retry = retry
+        #: Headers every request carries whatever the auth (Accept, User-Agent): for requests
+        #: the auth machinery builds itself (the login).
+        self.base_headers = base_headers
+        self._bare: Sender | None = None
+
+    @property
+    def bare(self) -> Sender:
+        """This sender without auth: for the requests that carry their own credentials."""
+        if self.auth is None:
+            return self
+        if self._bare is None:
+            self._bare = Sender(self.backend, self.url, None, self.retry, self.base_headers)
+        return self._bare
+
+    def send(self, request: Request, sink: Sink) -> Transfer:
+        exchange = _Exchange(self, request, sink)
+        exchange.start()
+        return exchange
+
+    def run(self, start: Start) -> Any:
+        return self.backend.run(start)
+
+    def when_done(self, value: Any, done: Callable[[Outcome], None]) -> bool:
+        return self.backend.when_done(value, done)
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> Cancel:
+        return self.backend.call_later(delay, fn)
+
+    def close(self) -> Any:
+        return self.backend.close()
+
+    def __repr__(self) -> str:
+        return f"<Sender {self.url} auth={self.auth!r} retry={self.retry!r}>"
+
+
+# An exchange's steps yield what to wait for (the shape of Backend.run's argument) and receive
+# its Outcome.
+_Steps = Generator[Start, Outcome, None]
+_FIRST = Outcome()  # starts the steps
+
+
+class _Exchange:
+    """One request through a :class:`Sender`: its handle (cancel, pause, resume) and the small
+    trampoline that runs its steps. A synchronous backend completes inside ``send``; the
+    trampoline then loops instead of recursing."""
+
+    __slots__ = ("_sender", "_steps", "_current", "_transfer", "_pending", "_running",
+                 "_over", "_paused")
+
+    def __init__(self, sender: Sender, request: Request, sink: Sink) -> None:
+        self._sender = sender
+        self._steps = self._run(sender, request, sink)
+        self._current: Cancel | None = None
+        self._transfer: Transfer | None = None
+        self._pending: Outcome | None = None
+        self._running = False
+        self._over = False
+        self._paused = False
+
+    # -- handle ------------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        if self._over:
+            return
+        self._over = True
+        if self._current is not None:
+            self._current.cancel()
+        if not self._running:
+            self._steps.close()
+
+    def pause(self) -> None:
+        self._paused = True
+        if self._transfer is not None:
+            self._transfer.pause()
+
+    def resume(self) -> None:
+        self._paused = False
+        if self._transfer is not None:
+            self._transfer.resume()
+
+    # -- trampoline --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._resume(_FIRST)
+
+    def _resume(self, outcome: Outcome) -> None:
+        if self._over:
+            return
+        self._pending = outcome
+        if self._running:
+            return  # completed inside start(): the loop below picks it up
+        self._running = True
+        try:
+            while self._pending is not None and not self._over:
+                outcome, self._pending = self._pending, None
+                try:
+                    start = next(self._steps) if outcome is _FIRST else self._steps.send(outcome)
+                except StopIteration:
+                    self._over = True
+                    return
+                self._current = None
+                handle = start(self._resume)
+                if self._pending is None:
+                    self._current = handle
+        except BaseException:
+            self._over = True
+            raise
+        finally:
+            self._running = False
+
+    def _send(self, request: Request, attempt: _Attempt) -> Start:
+        def start(done: Callable[[Outcome], None]) -> Cancel:
+            attempt.done = done
+            transfer = self._sender.backend.send(request, attempt)
+            self._transfer = transfer
+            if self._paused:
+                transfer.pause()
+            return transfer
+
+        return start
+
+    # -- the steps ---------------------------------------------------------------------------
+
+    def _run(self, sender: Sender, request: Request, sink: Sink) -> _Steps:
+        policy = sender.retry
+        auth = sender.auth
+        dynamic = auth if auth is not None and auth.dynamic else None
+        first = time.monotonic()
+        retries = 0
+        renewed = False
+        while True:
+            sent, generation = request, 0
+            if dynamic is not None:
+                waited = False
+                while True:
+                    ready = dynamic._ready(sender, fresh=waited)
+                    if not isinstance(ready, _Flight):
+                        break
+                    outcome = yield ready.join
+                    if outcome.error is not None:
+                        sink.on_error(_couch_error(outcome.error))
+                        return
+                    waited = True
+                headers, generation = ready
+                if headers:
+                    sent = replace(request, headers=request.headers + headers)
+            renew = auth is not None and not renewed and auth.renewable()
+            retry_statuses = (
+                policy.statuses
+                if policy is not None and retries + 1 < policy.attempts and policy.allows(request)
+                else frozenset()
+            )
+            attempt = _Attempt(sent, sink, auth, renew, retry_statuses)
+            began = time.monotonic()
+            yield self._send(sent, attempt)
+            self._transfer = None
+            _log_attempt(request, attempt, began)
+            if attempt.forwarded:
+                return
+            if attempt.error is None and attempt.status == 401 and renew:
+                assert auth is not None
+                renewed = True
+                log.info("corduroy2: %s %s answered 401: renewing the credentials of %r and "
+                         "sending it again", request.method, request.url, auth)
+                flight = auth._renew(sender, generation)
+                if flight is not None:
+                    outcome = yield flight.join
+                    if outcome.error is not None:
+                        sink.on_error(_couch_error(outcome.error))
+                        return
+                continue
+            delay = _delay(policy, request, attempt, retries, first)
+            if delay is None:
+                attempt.replay()
+                return
+            retries += 1
+            assert policy is not None
+            log.info("corduroy2: %s %s: %s; retry %d of %d in %.3f s", request.method,
+                     request.url, attempt.describe(), retries, policy.attempts - 1, delay)
+            yield _sleep(sender, delay)
+
+
+def _sleep(sender: Sender, delay: float) -> Start:
+    def start(done: Callable[[Outcome], None]) -> Cancel:
+        return sender.backend.call_later(delay, lambda: done(Outcome()))
+
+    return start
+
+
+def _delay(policy: Retry | None, request: Request, attempt: _Attempt, retries: int,
+           first: float) -> float | None:
+    """Seconds to wait before sending ``request`` again, or None to give up."""
+    if policy is None or retries + 1 >= policy.attempts:
+        return None
+    error = attempt.error
+    if error is not None:
+        if isinstance(error, Timeout) or not isinstance(error, TransportError):
+            return None
+        # A ConnectError means no connection was made, so the request never reached the server
+        # and may be sent again whatever its method. Other transport failures may have happened
+        # after the server applied it: only for requests safe to repeat.
+        if not isinstance(error, ConnectError) and not policy.allows(request):
+            return None
+        delay = policy.backoff(retries + 1)
+    elif attempt.status in policy.statuses and policy.allows(request):
+        asked = retry_after(attempt.headers)
+        delay = min(asked, policy.cap) if asked is not None else policy.backoff(retries + 1)
+    else:
+        return None
+    if time.monotonic() - first + delay > policy.deadline:
+        return None
+    return delay
+
+
+def _couch_error(error: BaseException) -> CouchError:
+    if isinstance(error, CouchError):
+        return error
+    wrapped = CouchError(f"could not get credentials: {type(error).__name__}")
+    wrapped.__cause__ = error
+    return wrapped
+
+
+def _log_attempt(request: Request, attempt: _Attempt, began: float) -> None:
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("corduroy2: %s %s -> %s (%.1f ms)", request.method, request.url,
+                  attempt.describe(), (time.monotonic() - began) * 1000)
+
+
+class _Attempt:
+    """The sink of one try. The reply is held back (so it can be retried, or replayed to the
+    caller's sink once it is final), except a streamed reply that will not be retried: that
+    goes to the caller's sink as it arrives (``forwarded``)."""
+
+    __slots__ = ("_request", "_sink", "_auth", "_renew", "_retry_statuses", "done", "status",
+                 "headers", "chunks", "error", "ended", "forwarded")
+
+    def __init__(self, request: Request, sink: Sink, auth: Auth | None, renew: bool,
+                 retry_statuses: frozenset[int]) -> None:
+        self._request = request
+        self._sink = sink
+        self._auth = auth
+        self._renew = renew
+        self._retry_statuses = retry_statuses
+        self.done: Callable[[Outcome], None] = _ignore
+        self.status: int | None = None
+        self.headers: Headers | None = None
+        self.chunks: list[bytes] = []
+        self.error: CouchError | None = None
+        self.ended = False
+        self.forwarded = False
+
+    def on_start(self, status: int, headers: Headers) -> None:
+        self.status, self.headers = status, headers
+        if self._auth is not None:
+            self._auth._adopt(headers)
+        if self._request.stream and not (
+            status in self._retry_statuses or (status == 401 and self._renew)
+        ):
+            self.forwarded = True
+            self._sink.on_start(status, headers)
+
+    def on_data(self, chunk: bytes) -> None:
+        if self.forwarded:
+            self._sink.on_data(chunk)
+        else:
+            self.chunks.append(chunk)
+
+    def on_end(self) -> None:
+        self.ended = True
+        self.done(Outcome())
+        if self.forwarded:
+            self._sink.on_end()
+
+    def on_error(self, exc: CouchError) -> None:
+        self.error = exc
+        self.done(Outcome())
+        if self.forwarded:
+            self._sink.on_error(exc)
+
+    def replay(self) -> None:
+        """Give the held reply to the caller's sink, as it was received."""
+        sink = self._sink
+        try:
+            if self.status is not None:
+                assert self.headers is not None
+                sink.on_start(self.status, self.headers)
+                for chunk in self.chunks:
+                    sink.on_data(chunk)
+            if self.error is not None:
+                sink.on_error(self.error)
+            else:
+                sink.on_end()
+        except StopTransfer:
+            pass  # the sink gave up on a body that had already arrived whole
+
+    def describe(self) -> str:
+        error = self.error
+        if error is not None:
+            # A TransportError's text without the "(METHOD url)" the log line already has.
+            text = error.args[0] if isinstance(error, TransportError) and error.args else error
+            return f"{type(error).__name__}: {text}"
+        return str(self.status)
+
+
+def _ignore(outcome: Outcome) -> None:
+    return None
+
