@@ -89,7 +89,7 @@ class Auth:
         looks expired (a server-given lifetime shorter than our margin must not loop)."""
         return (), 0
 
-    def _renew(self, sender: Sender, generation: int | None) -> _Flight | None:
+    def _renew(self, sender: Sender, generation: int) -> _Flight | None:
         """After a 401 to a request sent with ``generation``: the renewal to wait for, or None
         when there is nothing to renew (the 401 stands) or it was renewed since (just retry)."""
         return None
@@ -271,24 +271,30 @@ class _Renewable(Auth):
         return not self._stopped
 
     def _ready(self, sender: Sender, fresh: bool = False) -> tuple[HeaderList, int] | _Flight:
+        # Deciding and claiming the renewal under one lock: two threads that both find the
+        # credentials missing must not both start one.
         with self._lock:
-            if self._flight is not None:
-                return self._flight
-            value = self._value
-            if self._stopped or (fresh and value is None):
-                return (), self._generation
-            if value is not None and (fresh or self._renew_at is None
-                                      or time.monotonic() < self._renew_at):
-                return (self._header(value),), self._generation
-        flight = self._renew(sender, None)
-        assert flight is not None
+            flight = self._flight
+            if flight is None:
+                value = self._value
+                if self._stopped or (fresh and value is None):
+                    return (), self._generation
+                if value is not None and (fresh or self._renew_at is None
+                                          or time.monotonic() < self._renew_at):
+                    return (self._header(value),), self._generation
+                flight = self._flight = _Flight()
+                start = True
+            else:
+                start = False
+        if start:
+            self._start(sender, flight)
         return flight
 
-    def _renew(self, sender: Sender, generation: int | None) -> _Flight | None:
+    def _renew(self, sender: Sender, generation: int) -> _Flight | None:
         with self._lock:
             if self._flight is not None:
                 return self._flight
-            if generation is not None and (self._stopped or generation != self._generation):
+            if self._stopped or generation != self._generation:
                 return None
             flight = self._flight = _Flight()
         self._start(sender, flight)

@@ -401,7 +401,7 @@ class _Attempt:
     goes to the caller's sink as it arrives (``forwarded``)."""
 
     __slots__ = ("_request", "_sink", "_auth", "_renew", "_retry_statuses", "done", "status",
-                 "headers", "chunks", "error", "ended", "forwarded")
+                 "headers", "chunks", "error", "forwarded")
 
     def __init__(self, request: Request, sink: Sink, auth: Auth | None, renew: bool,
                  retry_statuses: frozenset[int]) -> None:
@@ -415,7 +415,6 @@ class _Attempt:
         self.headers: Headers | None = None
         self.chunks: list[bytes] = []
         self.error: CouchError | None = None
-        self.ended = False
         self.forwarded = False
 
     def on_start(self, status: int, headers: Headers) -> None:
@@ -435,7 +434,6 @@ class _Attempt:
             self.chunks.append(chunk)
 
     def on_end(self) -> None:
-        self.ended = True
         self.done(Outcome())
         if self.forwarded:
             self._sink.on_end()

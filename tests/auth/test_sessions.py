@@ -267,3 +267,55 @@ async def test_proxy_without_secret_sends_no_token(run: Runner, fault: FaultServ
     assert headers["x-auth-couchdb-username"] == "bob"
     assert "x-auth-couchdb-roles" not in headers
     assert "x-auth-couchdb-token" not in headers
+
+
+# -- parsing, without IO -----------------------------------------------------------------------
+
+
+def test_set_cookie_parsing() -> None:
+    import time as _time
+    from email.utils import formatdate
+
+    from corduroy2.api.auth import _parse_set_cookie
+
+    assert _parse_set_cookie("AuthSession=abc; Version=1; Path=/; HttpOnly") == ("abc", None)
+    assert _parse_set_cookie("AuthSession=abc; Max-Age=600; Path=/") == ("abc", 600.0)
+    assert _parse_set_cookie('AuthSession="abc"; max-age=0') == ("abc", 0.0)
+    assert _parse_set_cookie("AuthSession=; Version=1; Path=/") == ("", None)
+    assert _parse_set_cookie("Other=x; Max-Age=5") is None
+    value, lifetime = _parse_set_cookie(
+        f"AuthSession=abc; Expires={formatdate(_time.time() + 100, usegmt=True)}")  # type: ignore[misc]
+    assert value == "abc" and lifetime is not None and 95 < lifetime <= 100
+    # Max-Age wins over Expires (RFC 6265)
+    assert _parse_set_cookie("AuthSession=a; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=9") \
+        == ("a", 9.0)
+
+
+def test_jwt_lifetime_from_exp() -> None:
+    import base64
+    import json
+    import time as _time
+
+    from corduroy2.api.auth import _jwt_lifetime
+
+    def jwt(claims: dict[str, Any]) -> str:
+        part = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+        return f"eyJhbGciOiJIUzI1NiJ9.{part}.sig"
+
+    lifetime = _jwt_lifetime(jwt({"sub": "bob", "exp": int(_time.time()) + 300}))
+    assert lifetime is not None and 290 < lifetime <= 300
+    assert _jwt_lifetime(jwt({"sub": "bob"})) is None
+    assert _jwt_lifetime("not-a-jwt") is None
+
+
+async def test_cleared_cookie_means_a_new_login(run: Runner, fault: FaultServer) -> None:
+    sessions = Sessions(fault)
+    sessions.protect("GET", "/")
+    fault.add("GET", "/bye", Reply.json({"ok": True},
+                                        headers={"Set-Cookie": "AuthSession=; Version=1; Path=/"}))
+    couch = run.couch(fault.url, CookieAuth("bob", "pw"))
+    await run.call(couch.info)
+    await run.call(couch._simple, couch._request("GET", "/bye"), None)
+    await run.call(couch.info)
+    assert sessions.logins == 2
+    assert [Sessions.cookie(r) for r in fault.received("GET", "/")] == ["c1", "c2"]
