@@ -13,7 +13,19 @@ from ..protocol.urls import db_path, doc_path, encode_query, validate_db_name, v
 from .calls import Op, Stream
 from .changes import ChangesSink, changes_request
 from .documents import ConflictResolution, Document
-from .views import Each, FindResult, Keep, Pages, ViewResult, build_find, build_view, wrap_row
+from .views import (
+    Each,
+    FindResult,
+    Keep,
+    Pages,
+    Row,
+    Rows,
+    ViewResult,
+    build_find,
+    build_view,
+    keep_raw,
+    wrap_row,
+)
 
 if TYPE_CHECKING:
     from .couch import Callback, Couch
@@ -256,7 +268,8 @@ class Database:
     def _rows(self, request: Request, wrap: Any, build: Any, on_row: OnRow, on_rows: OnRows,
               callback: Callback) -> Any:
         if on_row is None and on_rows is None:
-            consumer: Any = Keep(wrap, build)
+            # View rows are kept raw and wrapped when read (build_view); docs are wrapped now.
+            consumer: Any = Keep(keep_raw if build is build_view else wrap, build)
         else:
             consumer = Each(wrap, build, on_row, on_rows)
         return self.couch._invoke(_stream(request, consumer), callback)
@@ -334,10 +347,11 @@ class Database:
             want = page_size if limit is None else min(page_size, limit - state.get("seen", 0))
             query = {**opts, **state.get("next", {}), "limit": want + 1}
             result: ViewResult = yield Stream(self._view_request(path, query),
-                                              Keep(wrap_row, build_view))
-            rows = result.rows
+                                              Keep(keep_raw, build_view))
+            assert isinstance(result.rows, Rows)
+            rows = result.rows.raw  # the extra row is dropped from the page itself
             if len(rows) > want:
-                last = rows.pop()
+                last = Row(rows.pop())
                 following = {"startkey": last.key}
                 if by_docid:
                     following["startkey_docid"] = last.id
