@@ -1,0 +1,1 @@
+"""Benchmarks (scripts, not tests): ``./dev.sh bench <name> [args]`` or ``python -m bench``."""

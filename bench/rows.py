@@ -1,0 +1,231 @@
+"""A 1,000,000-row view through each backend: rows/s and peak RSS.
+
+The body is built once in CouchDB 3's exact framing (``{"total_rows":N,"offset":0,"rows":[``
+CRLF, rows joined by ``,`` CRLF, CRLF ``]}`` LF) and chunked as couch_mrview chunks it (at most
+1490 bytes), chunk headers included, into a file. A small server process replays that file with
+``sendfile`` (the kernel copies it: the server costs next to nothing), so what is measured is
+the client. nginx cannot send a static file chunked, which is why it is not used here.
+
+Each measurement runs in a fresh process, so its peak RSS is its own:
+
+* ``raw``: the same transport downloads the body, then one ``orjson.loads`` (the baseline);
+* ``kept``: ``db.view(...)``, every row kept as a ``Row``;
+* ``dropped``: ``db.view(..., on_rows=...)``, rows counted and dropped.
+
+Targets (issue 4): kept in <= 0.6x the raw time (default GC settings), dropped in <= 60 MB.
+
+    python -m bench rows [--rows N] [--repeats K] [--only tornado-curl,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BACKENDS = ["tornado-curl", "tornado-simple", "twisted", "blocking"]
+PATH = "/db/_design/d/_view/v"
+
+
+def build_body(rows: int, path: Path) -> int:
+    """Write the chunked body to ``path``; returns the JSON payload size."""
+    chunks: list[bytes] = []
+    pending = bytearray(b'{"total_rows":%d,"offset":0,"rows":[\r\n' % rows)
+    size = 0
+    with open(path, "wb") as out:
+        def flush(force: bool = False) -> None:
+            nonlocal pending
+            while len(pending) >= 1490 or (force and pending):
+                piece, pending = bytes(pending[:1490]), pending[1490:]
+                out.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+
+        for i in range(rows):
+            row = b'{"id":"doc-%07d","key":["t%d",%d],"value":{"n":%d,"s":"text"}}' % (
+                i, i % 10, i, i)
+            pending += row
+            if i < rows - 1:
+                pending += b",\r\n"
+            size += len(row) + 3
+            if len(pending) >= 1490:
+                flush()
+        pending += b"\r\n]}"
+        flush(force=True)
+        out.write(b"1\r\n\n\r\n0\r\n\r\n")  # the final "\n" chunk, then the end
+    del chunks
+    return size
+
+
+def serve(body_file: str, port_file: str) -> None:
+    """The replay server: one thread per connection, keep-alive, sendfile."""
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    Path(port_file).write_text(str(listener.getsockname()[1]))
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\nCache-Control: must-revalidate\r\n\r\n")
+
+    def handle(conn: socket.socket) -> None:
+        with conn, open(body_file, "rb") as body:
+            buf = b""
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                _, buf = buf.split(b"\r\n\r\n", 1)
+                conn.sendall(head)
+                body.seek(0)
+                conn.sendfile(body)
+
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(backend: str, mode: str, url: str, rows: int) -> dict[str, Any]:
+    """One measurement, in this (fresh) process."""
+    import asyncio
+
+    import orjson
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    if backend == "twisted":
+        from twisted.internet import asyncioreactor
+
+        asyncioreactor.install(loop)
+        from twisted.internet import reactor
+
+        reactor.startRunning(installSignalHandlers=False)  # type: ignore[attr-defined]
+    counted = [0]
+
+    def count(batch: list[Any]) -> None:
+        counted[0] += len(batch)
+
+    async def via_corduroy() -> int:
+        if backend.startswith("tornado"):
+            from corduroy2.tornado_io import Couch
+            couch: Any = Couch(url, client=backend.split("-")[1])
+        else:
+            from corduroy2.twisted_io import Couch
+            couch = Couch(url)
+        db = couch.database("db")
+        if mode == "kept":
+            result = db.view("d/v")
+            result = await (result.asFuture(loop) if backend == "twisted" else result)
+            return len(result.rows)
+        result = db.view("d/v", on_rows=count)
+        await (result.asFuture(loop) if backend == "twisted" else result)
+        return counted[0]
+
+    async def raw() -> int:
+        if backend.startswith("tornado"):
+            from tornado.httpclient import HTTPRequest
+            if backend == "tornado-curl":
+                from tornado.curl_httpclient import CurlAsyncHTTPClient as cls
+            else:
+                from tornado.simple_httpclient import SimpleAsyncHTTPClient as cls  # type: ignore
+            extra = {"max_buffer_size": 1 << 40} if backend == "tornado-simple" else {}
+            client = cls(force_instance=True, max_body_size=1 << 40, **extra)
+            response = await client.fetch(HTTPRequest(url + PATH, request_timeout=0))
+            body = response.body
+        else:
+            from twisted.internet import reactor
+            from twisted.web.client import Agent, HTTPConnectionPool, readBody
+            agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=True))
+            response = await agent.request(b"GET", (url + PATH).encode()).asFuture(loop)
+            body = await readBody(response).asFuture(loop)
+        return len(orjson.loads(body)["rows"])
+
+    def blocking() -> int:
+        if mode == "raw":
+            import http.client
+            from urllib.parse import urlsplit
+            parts = urlsplit(url)
+            conn = http.client.HTTPConnection(parts.hostname, parts.port)
+            conn.request("GET", PATH)
+            return len(orjson.loads(conn.getresponse().read())["rows"])
+        from corduroy2.blocking import Couch
+        db = Couch(url).database("db")
+        if mode == "kept":
+            return len(db.view("d/v").rows)
+        db.view("d/v", on_rows=count)
+        return counted[0]
+
+    start = time.perf_counter()
+    if backend == "blocking":
+        n = blocking()
+    else:
+        n = loop.run_until_complete(raw() if mode == "raw" else via_corduroy())
+    elapsed = time.perf_counter() - start
+    assert n == rows, f"{backend}/{mode}: {n} rows, expected {rows}"
+    return {"backend": backend, "mode": mode, "seconds": elapsed, "rss_mb": peak_rss_mb()}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench rows", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", default=",".join(BACKENDS))
+    parser.add_argument("--_measure", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._measure:
+        backend, mode, url, rows = args._measure
+        print(json.dumps(measure(backend, mode, url, int(rows))), flush=True)
+        # Twisted's reactor thread pool (non-daemon threads) would keep this process alive.
+        os._exit(0)
+
+    tmp = Path(tempfile.mkdtemp(prefix="corduroy2-bench-rows-"))
+    body_file, port_file = tmp / "body", tmp / "port"
+    size = build_body(args.rows, body_file)
+    server = subprocess.Popen([sys.executable, "-c",
+                               f"from bench.rows import serve; serve({str(body_file)!r}, "
+                               f"{str(port_file)!r})"], cwd=Path(__file__).resolve().parent.parent)
+    try:
+        while not port_file.exists() or not port_file.read_text():
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port_file.read_text()}"
+        print(f"{args.rows:,} rows, {size / 1e6:.1f} MB of JSON ({os.path.getsize(body_file) / 1e6:.1f} MB"
+              f" chunked in <=1490-byte chunks), {os.cpu_count()} CPUs, median of {args.repeats}")
+        print(f"{'backend':<15}{'raw s':>8}{'kept s':>8}{'kept/raw':>9}{'rows/s kept':>13}"
+              f"{'dropped s':>10}{'raw MB':>8}{'kept MB':>8}{'dropped MB':>11}")
+        for backend in args.only.split(","):
+            results: dict[str, list[dict[str, Any]]] = {"raw": [], "kept": [], "dropped": []}
+            for _ in range(args.repeats):
+                for mode in results:  # interleaved, so drift hits every mode alike
+                    out = subprocess.run(
+                        [sys.executable, "-m", "bench.rows", "--_measure", backend, mode, url,
+                         str(args.rows)], capture_output=True, text=True, check=True,
+                        cwd=Path(__file__).resolve().parent.parent)
+                    results[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            med = {m: statistics.median(r["seconds"] for r in rs) for m, rs in results.items()}
+            rss = {m: max(r["rss_mb"] for r in rs) for m, rs in results.items()}
+            print(f"{backend:<15}{med['raw']:>8.2f}{med['kept']:>8.2f}"
+                  f"{med['kept'] / med['raw']:>9.2f}{args.rows / med['kept']:>13,.0f}"
+                  f"{med['dropped']:>10.2f}{rss['raw']:>8.0f}{rss['kept']:>8.0f}"
+                  f"{rss['dropped']:>11.0f}", flush=True)
+    finally:
+        server.kill()
+        body_file.unlink(missing_ok=True)
+        port_file.unlink(missing_ok=True)
+        tmp.rmdir()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
