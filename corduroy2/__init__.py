@@ -8,6 +8,9 @@ Importing this package imports no framework. Pick a front door::
 """
 
 from .api import ConflictResolution, Document, PendingDoc, Status
+from .api.changes import ChangesFeed
+from .api.follower import ChangesFollower
+from .api.views import FindResult, Row, ViewResult
 from .api.auth import Auth, BasicAuth, CookieAuth, JWTAuth, ProxyAuth
 from .api.retry import Retry
 from .errors import (
@@ -34,6 +37,11 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChangesFeed",
+    "ChangesFollower",
+    "FindResult",
+    "Row",
+    "ViewResult",
     "Auth",
     "BadRequest",
     "BasicAuth",

@@ -134,7 +134,7 @@ class ChangesFeed:
     def start(self) -> ChangesFeed:
         self.listening = True
         sink = ChangesSink(self._request, self, self._finished, self._feed)
-        self._transfer = self.db.couch._backend.send(self._request, sink)
+        self._transfer = self.db.couch._sender.send(self._request, sink)
         sink.transfer = self._transfer
         return self
 
@@ -160,7 +160,7 @@ class ChangesFeed:
     # -- delivery -----------------------------------------------------------------------------
 
     def _call_later(self, delay: float, fn: Callable[[], None]) -> Cancel:
-        return self.db.couch._backend.call_later(delay, fn)
+        return self.db.couch._sender.call_later(delay, fn)
 
     def _flush(self) -> None:
         self._timer = None

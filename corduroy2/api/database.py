@@ -89,8 +89,13 @@ class Database:
     # -- helpers -----------------------------------------------------------------------------
 
     def _req(self, method: str, path: str, query: Any = None, body: bytes | None = None,
-             headers: tuple[tuple[str, str], ...] = ()) -> Request:
-        return self.couch._request(method, path, query, body, headers)
+             headers: tuple[tuple[str, str], ...] = (), idempotent: bool | None = None) -> Request:
+        return self.couch._request(method, path, query, body, headers, idempotent=idempotent)
+
+    def with_options(self, **options: Any) -> Database:
+        """This database through ``couch.with_options(**options)`` (other ``auth``, ``retry``,
+        ``timeout``...), sharing the same transport: the per-call override."""
+        return type(self)(self.couch.with_options(**options), self.name)
 
     def _new_id(self) -> Op[str]:
         """Take an id from the per-database uuid cache, refilling it from ``_uuids``."""
@@ -136,7 +141,8 @@ class Database:
             ids = [validate_doc_id(i) for i in id_or_ids]
             body = encode_json({"keys": ids})
             request = self._req(
-                "POST", db_path(self.name) + "/_all_docs", {"include_docs": True, **opts}, body
+                "POST", db_path(self.name) + "/_all_docs", {"include_docs": True, **opts}, body,
+                idempotent=True,  # a read, though a POST: safe to send again
             )
             return self.couch._simple(request, callback, _docs_from_rows)
         doc_id = validate_doc_id(id_or_ids)
@@ -224,7 +230,8 @@ class Database:
             return outcome
         keys = encode_json({"keys": list(conflicted)})
         reply = yield self._req(
-            "POST", db_path(self.name) + "/_all_docs", {"include_docs": True}, keys
+            "POST", db_path(self.name) + "/_all_docs", {"include_docs": True}, keys,
+            idempotent=True,
         )
         retry = []
         for row in reply["rows"]:
@@ -260,7 +267,8 @@ class Database:
             if not isinstance(keys, (list, tuple)):
                 raise TypeError("keys must be a list")
             # keys travel in a POST body: a GET query string has a length limit.
-            request = self._req("POST", path, opts, encode_json({"keys": list(keys)}))
+            request = self._req("POST", path, opts, encode_json({"keys": list(keys)}),
+                                idempotent=True)
         else:
             request = self._req("GET", path, opts)
         return replace(request, stream=True)
@@ -299,8 +307,8 @@ class Database:
         if not isinstance(selector, dict):
             raise TypeError(f"selector must be a dict, not {type(selector).__name__}")
         body = {"selector": selector, **{k: v for k, v in opts.items() if v is not None}}
-        return replace(self._req("POST", db_path(self.name) + "/_find", None, encode_json(body)),
-                       stream=True)
+        return replace(self._req("POST", db_path(self.name) + "/_find", None, encode_json(body),
+                                 idempotent=True), stream=True)
 
     def find(self, selector: dict[str, Any], *, on_row: OnRow = None, on_rows: OnRows = None,
              callback: Callback = None, **opts: Any) -> Any:
@@ -494,7 +502,7 @@ class Database:
         if not isinstance(selector, dict):
             raise TypeError(f"selector must be a dict, not {type(selector).__name__}")
         body = encode_json({"selector": selector, **opts})
-        request = self._req("POST", db_path(self.name) + "/_explain", None, body)
+        request = self._req("POST", db_path(self.name) + "/_explain", None, body, idempotent=True)
         return self.couch._simple(request, callback)
 
     # -- more documents -----------------------------------------------------------------------

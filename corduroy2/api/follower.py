@@ -121,7 +121,8 @@ class ChangesFollower:
 
     @property
     def _backend(self) -> Any:
-        return self.db.couch._backend
+        # The Sender: the Couch's credentials (cookie renewal included) on every request.
+        return self.db.couch._sender
 
     # -- starting and connecting --------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import Any
 from tornado import gen
 
 from .. import api
+from ..api.auth import AuthArg
 from ..backend import Backend, TransportOptions
 from .backend import HAS_CURL, TornadoBackend
 
@@ -26,7 +27,7 @@ class Couch(api.Couch):
 
     backend_name = "tornado"
 
-    def __init__(self, url: str = api.couch.DEFAULT_URL, auth: tuple[str, str] | None = None, *,
+    def __init__(self, url: str = api.couch.DEFAULT_URL, auth: AuthArg = None, *,
                  client: str | None = None, **kwargs: Any) -> None:
         self._client_kind = client
         super().__init__(url, auth, **kwargs)

@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 
 from .. import api
+from ..api.auth import AuthArg
 from ..backend import Backend, TransportOptions
 from .backend import TwistedBackend
 
@@ -25,7 +26,7 @@ class Couch(api.Couch):
 
     backend_name = "twisted"
 
-    def __init__(self, url: str = api.couch.DEFAULT_URL, auth: tuple[str, str] | None = None, *,
+    def __init__(self, url: str = api.couch.DEFAULT_URL, auth: AuthArg = None, *,
                  reactor: Any = None, **kwargs: Any) -> None:
         self._reactor = reactor
         super().__init__(url, auth, **kwargs)

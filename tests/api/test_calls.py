@@ -24,7 +24,9 @@ UUIDS = [f"uuid{i:02d}" for i in range(UUID_BATCH)]
 def make(*script: Any, url: str = URL, auth: tuple[str, str] | None = None
          ) -> tuple[Couch, RecordingBackend]:
     backend = RecordingBackend(script)
-    return Couch(url, auth=auth, backend=backend), backend
+    # retry=False: a scripted transport error must reach the caller, not be retried (the
+    # recording backend records call_later without running it).
+    return Couch(url, auth=auth, backend=backend, retry=False), backend
 
 
 def make_db(*script: Any, name: str = "db", **kwargs: Any) -> tuple[Database, RecordingBackend]:

@@ -112,6 +112,8 @@ class Harness:
 
     def couch(self, url: str | None = None, auth: tuple[str, str] | None = None,
               **kwargs: Any) -> Any:
+        # These tests script single faults and count requests: retries are tested in tests/auth.
+        kwargs.setdefault("retry", False)
         couch = make_couch(self.backend, url or self.url, auth, **kwargs)
         self._couches.append(couch)
         return couch
