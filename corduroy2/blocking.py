@@ -301,7 +301,7 @@ class RowReader:
     block, aborts the request. ``fields`` holds the top-level members once the body has ended.
     """
 
-    def __init__(self, backend: BlockingBackend, request: Request,
+    def __init__(self, backend: Backend, request: Request,
                  wrap: Callable[[Any], Any], high_water: int,
                  make_sink: MakeSink = api.calls.RowSink) -> None:
         if high_water < 1:
@@ -393,7 +393,7 @@ class ThreadedChangesFeed(api.changes.ChangesFeed):
     def _read(self) -> None:
         sink = api.changes.ChangesSink(self._request, self, self._finished, self._feed,
                                        beat=self._beat)
-        self.db.couch._backend.send(self._request, sink)
+        self.db.couch._sender.send(self._request, sink)
 
     def _beat(self) -> None:
         if self._stopped:
@@ -496,8 +496,7 @@ class Couch(api.Couch):
 
     def _iterate(self, request: Request, wrap: Callable[[Any], Any], high_water: int,
                  make_sink: MakeSink = api.calls.RowSink) -> Any:
-        assert isinstance(self._backend, BlockingBackend)
-        return RowReader(self._backend, request, wrap, high_water, make_sink)
+        return RowReader(self._sender, request, wrap, high_water, make_sink)
 
 
 class Database(api.Database):
