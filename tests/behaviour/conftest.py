@@ -153,9 +153,23 @@ def c(request: pytest.FixtureRequest, server: Server) -> Any:
     couch = make_couch(backend, server.url, server.auth)
     client = Client(backend, style, couch)
     yield client
+    close_couch(couch)
+
+
+def close_couch(couch: Couch) -> None:
+    """Close ``couch``, waiting for Twisted's pool to let its connections go."""
     closing = couch.close()
     if closing is not None and hasattr(closing, "asFuture"):
         LOOP.run_until_complete(closing.asFuture(LOOP))
+
+
+@pytest.fixture(params=BACKENDS)
+def couch(request: pytest.FixtureRequest, server: Server) -> Any:
+    """A Couch of each backend, for features that are per backend rather than per style
+    (iterators, feeds, paging)."""
+    couch = make_couch(request.param, server.url, server.auth)
+    yield couch
+    close_couch(couch)
 
 
 @pytest.fixture
@@ -184,3 +198,17 @@ def dbname(admin: Any) -> Any:
 def db(c: Client, dbname: str) -> Any:
     """The fresh database, as a handle of the backend under test."""
     return c.couch.database(dbname)
+
+
+def record_requests(couch: Any) -> list[Any]:
+    """Record every request ``couch`` sends from now on (the backend's send is wrapped)."""
+    sent: list[Any] = []
+    backend = couch._backend
+    send = backend.send
+
+    def recording(request: Any, sink: Any) -> Any:
+        sent.append(request)
+        return send(request, sink)
+
+    backend.send = recording
+    return sent

@@ -28,7 +28,7 @@ from corduroy2 import HTTPError, NotFound
 from corduroy2.api.changes import ChangesFeed
 
 from ..conftest import LOOP, Server
-from .conftest import BACKENDS, Client, make_couch
+from .conftest import Client
 
 REV_A = "1-" + "a" * 32
 REV_B = "1-" + "b" * 32  # the winner: same generation, greater rev id
@@ -266,13 +266,6 @@ async def test_longpoll_timeout_returns_empty(c: Client, db: Any, adb: Any,
 # -- corduroy's continuous ChangesFeed, once per backend -----------------------------------------
 
 
-@pytest.fixture(params=BACKENDS)
-def couch(request: pytest.FixtureRequest, server: Server) -> Any:
-    couch = make_couch(request.param, server.url, server.auth)
-    yield couch
-    closing = couch.close()
-    if closing is not None and hasattr(closing, "asFuture"):
-        LOOP.run_until_complete(closing.asFuture(LOOP))
 
 
 class Calls:

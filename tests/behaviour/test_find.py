@@ -15,7 +15,7 @@ from corduroy2 import BadRequest, Document
 from corduroy2.api.views import FindResult
 
 from ..conftest import LOOP, Server
-from .conftest import BACKENDS, Client, make_couch
+from .conftest import Client, record_requests
 
 N = 8
 # n is a permutation of 0..7 unrelated to the ids
@@ -31,18 +31,6 @@ def adb(admin: Any, dbname: str) -> Any:
     return admin.database(dbname)
 
 
-def record_requests(couch: Any) -> list[Any]:
-    """Record every request ``couch`` sends from now on."""
-    sent: list[Any] = []
-    backend = couch._backend
-    send = backend.send
-
-    def recording(request: Any, sink: Any) -> Any:
-        sent.append(request)
-        return send(request, sink)
-
-    backend.send = recording
-    return sent
 
 
 def ns(result: Any) -> list[Any]:
@@ -150,13 +138,6 @@ async def test_find_on_row_and_on_rows(c: Client, db: Any, adb: Any) -> None:
 # -- find_pages: per backend ------------------------------------------------------------------
 
 
-@pytest.fixture(params=BACKENDS)
-def couch(request: pytest.FixtureRequest, server: Server) -> Any:
-    couch = make_couch(request.param, server.url, server.auth)
-    yield couch
-    closing = couch.close()
-    if closing is not None and hasattr(closing, "asFuture"):
-        LOOP.run_until_complete(closing.asFuture(LOOP))
 
 
 async def collect(couch: Any, pages: Any, stop_after: int | None = None) -> list[Any]:

@@ -18,7 +18,7 @@ from corduroy2 import Document, NotFound
 from corduroy2.api.views import Row, ViewResult
 
 from ..conftest import LOOP, Server
-from .conftest import BACKENDS, make_couch
+from .conftest import record_requests
 
 N = 10
 DDOC = {
@@ -34,13 +34,6 @@ DDOC = {
 DOCS: list[dict[str, Any]] = [{"_id": f"d{i}", "n": i, "type": "x"} for i in range(N)]
 
 
-@pytest.fixture(params=BACKENDS)
-def couch(request: pytest.FixtureRequest, server: Server) -> Any:
-    couch = make_couch(request.param, server.url, server.auth)
-    yield couch
-    closing = couch.close()
-    if closing is not None and hasattr(closing, "asFuture"):
-        LOOP.run_until_complete(closing.asFuture(LOOP))
 
 
 @pytest.fixture
@@ -112,18 +105,6 @@ async def pages_of(couch: Any, pages: Any, stop: int | None = None) -> list[Any]
     return await run(couch, sync, coro)  # type: ignore[no-any-return]
 
 
-def record_requests(couch: Any) -> list[Any]:
-    """Record every request ``couch`` sends from now on."""
-    sent: list[Any] = []
-    backend = couch._backend
-    send = backend.send
-
-    def recording(request: Any, sink: Any) -> Any:
-        sent.append(request)
-        return send(request, sink)
-
-    backend.send = recording
-    return sent
 
 
 def ids(rows: list[Any]) -> list[Any]:

@@ -17,7 +17,7 @@ from corduroy2 import BadRequest, Document, NotFound, Status
 from corduroy2.api.views import Row
 
 from ..conftest import LOOP, Server
-from .conftest import Client
+from .conftest import Client, record_requests
 
 N = 10
 DDOC = {
@@ -58,18 +58,6 @@ def seeded(adb: Any) -> Any:
     return adb
 
 
-def record_requests(couch: Any) -> list[Any]:
-    """Record every request ``couch`` sends (method, url) from now on."""
-    sent: list[Any] = []
-    backend = couch._backend
-    send = backend.send
-
-    def recording(request: Any, sink: Any) -> Any:
-        sent.append(request)
-        return send(request, sink)
-
-    backend.send = recording
-    return sent
 
 
 def keys(result: Any) -> list[Any]:
