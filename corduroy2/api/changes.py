@@ -147,8 +147,15 @@ class ChangesFeed:
         if self._stopped:
             return
         if self._latency <= 0:
+            # One call per change, inlined: this loop is the feed's hot path.
+            callback, seq = self._callback, self.seq
             for change in changes:
-                self._deliver([change])
+                seq = change.get("seq", seq)
+                self.seq = seq
+                try:
+                    callback(seq, [change])
+                except Exception:
+                    log.exception("corduroy2: exception in changes callback %r", callback)
             return
         self._batch.extend(changes)
         if self._timer is None:

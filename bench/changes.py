@@ -1,0 +1,202 @@
+"""A 200,000-change continuous ``_changes`` feed through each backend: lines/s.
+
+The body is CouchDB 3's continuous framing (one change per LF-ended line, opaque string seqs,
+already-available changes several per chunk, a final ``{"last_seq":...,"pending":0}`` line),
+replayed by bench.rows's sendfile server. Per backend, in fresh processes, medians:
+
+* ``raw``: the same transport streams the body; lines are split and each ``orjson.loads``-ed;
+* ``feed``: corduroy's ``ChangesFeed`` with ``latency=0``: ``callback(seq, [change])`` per change;
+* ``batched``: the same with ``latency=0.05``: one call per batch of changes.
+
+Target (issue 5): corduroy2 >= 0.9x the raw line rate.
+
+    python -m bench changes [--changes N] [--repeats K] [--only tornado-curl,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.rows import BACKENDS, peak_rss_mb
+
+PATH = "/db/_changes?feed=continuous&since=0"
+
+
+def build_body(changes: int, path: Path) -> int:
+    """Write the chunked feed to ``path``; returns the payload size."""
+    size = 0
+    with open(path, "wb") as out:
+        pending = bytearray()
+        for i in range(1, changes + 1):
+            seq = b'"%d-g1AAAAFReJzLYWBg4MhgTmHgz8tPSTV0MDQy0TM0MDE0MTHSMzQyNNEzNDQ%07d"' % (i, i)
+            pending += (b'{"seq":%s,"id":"doc-%07d","changes":[{"rev":"1-%032x"}]}\n'
+                        % (seq, i, i))
+            if len(pending) >= 1490 or i == changes:
+                out.write(b"%x\r\n%s\r\n" % (len(pending), bytes(pending)))
+                size += len(pending)
+                pending.clear()
+        last = b'{"last_seq":"%d-g1AAAA","pending":0}\n' % changes
+        out.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(last), last))
+        size += len(last)
+    return size
+
+
+def measure(backend: str, mode: str, url: str, changes: int) -> dict[str, Any]:
+    import asyncio
+
+    import orjson
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    if backend == "twisted":
+        from twisted.internet import asyncioreactor
+
+        asyncioreactor.install(loop)
+        from twisted.internet import reactor
+
+        reactor.startRunning(installSignalHandlers=False)  # type: ignore[attr-defined]
+    count = [0]
+    tail = [b""]
+
+    def lines(chunk: bytes) -> None:
+        # What a careful hand-written client does: split on LF, keep the partial last line.
+        parts = (tail[0] + chunk).split(b"\n")
+        tail[0] = parts.pop()
+        for line in parts:
+            if line:
+                obj = orjson.loads(line)
+                if "id" in obj:
+                    count[0] += 1
+
+    def on_changes(seq: Any, batch: list[Any]) -> None:
+        count[0] += len(batch)
+
+    async def run_async() -> None:
+        if mode == "raw":
+            if backend.startswith("tornado"):
+                from tornado.httpclient import HTTPRequest
+                if backend == "tornado-curl":
+                    from tornado.curl_httpclient import CurlAsyncHTTPClient as cls
+                else:
+                    from tornado.simple_httpclient import SimpleAsyncHTTPClient as cls  # type: ignore
+                client = cls(force_instance=True, max_body_size=1 << 40)
+                await client.fetch(HTTPRequest(url + PATH, request_timeout=0,
+                                               streaming_callback=lines))
+            else:
+                from twisted.internet import reactor
+                from twisted.internet.defer import Deferred
+                from twisted.internet.protocol import Protocol
+                from twisted.web.client import Agent, HTTPConnectionPool
+
+                done: Deferred[None] = Deferred()
+
+                class Lines(Protocol):
+                    def dataReceived(self, data: bytes) -> None:
+                        lines(data)
+
+                    def connectionLost(self, reason: Any = None) -> None:
+                        done.callback(None)
+
+                agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=True))
+                response = await agent.request(b"GET", (url + PATH).encode()).asFuture(loop)
+                response.deliverBody(Lines())
+                await done.asFuture(loop)
+            return
+        if backend.startswith("tornado"):
+            from corduroy2.tornado_io import Couch
+            couch: Any = Couch(url, client=backend.split("-")[1])
+        else:
+            from corduroy2.twisted_io import Couch
+            couch = Couch(url)
+        feed = couch.database("db").changes(feed="continuous", since=0, callback=on_changes,
+                                            latency=0.05 if mode == "batched" else 0)
+        while feed.listening:
+            await asyncio.sleep(0.001)
+
+    def run_blocking() -> None:
+        if mode == "raw":
+            import http.client
+            from urllib.parse import urlsplit
+            parts = urlsplit(url)
+            conn = http.client.HTTPConnection(parts.hostname, parts.port)
+            conn.request("GET", PATH)
+            response = conn.getresponse()
+            while chunk := response.read1(256 * 1024):
+                lines(chunk)
+            return
+        from corduroy2.blocking import Couch
+        feed = Couch(url).database("db").changes(feed="continuous", since=0, callback=on_changes,
+                                                 latency=0.05 if mode == "batched" else 0)
+        while feed.listening:
+            time.sleep(0.001)
+
+    start = time.perf_counter()
+    if backend == "blocking":
+        run_blocking()
+    else:
+        loop.run_until_complete(run_async())
+    elapsed = time.perf_counter() - start
+    assert count[0] == changes, f"{backend}/{mode}: {count[0]} changes, expected {changes}"
+    return {"seconds": elapsed, "rss_mb": peak_rss_mb()}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench changes", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--changes", type=int, default=200_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", default=",".join(BACKENDS))
+    parser.add_argument("--_measure", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._measure:
+        backend, mode, url, n = args._measure
+        print(json.dumps(measure(backend, mode, url, int(n))), flush=True)
+        os._exit(0)  # Twisted's reactor thread pool would keep this process alive
+
+    repo = Path(__file__).resolve().parent.parent
+    tmp = Path(tempfile.mkdtemp(prefix="corduroy2-bench-changes-"))
+    body_file, port_file = tmp / "body", tmp / "port"
+    size = build_body(args.changes, body_file)
+    server = subprocess.Popen([sys.executable, "-c",
+                               f"from bench.rows import serve; serve({str(body_file)!r}, "
+                               f"{str(port_file)!r})"], cwd=repo)
+    try:
+        while not port_file.exists() or not port_file.read_text():
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port_file.read_text()}"
+        print(f"{args.changes:,} changes, {size / 1e6:.1f} MB, {os.cpu_count()} CPUs, "
+              f"median of {args.repeats}")
+        print(f"{'backend':<15}{'raw lines/s':>13}{'per-change cb':>15}{'ratio':>7}"
+              f"{'batched cb':>12}{'ratio':>7}{'target':>8}")
+        for backend in args.only.split(","):
+            times: dict[str, list[float]] = {"raw": [], "feed": [], "batched": []}
+            for _ in range(args.repeats):
+                for mode in times:
+                    out = subprocess.run(
+                        [sys.executable, "-m", "bench.changes", "--_measure", backend, mode, url,
+                         str(args.changes)], capture_output=True, text=True, check=True, cwd=repo)
+                    times[mode].append(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+            raw = args.changes / statistics.median(times["raw"])
+            ours = args.changes / statistics.median(times["feed"])
+            batched = args.changes / statistics.median(times["batched"])
+            print(f"{backend:<15}{raw:>13,.0f}{ours:>15,.0f}{ours / raw:>7.2f}{batched:>12,.0f}"
+                  f"{batched / raw:>7.2f}{'>=0.90':>8}", flush=True)
+    finally:
+        server.kill()
+        body_file.unlink(missing_ok=True)
+        port_file.unlink(missing_ok=True)
+        tmp.rmdir()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
