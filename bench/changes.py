@@ -19,14 +19,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.rows import BACKENDS, peak_rss_mb
+from bench.rows import BACKENDS, make_loop, peak_rss_mb, replay, run_measurement
 
 PATH = "/db/_changes?feed=continuous&since=0"
 
@@ -55,15 +53,7 @@ def measure(backend: str, mode: str, url: str, changes: int) -> dict[str, Any]:
 
     import orjson
 
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    if backend == "twisted":
-        from twisted.internet import asyncioreactor
-
-        asyncioreactor.install(loop)
-        from twisted.internet import reactor
-
-        reactor.startRunning(installSignalHandlers=False)  # type: ignore[attr-defined]
+    loop = make_loop(backend)
     count = [0]
     tail = [b""]
 
@@ -162,17 +152,8 @@ def main(argv: list[str]) -> int:
         print(json.dumps(measure(backend, mode, url, int(n))), flush=True)
         os._exit(0)  # Twisted's reactor thread pool would keep this process alive
 
-    repo = Path(__file__).resolve().parent.parent
-    tmp = Path(tempfile.mkdtemp(prefix="corduroy2-bench-changes-"))
-    body_file, port_file = tmp / "body", tmp / "port"
-    size = build_body(args.changes, body_file)
-    server = subprocess.Popen([sys.executable, "-c",
-                               f"from bench.rows import serve; serve({str(body_file)!r}, "
-                               f"{str(port_file)!r})"], cwd=repo)
-    try:
-        while not port_file.exists() or not port_file.read_text():
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{port_file.read_text()}"
+    with replay(lambda path: build_body(args.changes, path), "corduroy2-bench-changes-") as (
+            url, size):
         print(f"{args.changes:,} changes, {size / 1e6:.1f} MB, {os.cpu_count()} CPUs, "
               f"median of {args.repeats}")
         print(f"{'backend':<15}{'raw lines/s':>13}{'per-change cb':>15}{'ratio':>7}"
@@ -181,20 +162,13 @@ def main(argv: list[str]) -> int:
             times: dict[str, list[float]] = {"raw": [], "feed": [], "batched": []}
             for _ in range(args.repeats):
                 for mode in times:
-                    out = subprocess.run(
-                        [sys.executable, "-m", "bench.changes", "--_measure", backend, mode, url,
-                         str(args.changes)], capture_output=True, text=True, check=True, cwd=repo)
-                    times[mode].append(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+                    times[mode].append(run_measurement("bench.changes", backend, mode, url,
+                                                       args.changes)["seconds"])
             raw = args.changes / statistics.median(times["raw"])
             ours = args.changes / statistics.median(times["feed"])
             batched = args.changes / statistics.median(times["batched"])
             print(f"{backend:<15}{raw:>13,.0f}{ours:>15,.0f}{ours / raw:>7.2f}{batched:>12,.0f}"
                   f"{batched / raw:>7.2f}{'>=0.90':>8}", flush=True)
-    finally:
-        server.kill()
-        body_file.unlink(missing_ok=True)
-        port_file.unlink(missing_ok=True)
-        tmp.rmdir()
     return 0
 
 

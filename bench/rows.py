@@ -20,6 +20,7 @@ Targets (issue 4): kept in <= 0.6x the raw time (default GC settings), dropped i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -29,10 +30,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 BACKENDS = ["tornado-curl", "tornado-simple", "twisted", "blocking"]
+REPO = Path(__file__).resolve().parent.parent
 PATH = "/db/_design/d/_view/v"
 
 
@@ -92,15 +95,10 @@ def serve(body_file: str, port_file: str) -> None:
         threading.Thread(target=handle, args=(conn,), daemon=True).start()
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def measure(backend: str, mode: str, url: str, rows: int) -> dict[str, Any]:
-    """One measurement, in this (fresh) process."""
+def make_loop(backend: str) -> Any:
+    """A fresh asyncio loop; for Twisted, its asyncioreactor installed on it and started (the
+    reactor's thread pool only starts with startRunning)."""
     import asyncio
-
-    import orjson
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -111,6 +109,46 @@ def measure(backend: str, mode: str, url: str, rows: int) -> dict[str, Any]:
         from twisted.internet import reactor
 
         reactor.startRunning(installSignalHandlers=False)  # type: ignore[attr-defined]
+    return loop
+
+
+@contextlib.contextmanager
+def replay(build: Callable[[Path], int], prefix: str) -> Iterator[tuple[str, int]]:
+    """Build a body with ``build(path)`` and serve it from a replay-server process; yields
+    ``(url, payload size)`` and cleans everything up afterwards."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    body_file, port_file = tmp / "body", tmp / "port"
+    size = build(body_file)
+    server = subprocess.Popen([sys.executable, "-c",
+                               f"from bench.rows import serve; serve({str(body_file)!r}, "
+                               f"{str(port_file)!r})"], cwd=REPO)
+    try:
+        while not port_file.exists() or not port_file.read_text():
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port_file.read_text()}", size
+    finally:
+        server.kill()
+        body_file.unlink(missing_ok=True)
+        port_file.unlink(missing_ok=True)
+        tmp.rmdir()
+
+
+def run_measurement(module: str, *args: Any) -> dict[str, Any]:
+    """Run ``python -m <module> --_measure args...`` in a fresh process; its JSON result."""
+    out = subprocess.run([sys.executable, "-m", module, "--_measure", *map(str, args)],
+                         capture_output=True, text=True, check=True, cwd=REPO)
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(backend: str, mode: str, url: str, rows: int) -> dict[str, Any]:
+    """One measurement, in this (fresh) process."""
+    import orjson
+
+    loop = make_loop(backend)
     counted = [0]
 
     def count(batch: list[Any]) -> None:
@@ -190,40 +228,23 @@ def main(argv: list[str]) -> int:
         # Twisted's reactor thread pool (non-daemon threads) would keep this process alive.
         os._exit(0)
 
-    tmp = Path(tempfile.mkdtemp(prefix="corduroy2-bench-rows-"))
-    body_file, port_file = tmp / "body", tmp / "port"
-    size = build_body(args.rows, body_file)
-    server = subprocess.Popen([sys.executable, "-c",
-                               f"from bench.rows import serve; serve({str(body_file)!r}, "
-                               f"{str(port_file)!r})"], cwd=Path(__file__).resolve().parent.parent)
-    try:
-        while not port_file.exists() or not port_file.read_text():
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{port_file.read_text()}"
-        print(f"{args.rows:,} rows, {size / 1e6:.1f} MB of JSON ({os.path.getsize(body_file) / 1e6:.1f} MB"
-              f" chunked in <=1490-byte chunks), {os.cpu_count()} CPUs, median of {args.repeats}")
+    with replay(lambda path: build_body(args.rows, path), "corduroy2-bench-rows-") as (url, size):
+        print(f"{args.rows:,} rows, {size / 1e6:.1f} MB of JSON (chunked as CouchDB chunks it, "
+              f"<=1490-byte chunks), {os.cpu_count()} CPUs, median of {args.repeats}")
         print(f"{'backend':<15}{'raw s':>8}{'kept s':>8}{'kept/raw':>9}{'rows/s kept':>13}"
               f"{'dropped s':>10}{'raw MB':>8}{'kept MB':>8}{'dropped MB':>11}")
         for backend in args.only.split(","):
             results: dict[str, list[dict[str, Any]]] = {"raw": [], "kept": [], "dropped": []}
             for _ in range(args.repeats):
                 for mode in results:  # interleaved, so drift hits every mode alike
-                    out = subprocess.run(
-                        [sys.executable, "-m", "bench.rows", "--_measure", backend, mode, url,
-                         str(args.rows)], capture_output=True, text=True, check=True,
-                        cwd=Path(__file__).resolve().parent.parent)
-                    results[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                    results[mode].append(run_measurement("bench.rows", backend, mode, url,
+                                                         args.rows))
             med = {m: statistics.median(r["seconds"] for r in rs) for m, rs in results.items()}
             rss = {m: max(r["rss_mb"] for r in rs) for m, rs in results.items()}
             print(f"{backend:<15}{med['raw']:>8.2f}{med['kept']:>8.2f}"
                   f"{med['kept'] / med['raw']:>9.2f}{args.rows / med['kept']:>13,.0f}"
                   f"{med['dropped']:>10.2f}{rss['raw']:>8.0f}{rss['kept']:>8.0f}"
                   f"{rss['dropped']:>11.0f}", flush=True)
-    finally:
-        server.kill()
-        body_file.unlink(missing_ok=True)
-        port_file.unlink(missing_ok=True)
-        tmp.rmdir()
     return 0
 
 
