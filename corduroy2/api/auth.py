@@ -301,7 +301,7 @@ class _Renewable(Auth):
         return flight
 
     def _start(self, sender: Sender, flight: _Flight) -> None:
-        def landed(outcome: Outcome, _: Any) -> None:
+        def landed(outcome: Outcome) -> None:
             with self._lock:
                 if self._flight is flight:
                     self._flight = None
@@ -311,7 +311,7 @@ class _Renewable(Auth):
 
         # The renewal runs without this provider (its request carries its own credentials), and
         # with the sender's retry policy: a refused connection is retried as for any call.
-        _Run(sender.bare, self._renewal_op(sender), landed).start()
+        _Run(sender.bare, self._renewal_op(sender)).start(landed)
 
 
 class CookieAuth(_Renewable):

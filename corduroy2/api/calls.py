@@ -9,7 +9,9 @@ also yield :class:`Wait` to wait for something that is not a request (a login in
 token from the user's callable).
 
 :class:`_Run` drives an operation over a :class:`~corduroy2.backend.Backend`. It trampolines, so
-a backend that completes synchronously (blocking) does not recurse. A ``Couch`` hands it its
+a backend that completes synchronously (blocking) does not recurse. Most methods send a single
+request: :class:`_Call` runs that directly (:func:`invoke_one`), with no generator; it is also
+how ``_Run`` sends each request step. A ``Couch`` hands them its
 :class:`~corduroy2.api.retry.Sender` (a backend that adds credentials, renews them and retries),
 so every request of every operation gets that on every backend, and a login is itself just an
 operation run here. :func:`invoke` picks the calling style: an explicit callback, or the
@@ -23,7 +25,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from ..backend import Backend, Outcome, Start, StopTransfer
+from ..backend import Backend, Cancel, Outcome, Start, StopTransfer
 from ..errors import CouchError, HTTPError
 from ..protocol.requests import Request
 from ..protocol.responses import Headers, check_status, decode_json, make_error
@@ -31,11 +33,14 @@ from ..protocol.rows import NEED_DATA, End, Header, RowStream
 from ..errors import DecodeError, ResponseCut
 from .status import Status
 
-__all__ = ["Raw", "Response", "Stream", "Wait", "RowConsumer", "Op", "invoke"]
+__all__ = ["Raw", "Response", "Stream", "Wait", "RowConsumer", "Op", "invoke", "invoke_one"]
 
 log = logging.getLogger("corduroy2")
 
 T = TypeVar("T")
+
+# The headers of "no response yet". Headers are read-only, so one empty instance serves all.
+_NO_HEADERS = Headers()
 
 
 @dataclass(frozen=True)
@@ -90,33 +95,6 @@ class Wait:
 Op = Generator["Request | Raw | Stream | Wait", Any, T]
 
 
-class _Collector:
-    """A sink that keeps the whole body (for replies that are not streamed)."""
-
-    __slots__ = ("_done", "_status", "_headers", "_chunks")
-
-    def __init__(self, done: Callable[[Response | CouchError], None]) -> None:
-        self._done = done
-        self._status = 0
-        self._headers = Headers()
-        self._chunks: list[bytes] = []
-
-    def on_start(self, status: int, headers: Headers) -> None:
-        self._status = status
-        self._headers = headers
-
-    def on_data(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-
-    def on_end(self) -> None:
-        chunks = self._chunks
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self._done(Response(self._status, self._headers, body))
-
-    def on_error(self, exc: CouchError) -> None:
-        self._done(exc)
-
-
 class RowSink:
     """A sink that parses a row-bearing body with :class:`RowStream` as chunks arrive.
 
@@ -136,7 +114,7 @@ class RowSink:
         self.transfer: Any = None
         self._parser: RowStream | None = None
         self._status = 0
-        self._headers = Headers()
+        self._headers = _NO_HEADERS
         self._error_chunks: list[bytes] = []
         self._end: dict[str, Any] | None = None
         self._over = False
@@ -221,28 +199,122 @@ class RowSink:
             self._done(None, exc, self._status, self._headers)
 
 
+class _Driver:
+    """What both drivers keep for the explicit-callback style: the last response's status code
+    and headers, from which :meth:`status` builds the :class:`Status` (only when a callback
+    wants one)."""
+
+    __slots__ = ("_backend", "_done", "_code", "_headers")
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._done: Callable[[Outcome], None] = _ignore
+        self._code: int | None = None
+        self._headers: Headers = _NO_HEADERS
+
+    def start(self, done: Callable[[Outcome], None]) -> Cancel:
+        """Begin; ``done`` is called once with the outcome. Returns the cancel handle."""
+        raise NotImplementedError
+
+    def status(self, exc: BaseException | None) -> Status:
+        code = exc.status if isinstance(exc, HTTPError) else self._code
+        return Status(ok=exc is None, code=code, headers=self._headers, exception=exc)
+
+
+class _Call(_Driver):
+    """One request, and the sink of its reply: the body kept whole, then checked and decoded
+    (``check_status``, JSON; with ``raw`` the :class:`Response` itself), then ``post`` applied.
+
+    Most methods are exactly this, so they run it directly, with no generator to trampoline
+    (it is on every call's path); an operation's request steps run through it as well.
+    """
+
+    __slots__ = ("_request", "_post", "_raw", "_transfer", "_over", "_chunks")
+
+    def __init__(self, backend: Backend, request: Request,
+                 post: Callable[[Any], Any] | None = None, raw: bool = False) -> None:
+        super().__init__(backend)
+        self._request = request
+        self._post = post
+        self._raw = raw
+        self._transfer: Cancel | None = None
+        self._over = False
+        self._chunks: list[bytes] = []
+
+    def start(self, done: Callable[[Outcome], None]) -> _Call:
+        self._done = done
+        transfer = self._backend.send(self._request, self)
+        if not self._over:  # else it ended inside send (a synchronous backend)
+            self._transfer = transfer
+        return self
+
+    def cancel(self) -> None:
+        if self._over:
+            return
+        self._over = True
+        if self._transfer is not None:
+            self._transfer.cancel()
+
+    def on_start(self, status: int, headers: Headers) -> None:
+        self._code, self._headers = status, headers
+
+    def on_data(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+
+    def on_end(self) -> None:
+        if self._over:
+            return
+        self._over = True
+        chunks = self._chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        status = self._code or 0
+        if self._raw:
+            self._finish(Outcome(value=Response(status, self._headers, body)))
+            return
+        request = self._request
+        try:
+            check_status(status, self._headers, body, method=request.method, url=request.url)
+            value = decode_json(body, method=request.method, url=request.url) if body else None
+            if self._post is not None:
+                value = self._post(value)
+        except Exception as exc:  # a mapped HTTP error, bad JSON, or post's own failure
+            self._finish(Outcome(error=exc))
+            return
+        self._finish(Outcome(value=value))
+
+    def on_error(self, exc: CouchError) -> None:
+        if self._over:
+            return
+        self._over = True
+        # No (complete) answer: the call has no status code, nor headers to show.
+        self._code, self._headers = None, _NO_HEADERS
+        self._finish(Outcome(error=exc))
+
+    def _finish(self, outcome: Outcome) -> None:
+        # Let go of the transfer (this is its sink) and of whoever waits (which may hold this):
+        # reference cycles that only the cyclic GC would free, on every call.
+        done, self._done, self._transfer = self._done, _ignore, None
+        done(outcome)
+
+
 _IDLE, _RUNNING, _FINISHED = range(3)
 
 
-class _Run:
-    """Drives one operation; reports ``(outcome, status)`` once through ``done``."""
+class _Run(_Driver):
+    """Drives one operation (a generator of steps). It trampolines, so a backend that completes
+    synchronously (blocking) does not recurse."""
 
-    def __init__(
-        self,
-        backend: Backend,
-        op: Op[Any],
-        done: Callable[[Outcome, Status], None],
-    ) -> None:
-        self._backend = backend
+    __slots__ = ("_op", "_state", "_pending", "_current")
+
+    def __init__(self, backend: Backend, op: Op[Any]) -> None:
+        super().__init__(backend)
         self._op = op
-        self._done = done
         self._state = _IDLE
         self._pending: tuple[Any, BaseException | None] | None = None
         self._current: Any = None
-        self._code: int | None = None
-        self._headers: Headers = Headers()
 
-    def start(self) -> _Run:
+    def start(self, done: Callable[[Outcome], None]) -> _Run:
+        self._done = done
         self._advance(None, None)
         return self
 
@@ -282,35 +354,18 @@ class _Run:
             return self._stream(step)
         if isinstance(step, Wait):
             return step.start(self._waited)
-        raw = isinstance(step, Raw)
-        request = step.request if isinstance(step, Raw) else step
+        if isinstance(step, Raw):
+            call = _Call(self._backend, step.request, raw=True)
+        else:
+            call = _Call(self._backend, step)
+        return call.start(lambda outcome: self._called(call, outcome))
 
-        def complete(result: Response | CouchError) -> None:
-            self._current = None
-            if isinstance(result, CouchError):
-                self._code = None
-                self._advance(None, result)
-                return
-            self._code, self._headers = result.status, result.headers
-            if raw:
-                self._advance(result, None)
-                return
-            try:
-                check_status(
-                    result.status, result.headers, result.body,
-                    method=request.method, url=request.url,
-                )
-                value = (
-                    decode_json(result.body, method=request.method, url=request.url)
-                    if result.body
-                    else None
-                )
-            except CouchError as exc:
-                self._advance(None, exc)
-                return
-            self._advance(value, None)
-
-        return self._backend.send(request, _Collector(complete))
+    def _called(self, call: _Call, outcome: Outcome) -> None:
+        self._current = None
+        self._code = call._code
+        if call._code is not None:  # a transport failure keeps the last response's headers
+            self._headers = call._headers
+        self._advance(outcome.value, outcome.error)
 
     def _waited(self, outcome: Outcome) -> None:
         self._current = None
@@ -331,33 +386,44 @@ class _Run:
 
     def _finish(self, outcome: Outcome) -> None:
         self._state = _FINISHED
-        exc = outcome.error
-        code = exc.status if isinstance(exc, HTTPError) else self._code
-        status = Status(ok=exc is None, code=code, headers=self._headers, exception=exc)
-        self._done(outcome, status)
+        # As in _Call._finish: no cycle left behind.
+        done, self._done, self._current = self._done, _ignore, None
+        done(outcome)
 
 
-def invoke(
-    backend: Backend,
-    op: Op[Any],
-    callback: Callable[[Any, Status], Any] | None,
-) -> Any:
-    """Run ``op`` in the style the caller chose.
+def invoke(backend: Backend, op: Op[Any], callback: Callable[[Any, Status], Any] | None) -> Any:
+    """Run the operation ``op`` in the style the caller chose.
 
     With ``callback``, it is called as ``callback(data, status)`` and errors never propagate
     (they arrive in ``status``); the method returns None. Without it, the backend's native
     result is returned: a Future, a Deferred, or (blocking) the value itself.
     """
-    if callback is None:
-        return backend.run(lambda done: _Run(backend, op, lambda outcome, _: done(outcome)).start())
+    return _drive(backend, _Run(backend, op), callback)
 
-    def deliver(outcome: Outcome, status: Status) -> None:
+
+def invoke_one(backend: Backend, request: Request, post: Callable[[Any], Any] | None,
+               callback: Callable[[Any, Status], Any] | None) -> Any:
+    """Like :func:`invoke` for the operation "send ``request``, return ``post(reply)``"."""
+    return _drive(backend, _Call(backend, request, post), callback)
+
+
+def _drive(backend: Backend, driver: _Driver,
+           callback: Callable[[Any, Status], Any] | None) -> Any:
+    if callback is None:
+        return backend.run(driver.start)
+
+    def deliver(outcome: Outcome) -> None:
+        error = outcome.error
         try:
-            callback(outcome.value if outcome.error is None else None, status)
+            callback(outcome.value if error is None else None, driver.status(error))
         except Exception:
             # The caller's callback failed; there is nobody to hand this to, and raising into
             # the transport would only break the connection for everyone else.
             log.exception("corduroy2: exception in callback %r", callback)
 
-    _Run(backend, op, deliver).start()
+    driver.start(deliver)
+    return None
+
+
+def _ignore(outcome: Outcome) -> None:
     return None

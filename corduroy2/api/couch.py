@@ -13,7 +13,7 @@ from ..protocol.requests import JSON_HEADERS, Request
 from ..protocol.responses import decode_json
 from ..protocol.urls import db_path, encode_query, split_credentials, validate_db_name
 from .auth import AuthArg, CookieAuth, as_auth
-from .calls import Op, Response, Wait, invoke
+from .calls import Op, Response, Wait, invoke, invoke_one
 from .retry import Retry, Sender, as_retry
 from .status import Status
 from .calls import RowSink
@@ -178,7 +178,8 @@ class Couch:
         return ChangesFollower(db, handler, **kwargs).start()
 
     def _simple(self, request: Request, callback: Callback, post: Callable[[Any], Any] | None = None) -> Any:
-        return self._invoke(_one(request, post), callback)
+        """One request; the call's value is ``post(reply)`` (the reply when ``post`` is None)."""
+        return invoke_one(self._sender, request, post, callback)
 
     # -- public API --------------------------------------------------------------------------
 
@@ -279,11 +280,6 @@ class Couch:
     def __repr__(self) -> str:
         who = f" as {self._user}" if self._user else ""
         return f"<{type(self).__module__}.Couch {self.url}{who}>"
-
-
-def _one(request: Request, post: Callable[[Any], Any] | None) -> Op[Any]:
-    value = yield request
-    return value if post is None else post(value)
 
 
 def _login(step: Wait, url: str) -> Op[Any]:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -202,23 +202,33 @@ class Sender(Backend):
         return f"<Sender {self.url} auth={self.auth!r} retry={self.retry!r}>"
 
 
-# An exchange's steps yield what to wait for (the shape of Backend.run's argument) and receive
-# its Outcome.
-_Steps = Generator[Start, Outcome, None]
-_FIRST = Outcome()  # starts the steps
-
-
 class _Exchange:
-    """One request through a :class:`Sender`: its handle (cancel, pause, resume) and the small
-    trampoline that runs its steps. A synchronous backend completes inside ``send``; the
-    trampoline then loops instead of recursing."""
+    """One request through a :class:`Sender`: its handle (cancel, pause, resume) and its steps.
 
-    __slots__ = ("_sender", "_steps", "_current", "_transfer", "_pending", "_running",
-                 "_over", "_paused")
+    The steps are methods: :meth:`_credentials` (waiting for a renewal under way), :meth:`_try`
+    (one attempt), :meth:`_attempted` (done; or renew after a 401 and send again; or retry
+    after a delay; or give the held reply to the caller's sink). A step that has to wait
+    starts what it waits for with :meth:`_wait`, naming the step that follows. A synchronous
+    backend finishes inside that start: the loop in :meth:`_resume` then runs the next step, so
+    any number of retries never recurses.
+    """
+
+    __slots__ = ("_sender", "_request", "_sink", "_first", "_retries", "_renewed", "_fresh",
+                 "_generation", "_attempt", "_began", "_next", "_current", "_transfer",
+                 "_pending", "_running", "_over", "_paused")
 
     def __init__(self, sender: Sender, request: Request, sink: Sink) -> None:
         self._sender = sender
-        self._steps = self._run(sender, request, sink)
+        self._request = request
+        self._sink = sink
+        self._first = 0.0  # when the first attempt began (the retry deadline counts from it)
+        self._retries = 0
+        self._renewed = False  # credentials renewed after a 401 (done at most once)
+        self._fresh = False  # a renewal was just waited for (see Auth._ready)
+        self._generation = 0  # of the credentials the current attempt carries
+        self._attempt: _Attempt | None = None
+        self._began = 0.0
+        self._next: Callable[[Outcome], None] = self._credentials
         self._current: Cancel | None = None
         self._transfer: Transfer | None = None
         self._pending: Outcome | None = None
@@ -234,8 +244,6 @@ class _Exchange:
         self._over = True
         if self._current is not None:
             self._current.cancel()
-        if not self._running:
-            self._steps.close()
 
     def pause(self) -> None:
         self._paused = True
@@ -250,108 +258,140 @@ class _Exchange:
     # -- trampoline --------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._resume(_FIRST)
+        self._first = time.monotonic()
+        self._resume(_DONE)  # runs the first step, _credentials
+
+    def _wait(self, start: Start, then: Callable[[Outcome], None]) -> None:
+        """Begin what ``start`` begins; ``then(outcome)`` is the step once it is done."""
+        self._next = then
+        self._current = None
+        handle = start(self._resume)
+        if self._pending is None:  # not done yet: this is what cancel() must stop
+            self._current = handle
 
     def _resume(self, outcome: Outcome) -> None:
         if self._over:
             return
         self._pending = outcome
         if self._running:
-            return  # completed inside start(): the loop below picks it up
+            return  # done inside _wait's start(): the loop below runs the next step
         self._running = True
         try:
             while self._pending is not None and not self._over:
                 outcome, self._pending = self._pending, None
-                try:
-                    start = next(self._steps) if outcome is _FIRST else self._steps.send(outcome)
-                except StopIteration:
-                    self._over = True
-                    return
-                self._current = None
-                handle = start(self._resume)
-                if self._pending is None:
-                    self._current = handle
+                self._next(outcome)
         except BaseException:
             self._over = True
             raise
         finally:
             self._running = False
 
-    def _send(self, request: Request, attempt: _Attempt) -> Start:
-        def start(done: Callable[[Outcome], None]) -> Cancel:
-            attempt.done = done
-            transfer = self._sender.backend.send(request, attempt)
-            self._transfer = transfer
-            if self._paused:
-                transfer.pause()
-            return transfer
-
-        return start
+    def _end(self, error: BaseException | None = None) -> None:
+        if error is not None:
+            self._sink.on_error(_couch_error(error))
+        self._over = True
+        # Let go of the attempt and the transfer (both lead back here): no reference cycle
+        # is left for the cyclic GC, on every request.
+        self._next, self._attempt, self._current = _ignore, None, None
 
     # -- the steps ---------------------------------------------------------------------------
 
-    def _run(self, sender: Sender, request: Request, sink: Sink) -> _Steps:
+    def _credentials(self, outcome: Outcome) -> None:
+        auth = self._sender.auth
+        request = self._request
+        self._generation = 0
+        if auth is not None and auth.dynamic:
+            ready = auth._ready(self._sender, fresh=self._fresh)
+            if isinstance(ready, _Flight):
+                self._wait(ready.join, self._joined)
+                return
+            headers, self._generation = ready
+            if headers:
+                request = replace(request, headers=request.headers + headers)
+        self._fresh = False
+        self._try(request)
+
+    def _joined(self, outcome: Outcome) -> None:
+        """A renewal that the credentials waited for has ended."""
+        if outcome.error is not None:
+            self._end(outcome.error)
+            return
+        self._fresh = True
+        self._credentials(outcome)
+
+    def _try(self, sent: Request) -> None:
+        sender, request = self._sender, self._request
+        policy, auth = sender.retry, sender.auth
+        renew = auth is not None and not self._renewed and auth.renewable()
+        # A streamed reply with one of these statuses is held back rather than forwarded, as
+        # it may be retried (a reply that is not streamed is always held until it is final).
+        retry_statuses = _NONE
+        if (sent.stream and policy is not None and self._retries + 1 < policy.attempts
+                and policy.allows(request)):
+            retry_statuses = policy.statuses
+        self._attempt = _Attempt(sent, self._sink, auth, renew, retry_statuses)
+        self._began = time.monotonic()
+        self._wait(self._send, self._attempted)
+
+    def _send(self, done: Callable[[Outcome], None]) -> Cancel:
+        attempt = self._attempt
+        assert attempt is not None
+        attempt.done = done
+        transfer = self._sender.backend.send(attempt.request, attempt)
+        self._transfer = transfer
+        if self._paused:
+            transfer.pause()
+        return transfer
+
+    def _attempted(self, outcome: Outcome) -> None:
+        self._transfer = None
+        sender, request, attempt = self._sender, self._request, self._attempt
+        assert attempt is not None
+        if log.isEnabledFor(logging.DEBUG):
+            _log_attempt(request, attempt, self._began)
+        if attempt.forwarded:
+            self._end()
+            return
+        if attempt.error is None and attempt.status == 401 and attempt.renew:
+            auth = sender.auth
+            assert auth is not None
+            self._renewed = True
+            log.info("corduroy2: %s %s answered 401: renewing the credentials of %r and "
+                     "sending it again", request.method, request.url, auth)
+            flight = auth._renew(sender, self._generation)
+            if flight is not None:
+                self._wait(flight.join, self._joined_renewal)
+            else:
+                self._credentials(outcome)  # renewed by someone else meanwhile: send again
+            return
         policy = sender.retry
-        auth = sender.auth
-        dynamic = auth if auth is not None and auth.dynamic else None
-        first = time.monotonic()
-        retries = 0
-        renewed = False
-        while True:
-            sent, generation = request, 0
-            if dynamic is not None:
-                waited = False
-                while True:
-                    ready = dynamic._ready(sender, fresh=waited)
-                    if not isinstance(ready, _Flight):
-                        break
-                    outcome = yield ready.join
-                    if outcome.error is not None:
-                        sink.on_error(_couch_error(outcome.error))
-                        return
-                    waited = True
-                headers, generation = ready
-                if headers:
-                    sent = replace(request, headers=request.headers + headers)
-            renew = auth is not None and not renewed and auth.renewable()
-            retry_statuses = (
-                policy.statuses
-                if policy is not None and retries + 1 < policy.attempts and policy.allows(request)
-                else frozenset()
-            )
-            attempt = _Attempt(sent, sink, auth, renew, retry_statuses)
-            began = time.monotonic()
-            yield self._send(sent, attempt)
-            self._transfer = None
-            _log_attempt(request, attempt, began)
-            if attempt.forwarded:
-                return
-            if attempt.error is None and attempt.status == 401 and renew:
-                assert auth is not None
-                renewed = True
-                log.info("corduroy2: %s %s answered 401: renewing the credentials of %r and "
-                         "sending it again", request.method, request.url, auth)
-                flight = auth._renew(sender, generation)
-                if flight is not None:
-                    outcome = yield flight.join
-                    if outcome.error is not None:
-                        sink.on_error(_couch_error(outcome.error))
-                        return
-                continue
-            delay = _delay(policy, request, attempt, retries, first)
-            if delay is None:
-                attempt.replay()
-                return
-            retries += 1
-            assert policy is not None
-            log.info("corduroy2: %s %s: %s; retry %d of %d in %.3f s", request.method,
-                     request.url, attempt.describe(), retries, policy.attempts - 1, delay)
-            yield _sleep(sender, delay)
+        delay = _delay(policy, request, attempt, self._retries, self._first)
+        if delay is None:
+            attempt.replay()
+            self._end()
+            return
+        self._retries += 1
+        assert policy is not None
+        log.info("corduroy2: %s %s: %s; retry %d of %d in %.3f s", request.method,
+                 request.url, attempt.describe(), self._retries, policy.attempts - 1, delay)
+        self._wait(_sleep(sender, delay), self._credentials)
+
+    def _joined_renewal(self, outcome: Outcome) -> None:
+        """The renewal after a 401 has ended: send again with what it got."""
+        if outcome.error is not None:
+            self._end(outcome.error)
+            return
+        self._credentials(outcome)
+
+
+_NONE: frozenset[int] = frozenset()
+# What an attempt or a sleep reports when it is over (its details are kept elsewhere).
+_DONE = Outcome()
 
 
 def _sleep(sender: Sender, delay: float) -> Start:
     def start(done: Callable[[Outcome], None]) -> Cancel:
-        return sender.backend.call_later(delay, lambda: done(Outcome()))
+        return sender.backend.call_later(delay, lambda: done(_DONE))
 
     return start
 
@@ -390,9 +430,8 @@ def _couch_error(error: BaseException) -> CouchError:
 
 
 def _log_attempt(request: Request, attempt: _Attempt, began: float) -> None:
-    if log.isEnabledFor(logging.DEBUG):
-        log.debug("corduroy2: %s %s -> %s (%.1f ms)", request.method, request.url,
-                  attempt.describe(), (time.monotonic() - began) * 1000)
+    log.debug("corduroy2: %s %s -> %s (%.1f ms)", request.method, request.url,
+              attempt.describe(), (time.monotonic() - began) * 1000)
 
 
 class _Attempt:
@@ -400,15 +439,15 @@ class _Attempt:
     caller's sink once it is final), except a streamed reply that will not be retried: that
     goes to the caller's sink as it arrives (``forwarded``)."""
 
-    __slots__ = ("_request", "_sink", "_auth", "_renew", "_retry_statuses", "done", "status",
+    __slots__ = ("request", "_sink", "_auth", "renew", "_retry_statuses", "done", "status",
                  "headers", "chunks", "error", "forwarded")
 
     def __init__(self, request: Request, sink: Sink, auth: Auth | None, renew: bool,
                  retry_statuses: frozenset[int]) -> None:
-        self._request = request
+        self.request = request
         self._sink = sink
         self._auth = auth
-        self._renew = renew
+        self.renew = renew
         self._retry_statuses = retry_statuses
         self.done: Callable[[Outcome], None] = _ignore
         self.status: int | None = None
@@ -421,8 +460,8 @@ class _Attempt:
         self.status, self.headers = status, headers
         if self._auth is not None:
             self._auth._adopt(headers)
-        if self._request.stream and not (
-            status in self._retry_statuses or (status == 401 and self._renew)
+        if self.request.stream and not (
+            status in self._retry_statuses or (status == 401 and self.renew)
         ):
             self.forwarded = True
             self._sink.on_start(status, headers)
@@ -434,13 +473,13 @@ class _Attempt:
             self.chunks.append(chunk)
 
     def on_end(self) -> None:
-        self.done(Outcome())
+        self.done(_DONE)
         if self.forwarded:
             self._sink.on_end()
 
     def on_error(self, exc: CouchError) -> None:
         self.error = exc
-        self.done(Outcome())
+        self.done(_DONE)
         if self.forwarded:
             self._sink.on_error(exc)
 

@@ -17,14 +17,25 @@ class Headers(Mapping[str, str]):
 
     ``headers["etag"]`` joins repeats with ``", "``; :meth:`get_list` returns them apart (needed
     for ``Set-Cookie``, whose values contain commas).
+
+    The fields are indexed on first use: every response gets a ``Headers``, and most are never
+    read (a document GET looks at none).
     """
 
-    __slots__ = ("_fields",)
+    __slots__ = ("_pairs", "_index")
 
     def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
-        self._fields: dict[str, list[str]] = {}
-        for name, value in fields:
-            self._fields.setdefault(name.lower(), []).append(value)
+        self._pairs = fields if isinstance(fields, (list, tuple)) else list(fields)
+        self._index: dict[str, list[str]] | None = None
+
+    @property
+    def _fields(self) -> dict[str, list[str]]:
+        index = self._index
+        if index is None:
+            index = self._index = {}
+            for name, value in self._pairs:
+                index.setdefault(name.lower(), []).append(value)
+        return index
 
     def __getitem__(self, name: str) -> str:
         return ", ".join(self._fields[name.lower()])
