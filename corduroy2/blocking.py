@@ -66,6 +66,9 @@ class BlockingBackend(Backend):
         self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
         self._ssl = _ssl_context(self.options)
+        # The last server parsed: (URL up to the path, pool key, netloc). A Couch talks to one
+        # server, so this spares a urlsplit per request. One tuple, replaced whole: thread safe.
+        self._origin: tuple[str, tuple[str, str, int], str] = ("", ("", "", 0), "")
 
     def _connect(self, key: tuple[str, str, int], budget: _Budget) -> http.client.HTTPConnection:
         scheme, host, port = key
@@ -107,11 +110,23 @@ class BlockingBackend(Backend):
             sink.on_error(exc)
         return _Done()
 
-    def _exchange(self, request: Request, sink: Sink) -> None:
-        parts = urlsplit(request.url)
+    def _split(self, url: str) -> tuple[tuple[str, str, int], str, str]:
+        """The pool key, the netloc and the request target (path and query) of ``url``."""
+        # Our URLs are built from a base URL that urlsplit accepted and quoted paths and
+        # queries (no fragment, no whitespace), so the target is all that follows the origin.
+        slash = url.find("/", url.find("//") + 2)
+        origin, target = (url, "") if slash < 0 else (url[:slash], url[slash:])
+        last = self._origin
+        if last[0] == origin:
+            return last[1], target, last[2]
+        parts = urlsplit(origin)
         port = parts.port or (443 if parts.scheme == "https" else 80)
         key = (parts.scheme, parts.hostname or "", port)
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        self._origin = (origin, key, parts.netloc)
+        return key, target, parts.netloc
+
+    def _exchange(self, request: Request, sink: Sink) -> None:
+        key, target, netloc = self._split(request.url)
         where = {"method": request.method, "url": request.url}
         budget = _Budget(request.timeout or self.options.request_timeout,
                          request.idle_timeout or self.options.idle_timeout)
@@ -119,11 +134,11 @@ class BlockingBackend(Backend):
             try:
                 conn, reused = self._checkout(key, budget)
             except (TimeoutError, socket.timeout) as exc:
-                raise Timeout(budget.expired(f"connecting to {parts.netloc}"), **where) from exc
+                raise Timeout(budget.expired(f"connecting to {netloc}"), **where) from exc
             except ssl.SSLError as exc:
                 raise ConnectError(_tls_problem(exc), **where) from exc
             except OSError as exc:
-                raise ConnectError(f"cannot connect to {parts.netloc}: {exc}", **where) from exc
+                raise ConnectError(f"cannot connect to {netloc}: {exc}", **where) from exc
             try:
                 budget.apply(conn)
                 conn.request(request.method, target, request.body, dict(request.headers))
@@ -150,25 +165,29 @@ class BlockingBackend(Backend):
                 conn.close()
                 raise TransportError(f"invalid or failed HTTP exchange: {exc!r}", **where) from exc
         try:
-            sink.on_start(response.status, Headers(response.getheaders()))
-            # Piece by piece even when buffered, so the deadline is checked between pieces.
+            # raw_items(): the same pairs as getheaders(), without the email package's
+            # per-field policy pass (http.client decodes as latin-1: nothing for it to do).
+            sink.on_start(response.status, Headers(list(response.msg.raw_items())))
             body: list[bytes] = []
-            while True:
-                budget.apply(conn)
-                chunk = response.read1(_READ_SIZE)
-                if not chunk:
-                    break
-                if request.stream:
-                    sink.on_data(chunk)
-                else:
-                    body.append(chunk)
+            if request.stream or budget.deadline:
+                # Piece by piece: a stream as it arrives; a deadline is checked between pieces.
+                while True:
+                    budget.apply(conn)
+                    chunk = response.read1(_READ_SIZE)
+                    if not chunk:
+                        break
+                    if request.stream:
+                        sink.on_data(chunk)
+                    else:
+                        body.append(chunk)
             # read1() can report the end without finishing the response; read() does, and
-            # only then may the connection carry another request.
+            # only then may the connection carry another request. Without a deadline, a
+            # buffered body is read here in one call (each socket wait is bounded all the same).
             budget.apply(conn)
             if rest := response.read():
                 body.append(rest)
             if body:
-                sink.on_data(b"".join(body))
+                sink.on_data(body[0] if len(body) == 1 else b"".join(body))
             if response.length:  # Content-Length promised more than arrived
                 raise http.client.IncompleteRead(b"", response.length)
         except StopTransfer:
@@ -220,12 +239,13 @@ class _Budget:
     silence. ``apply`` sets the socket timeout for the next wait; after a socket timeout,
     ``expired`` says which limit it was."""
 
-    __slots__ = ("_deadline", "_total", "_idle", "_last")
+    __slots__ = ("deadline", "_total", "_idle", "_last", "_applied")
 
     def __init__(self, total: float | None, idle: float | None) -> None:
         self._total, self._idle = total, idle
-        self._deadline = None if total is None else time.monotonic() + total
+        self.deadline = None if total is None else time.monotonic() + total
         self._last = "idle"
+        self._applied: socket.socket | None = None  # the socket given the fixed timeout
 
     def wait(self, limit: float | None = None) -> float | None:
         """How long the next wait on the socket may last (None: forever); remembers which
@@ -235,8 +255,8 @@ class _Budget:
             candidates.append((limit, "connect"))
         if self._idle is not None:
             candidates.append((self._idle, "idle"))
-        if self._deadline is not None:
-            remaining = self._deadline - time.monotonic()
+        if self.deadline is not None:
+            remaining = self.deadline - time.monotonic()
             if remaining <= 0:
                 self._last = "request"
                 raise TimeoutError("request deadline passed")
@@ -247,9 +267,16 @@ class _Budget:
         return seconds
 
     def apply(self, conn: http.client.HTTPConnection) -> None:
+        sock = conn.sock  # None once http.client has closed a will_close reply
+        if self.deadline is None:
+            # Without a deadline the timeout never changes: set it once per socket.
+            if sock is not None and sock is not self._applied:
+                sock.settimeout(self.wait())
+                self._applied = sock
+            return
         timeout = self.wait()
-        if conn.sock is not None:  # None once http.client has closed a will_close reply
-            conn.sock.settimeout(timeout)
+        if sock is not None:
+            sock.settimeout(timeout)
 
     def expired(self, doing: str) -> str:
         if self._last == "idle" and self._idle is not None:
