@@ -203,7 +203,8 @@ class Sender(Backend):
 
 
 class _Exchange:
-    """One request through a :class:`Sender`: its handle (cancel, pause, resume) and its steps.
+    """One request through a :class:`Sender`: its handle (cancel, pause, resume), its steps,
+    and the sink of each of its attempts (one at a time).
 
     The steps are methods: :meth:`_credentials` (waiting for a renewal under way), :meth:`_try`
     (one attempt), :meth:`_attempted` (done; or renew after a 401 and send again; or retry
@@ -211,11 +212,18 @@ class _Exchange:
     starts what it waits for with :meth:`_wait`, naming the step that follows. A synchronous
     backend finishes inside that start: the loop in :meth:`_resume` then runs the next step, so
     any number of retries never recurses.
+
+    An attempt's reply is held back (so it can be retried, or replayed to the caller's sink
+    once it is final), except a streamed reply that will not be retried: that goes to the
+    caller's sink as it arrives (``_forwarded``).
     """
 
     __slots__ = ("_sender", "_request", "_sink", "_first", "_retries", "_renewed", "_fresh",
-                 "_generation", "_attempt", "_began", "_next", "_current", "_transfer",
-                 "_pending", "_running", "_over", "_paused")
+                 "_generation", "_began", "_next", "_current", "_transfer", "_pending",
+                 "_running", "_over", "_paused",
+                 # the current attempt
+                 "_sent", "_renew", "_retry_statuses", "_status", "_headers", "_chunks", "_error",
+                 "_forwarded")
 
     def __init__(self, sender: Sender, request: Request, sink: Sink) -> None:
         self._sender = sender
@@ -226,7 +234,6 @@ class _Exchange:
         self._renewed = False  # credentials renewed after a 401 (done at most once)
         self._fresh = False  # a renewal was just waited for (see Auth._ready)
         self._generation = 0  # of the credentials the current attempt carries
-        self._attempt: _Attempt | None = None
         self._began = 0.0
         self._next: Callable[[Outcome], None] = self._credentials
         self._current: Cancel | None = None
@@ -290,9 +297,9 @@ class _Exchange:
         if error is not None:
             self._sink.on_error(_couch_error(error))
         self._over = True
-        # Let go of the attempt and the transfer (both lead back here): no reference cycle
-        # is left for the cyclic GC, on every request.
-        self._next, self._attempt, self._current = _ignore, None, None
+        # Let go of the step and the transfer (both lead back here): no reference cycle is
+        # left for the cyclic GC, on every request.
+        self._next, self._current = _ignore, None
 
     # -- the steps ---------------------------------------------------------------------------
 
@@ -322,22 +329,25 @@ class _Exchange:
     def _try(self, sent: Request) -> None:
         sender, request = self._sender, self._request
         policy, auth = sender.retry, sender.auth
-        renew = auth is not None and not self._renewed and auth.renewable()
+        self._renew = auth is not None and not self._renewed and auth.renewable()
         # A streamed reply with one of these statuses is held back rather than forwarded, as
         # it may be retried (a reply that is not streamed is always held until it is final).
-        retry_statuses = _NONE
+        self._retry_statuses = _NONE
         if (sent.stream and policy is not None and self._retries + 1 < policy.attempts
                 and policy.allows(request)):
-            retry_statuses = policy.statuses
-        self._attempt = _Attempt(sent, self._sink, auth, renew, retry_statuses)
+            self._retry_statuses = policy.statuses
+        self._status: int | None = None
+        self._headers: Headers | None = None
+        self._chunks: list[bytes] = []
+        self._error: CouchError | None = None
+        self._forwarded = False
+        self._sent = sent
         self._began = time.monotonic()
         self._wait(self._send, self._attempted)
 
     def _send(self, done: Callable[[Outcome], None]) -> Cancel:
-        attempt = self._attempt
-        assert attempt is not None
-        attempt.done = done
-        transfer = self._sender.backend.send(attempt.request, attempt)
+        # ``done`` is _resume, which this exchange calls itself as the attempt's sink.
+        transfer = self._sender.backend.send(self._sent, self)
         self._transfer = transfer
         if self._paused:
             transfer.pause()
@@ -345,14 +355,14 @@ class _Exchange:
 
     def _attempted(self, outcome: Outcome) -> None:
         self._transfer = None
-        sender, request, attempt = self._sender, self._request, self._attempt
-        assert attempt is not None
+        sender, request = self._sender, self._request
         if log.isEnabledFor(logging.DEBUG):
-            _log_attempt(request, attempt, self._began)
-        if attempt.forwarded:
+            log.debug("corduroy2: %s %s -> %s (%.1f ms)", request.method, request.url,
+                      self._describe(), (time.monotonic() - self._began) * 1000)
+        if self._forwarded:
             self._end()
             return
-        if attempt.error is None and attempt.status == 401 and attempt.renew:
+        if self._error is None and self._status == 401 and self._renew:
             auth = sender.auth
             assert auth is not None
             self._renewed = True
@@ -365,15 +375,16 @@ class _Exchange:
                 self._credentials(outcome)  # renewed by someone else meanwhile: send again
             return
         policy = sender.retry
-        delay = _delay(policy, request, attempt, self._retries, self._first)
+        delay = _delay(policy, request, self._error, self._status, self._headers,
+                       self._retries, self._first)
         if delay is None:
-            attempt.replay()
+            self._replay()
             self._end()
             return
         self._retries += 1
         assert policy is not None
         log.info("corduroy2: %s %s: %s; retry %d of %d in %.3f s", request.method,
-                 request.url, attempt.describe(), self._retries, policy.attempts - 1, delay)
+                 request.url, self._describe(), self._retries, policy.attempts - 1, delay)
         self._wait(_sleep(sender, delay), self._credentials)
 
     def _joined_renewal(self, outcome: Outcome) -> None:
@@ -382,6 +393,60 @@ class _Exchange:
             self._end(outcome.error)
             return
         self._credentials(outcome)
+
+    # -- the sink of the current attempt -----------------------------------------------------
+
+    def on_start(self, status: int, headers: Headers) -> None:
+        self._status, self._headers = status, headers
+        auth = self._sender.auth
+        if auth is not None:
+            auth._adopt(headers)
+        if self._request.stream and not (
+            status in self._retry_statuses or (status == 401 and self._renew)
+        ):
+            self._forwarded = True
+            self._sink.on_start(status, headers)
+
+    def on_data(self, chunk: bytes) -> None:
+        if self._forwarded:
+            self._sink.on_data(chunk)
+        else:
+            self._chunks.append(chunk)
+
+    def on_end(self) -> None:
+        self._resume(_DONE)
+        if self._forwarded:
+            self._sink.on_end()
+
+    def on_error(self, exc: CouchError) -> None:
+        self._error = exc
+        self._resume(_DONE)
+        if self._forwarded:
+            self._sink.on_error(exc)
+
+    def _replay(self) -> None:
+        """Give the held reply to the caller's sink, as it was received."""
+        sink = self._sink
+        try:
+            if self._status is not None:
+                assert self._headers is not None
+                sink.on_start(self._status, self._headers)
+                for chunk in self._chunks:
+                    sink.on_data(chunk)
+            if self._error is not None:
+                sink.on_error(self._error)
+            else:
+                sink.on_end()
+        except StopTransfer:
+            pass  # the sink gave up on a body that had already arrived whole
+
+    def _describe(self) -> str:
+        error = self._error
+        if error is not None:
+            # A TransportError's text without the "(METHOD url)" the log line already has.
+            text = error.args[0] if isinstance(error, TransportError) and error.args else error
+            return f"{type(error).__name__}: {text}"
+        return str(self._status)
 
 
 _NONE: frozenset[int] = frozenset()
@@ -396,12 +461,13 @@ def _sleep(sender: Sender, delay: float) -> Start:
     return start
 
 
-def _delay(policy: Retry | None, request: Request, attempt: _Attempt, retries: int,
+def _delay(policy: Retry | None, request: Request, error: CouchError | None,
+           status: int | None, headers: Headers | None, retries: int,
            first: float) -> float | None:
-    """Seconds to wait before sending ``request`` again, or None to give up."""
+    """Seconds to wait before sending ``request`` again after an attempt that ended with
+    ``error`` or with ``status``, or None to give up."""
     if policy is None or retries + 1 >= policy.attempts:
         return None
-    error = attempt.error
     if error is not None:
         if isinstance(error, Timeout) or not isinstance(error, TransportError):
             return None
@@ -411,8 +477,8 @@ def _delay(policy: Retry | None, request: Request, attempt: _Attempt, retries: i
         if not isinstance(error, ConnectError) and not policy.allows(request):
             return None
         delay = policy.backoff(retries + 1)
-    elif attempt.status in policy.statuses and policy.allows(request):
-        asked = retry_after(attempt.headers)
+    elif status in policy.statuses and policy.allows(request):
+        asked = retry_after(headers)
         delay = min(asked, policy.cap) if asked is not None else policy.backoff(retries + 1)
     else:
         return None
@@ -429,85 +495,5 @@ def _couch_error(error: BaseException) -> CouchError:
     return wrapped
 
 
-def _log_attempt(request: Request, attempt: _Attempt, began: float) -> None:
-    log.debug("corduroy2: %s %s -> %s (%.1f ms)", request.method, request.url,
-              attempt.describe(), (time.monotonic() - began) * 1000)
-
-
-class _Attempt:
-    """The sink of one try. The reply is held back (so it can be retried, or replayed to the
-    caller's sink once it is final), except a streamed reply that will not be retried: that
-    goes to the caller's sink as it arrives (``forwarded``)."""
-
-    __slots__ = ("request", "_sink", "_auth", "renew", "_retry_statuses", "done", "status",
-                 "headers", "chunks", "error", "forwarded")
-
-    def __init__(self, request: Request, sink: Sink, auth: Auth | None, renew: bool,
-                 retry_statuses: frozenset[int]) -> None:
-        self.request = request
-        self._sink = sink
-        self._auth = auth
-        self.renew = renew
-        self._retry_statuses = retry_statuses
-        self.done: Callable[[Outcome], None] = _ignore
-        self.status: int | None = None
-        self.headers: Headers | None = None
-        self.chunks: list[bytes] = []
-        self.error: CouchError | None = None
-        self.forwarded = False
-
-    def on_start(self, status: int, headers: Headers) -> None:
-        self.status, self.headers = status, headers
-        if self._auth is not None:
-            self._auth._adopt(headers)
-        if self.request.stream and not (
-            status in self._retry_statuses or (status == 401 and self.renew)
-        ):
-            self.forwarded = True
-            self._sink.on_start(status, headers)
-
-    def on_data(self, chunk: bytes) -> None:
-        if self.forwarded:
-            self._sink.on_data(chunk)
-        else:
-            self.chunks.append(chunk)
-
-    def on_end(self) -> None:
-        self.done(_DONE)
-        if self.forwarded:
-            self._sink.on_end()
-
-    def on_error(self, exc: CouchError) -> None:
-        self.error = exc
-        self.done(_DONE)
-        if self.forwarded:
-            self._sink.on_error(exc)
-
-    def replay(self) -> None:
-        """Give the held reply to the caller's sink, as it was received."""
-        sink = self._sink
-        try:
-            if self.status is not None:
-                assert self.headers is not None
-                sink.on_start(self.status, self.headers)
-                for chunk in self.chunks:
-                    sink.on_data(chunk)
-            if self.error is not None:
-                sink.on_error(self.error)
-            else:
-                sink.on_end()
-        except StopTransfer:
-            pass  # the sink gave up on a body that had already arrived whole
-
-    def describe(self) -> str:
-        error = self.error
-        if error is not None:
-            # A TransportError's text without the "(METHOD url)" the log line already has.
-            text = error.args[0] if isinstance(error, TransportError) and error.args else error
-            return f"{type(error).__name__}: {text}"
-        return str(self.status)
-
-
 def _ignore(outcome: Outcome) -> None:
     return None
-

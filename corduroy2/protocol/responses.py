@@ -18,23 +18,24 @@ class Headers(Mapping[str, str]):
     ``headers["etag"]`` joins repeats with ``", "``; :meth:`get_list` returns them apart (needed
     for ``Set-Cookie``, whose values contain commas).
 
-    The fields are indexed on first use: every response gets a ``Headers``, and most are never
-    read (a document GET looks at none).
+    ``fields`` is read on first use, not at once: every response gets a ``Headers``, and most
+    are never read (a document GET looks at none). So it must not change afterwards.
     """
 
     __slots__ = ("_pairs", "_index")
 
     def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
-        self._pairs = fields if isinstance(fields, (list, tuple)) else list(fields)
+        self._pairs = fields
         self._index: dict[str, list[str]] | None = None
 
     @property
     def _fields(self) -> dict[str, list[str]]:
         index = self._index
         if index is None:
-            index = self._index = {}
+            index = {}
             for name, value in self._pairs:
                 index.setdefault(name.lower(), []).append(value)
+            self._index = index  # only once complete: another thread may be looking
         return index
 
     def __getitem__(self, name: str) -> str:
