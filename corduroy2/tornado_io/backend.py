@@ -18,7 +18,13 @@ from typing import Any
 
 from tornado import gen, httputil
 from tornado.concurrent import Future
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
+from tornado.httpclient import (
+    AsyncHTTPClient,
+    HTTPClientError,
+    HTTPRequest,
+    HTTPResponse,
+    _RequestProxy,
+)
 from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
 from tornado.simple_httpclient import (
@@ -264,9 +270,30 @@ class TornadoBackend(Backend):
                 force_instance=True,
                 max_clients=self.options.max_connections,
                 max_body_size=_MAX_BODY,
+                defaults=self._defaults(),
             )
             self._loop = loop
         return self._http
+
+    def _defaults(self) -> dict[str, Any]:
+        """What every request of this client is sent with (requests leave these unset, and
+        the client fills them in: the same for each request, passed once)."""
+        opts = self.options
+        defaults: dict[str, Any] = dict(
+            connect_timeout=opts.connect_timeout or 0,
+            follow_redirects=False,
+            allow_nonstandard_methods=True,  # COPY, and DELETE/HEAD details
+            # No Accept-Encoding, like the other backends: a compressing server or proxy holds
+            # back a live feed until its gzip buffer fills (pouchdb-server does exactly that).
+            decompress_response=False,
+        )
+        if self.client == "curl":
+            defaults.update(prepare_curl_callback=_quiet, validate_cert=opts.verify_tls,
+                            ca_certs=opts.ca_file, client_cert=opts.cert_file,
+                            client_key=opts.key_file)
+        else:
+            defaults["ssl_options"] = self._ssl
+        return defaults
 
     def _tornado_request(self, request: Request, pending: _Pending, sink: Sink,
                          started: list[bool], collected: list[bytes] | None) -> HTTPRequest:
@@ -304,28 +331,17 @@ class TornadoBackend(Backend):
 
             kwargs["header_callback"] = lambda _: pending.heard()
             kwargs["streaming_callback"] = on_piece
-        if self.client == "curl":
-            if request.stream or collected is not None:
-                kwargs["prepare_curl_callback"] = _abort_when(pending, self._get_http())
-            else:
-                kwargs["prepare_curl_callback"] = _quiet
-            kwargs.update(validate_cert=opts.verify_tls, ca_certs=opts.ca_file,
-                          client_cert=opts.cert_file, client_key=opts.key_file)
-        else:
-            kwargs["ssl_options"] = self._ssl
+        if self.client == "curl" and (request.stream or collected is not None):
+            # In place of the default (_quiet): also aborts the transfer once cancelled.
+            kwargs["prepare_curl_callback"] = _abort_when(pending, self._get_http())
+        # The settings common to all requests are the client's defaults (_defaults).
         tornado_request = HTTPRequest(
             request.url,
             method=request.method,
             headers=_headers(request.headers),
             body=request.body,
-            connect_timeout=opts.connect_timeout or 0,
             # 0 = no limit for both clients; Tornado's own default (20 s) would cut long feeds.
             request_timeout=request.timeout or opts.request_timeout or 0,
-            follow_redirects=False,
-            allow_nonstandard_methods=True,  # COPY, and DELETE/HEAD details
-            # No Accept-Encoding, like the other backends: a compressing server or proxy holds
-            # back a live feed until its gzip buffer fills (pouchdb-server does exactly that).
-            decompress_response=False,
             **kwargs,
         )
         tornado_request.corduroy2_pending = pending  # type: ignore[attr-defined]  # _SimpleConnection
@@ -337,10 +353,8 @@ class TornadoBackend(Backend):
         idle = request.idle_timeout or self.options.idle_timeout
         collected: list[bytes] | None = [] if idle and not request.stream else None
         try:
-            future = self._get_http().fetch(
-                self._tornado_request(request, pending, sink, started, collected),
-                raise_error=False,
-            )
+            http = self._get_http()
+            tornado_request = self._tornado_request(request, pending, sink, started, collected)
         except (ValueError, RuntimeError) as exc:
             # Tornado rejects some requests before sending (bad header characters, closed client).
             sink.on_error(TransportError(f"request not sent: {exc}", method=request.method,
@@ -355,23 +369,22 @@ class TornadoBackend(Backend):
                 sink.on_error(Timeout(f"no data for {idle:g} s (idle_timeout)",
                                       method=request.method, url=request.url))
 
+            # Armed before the fetch starts: curl reports a request it cannot set up at once.
             pending.watch(idle, expired)
 
-        def finished(future: Future[HTTPResponse]) -> None:
+        def finished(response: HTTPResponse) -> None:
             pending.curl = None  # Tornado reuses the easy handle for other requests
-            exc = future.exception()  # retrieved even when cancelled, or asyncio logs it
             if pending.cancelled:
                 return
             pending.unwatch()
-            response = None if exc is not None else future.result()
-            if response is not None and response.code == 599:
-                exc = response.error
+            # What fetch(raise_error=False) raises: a failure, not an HTTP error status.
+            exc = None if response._error_is_response_code else response.error
             if exc is not None:
                 sink.on_error(_map_error(exc, request, started[0]))
                 return
-            assert response is not None
             if not started[0]:
                 started[0] = True
+                # Read on first use only (the response's headers do not change any more).
                 sink.on_start(response.code, Headers(response.headers.get_all()))
                 if not request.stream:
                     body = b"".join(collected) if collected is not None else response.body
@@ -379,15 +392,32 @@ class TornadoBackend(Backend):
                         sink.on_data(body)
             sink.on_end()
 
-        future.add_done_callback(finished)
+        # fetch_impl with a callback, as fetch() itself does, rather than fetch()'s Future: the
+        # Future's done-callback would run a loop iteration later, once more for every request.
+        # The defaults are applied by the same proxy fetch() puts around the request.
+        callback: Callable[[HTTPResponse], None] = finished
+        if self.client == "curl" and tornado_request.header_callback is not None:
+            # Tornado's curl client queues header lines on the loop but reports the end at
+            # once: the end must wait for the lines queued before it.
+            loop = IOLoop.current()
+            callback = lambda response: loop.add_callback(finished, response)  # noqa: E731
+        http.fetch_impl(_RequestProxy(tornado_request, http.defaults),  # type: ignore[arg-type]
+                        callback)
         return pending
 
     def run(self, start: Start) -> Future[Any]:
         future: Future[Any] = Future()
 
+        def cancelled(f: Future[Any]) -> None:
+            if f.cancelled():
+                handle.cancel()
+
         def done(outcome: Outcome) -> None:
             if future.done():  # cancelled by the caller
                 return
+            # Settled by us: the cancel hook is useless now, and left on the Future it would
+            # cost a loop callback on every call.
+            future.remove_done_callback(cancelled)
             if outcome.error is not None:
                 future.set_exception(outcome.error)
             else:
@@ -395,7 +425,7 @@ class TornadoBackend(Backend):
 
         handle = start(done)
         if not future.done():
-            future.add_done_callback(lambda f: handle.cancel() if f.cancelled() else None)
+            future.add_done_callback(cancelled)
         return future
 
     def when_done(self, value: Any, done: Callable[[Outcome], None]) -> bool:
@@ -450,7 +480,10 @@ class _HeaderParser:
             # An interim 100 Continue is followed by the real status line: wait for it.
             if self._status >= 200 and not self._started[0]:
                 self._started[0] = True
-                self._sink.on_start(self._status, Headers(self._fields))
+                # Headers keeps the list (it is indexed lazily): later lines (trailers) go
+                # to a new one.
+                fields, self._fields = self._fields, []
+                self._sink.on_start(self._status, Headers(fields))
                 early, self._early[:] = list(self._early), []
                 for chunk in early:
                     self._sink.on_data(chunk)
