@@ -173,11 +173,12 @@ class _Exchange(Protocol):
         if self.finished:
             response.deliverBody(_Discard())
             return
-        fields = [
+        # Decoded on first use only (the response's headers do not change any more).
+        fields = (
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, values in response.headers.getAllRawHeaders()
             for value in values
-        ]
+        )
         self._heard()
         self.sink.on_start(response.code, Headers(fields))
         response.deliverBody(self)
@@ -307,6 +308,9 @@ class TwistedBackend(Backend):
         self._reactor = reactor
         self._agent: web_client.Agent | None = None
         self._pool: web_client.HTTPConnectionPool | None = None
+        # The last request headers converted, and their Twisted form: a Couch sends the same
+        # ones again and again, and Agent copies them before adding its own.
+        self._headers: tuple[tuple[tuple[str, str], ...], TwistedHeaders] = ((), TwistedHeaders())
         # Made now, so that bad certificate files fail when the Couch is made.
         self._tls = _TLSPolicy(self.options)
 
@@ -334,9 +338,12 @@ class TwistedBackend(Backend):
         exchange = _Exchange(request, sink, self.reactor,
                              request.timeout or self.options.request_timeout,
                              request.idle_timeout or self.options.idle_timeout)
-        headers = TwistedHeaders()
-        for name, value in request.headers:
-            headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+        fields, headers = self._headers
+        if fields != request.headers:
+            fields, headers = request.headers, TwistedHeaders()
+            for name, value in fields:
+                headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+            self._headers = (fields, headers)
         producer = None if request.body is None else _BytesProducer(request.body)
         requesting = self._get_agent().request(
             request.method.encode("ascii"), request.url.encode("ascii"), headers, producer
