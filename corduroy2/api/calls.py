@@ -28,7 +28,7 @@ from typing import Any, Protocol, TypeVar
 from ..backend import Backend, Cancel, Outcome, Start, StopTransfer
 from ..errors import CouchError, HTTPError
 from ..protocol.requests import Request
-from ..protocol.responses import Headers, check_status, decode_json, make_error
+from ..protocol.responses import Headers, decode_json, make_error
 from ..protocol.rows import NEED_DATA, End, Header, RowStream
 from ..errors import DecodeError, ResponseCut
 from .status import Status
@@ -223,7 +223,8 @@ class _Driver:
 
 class _Call(_Driver):
     """One request, and the sink of its reply: the body kept whole, then checked and decoded
-    (``check_status``, JSON; with ``raw`` the :class:`Response` itself), then ``post`` applied.
+    (an error status raised as its mapped error, JSON decoded; with ``raw`` the
+    :class:`Response` itself), then ``post`` applied.
 
     Most methods are exactly this, so they run it directly, with no generator to trampoline
     (it is on every call's path); an operation's request steps run through it as well.
@@ -273,7 +274,9 @@ class _Call(_Driver):
             return
         request = self._request
         try:
-            check_status(status, self._headers, body, method=request.method, url=request.url)
+            if status >= 400:
+                raise make_error(status, self._headers, body, method=request.method,
+                                 url=request.url)
             value = decode_json(body, method=request.method, url=request.url) if body else None
             if self._post is not None:
                 value = self._post(value)

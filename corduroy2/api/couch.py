@@ -153,9 +153,8 @@ class Couch:
             all_headers += JSON_HEADERS
         elif method in ("PUT", "POST"):
             body = b""
-        return Request(method, self.url + path + encode_query(query), all_headers, body,
-                       timeout=self._timeout, idle_timeout=self._idle_timeout,
-                       idempotent=idempotent)
+        return Request(method, self.url + path + encode_query(query), all_headers, body, False,
+                       self._timeout, self._idle_timeout, idempotent)
 
     def _invoke(self, op: Op[Any], callback: Callback) -> Any:
         # Through the Sender: credentials, their renewal and retries apply to every request.

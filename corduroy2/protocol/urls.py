@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -64,6 +65,7 @@ def _segment(text: str) -> str:
     return quote(text, safe="")
 
 
+@functools.lru_cache(maxsize=256)  # a handful of names, on every request
 def db_path(name: str) -> str:
     """``/<db>`` with the name quoted (a ``/`` inside a db name must travel as ``%2F``)."""
     return "/" + _segment(name)
