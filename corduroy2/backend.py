@@ -16,6 +16,8 @@ small as gidgethub's adapter:
 
 from __future__ import annotations
 
+import logging
+import ssl
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +27,12 @@ from .errors import CouchError
 from .protocol.requests import Request
 from .protocol.responses import Headers
 
-__all__ = ["Sink", "Cancel", "Transfer", "StopTransfer", "Outcome", "Start", "Backend", "TransportOptions"]
+__all__ = [
+    "Sink", "Cancel", "Transfer", "StopTransfer", "Outcome", "Start", "Backend", "TransportOptions",
+    "ssl_context", "tls_meaning", "warn_unverified",
+]
+
+log = logging.getLogger("corduroy2")
 
 
 class Sink(Protocol):
@@ -94,6 +101,43 @@ class TransportOptions:
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+
+    @property
+    def custom_tls(self) -> bool:
+        """True when the TLS settings differ from the defaults (a system-verified connection)."""
+        return bool(self.ca_file or self.cert_file or not self.verify_tls)
+
+
+def ssl_context(options: TransportOptions) -> ssl.SSLContext:
+    """The stdlib client context for ``options`` (blocking and Tornado's simple client).
+    Backends make it when the ``Couch`` is made if the settings are custom, so that bad file
+    names fail there and not at the first request; the default one is made on first use."""
+    context = ssl.create_default_context(cafile=options.ca_file)
+    if options.cert_file:
+        context.load_cert_chain(options.cert_file, options.key_file)
+    if not options.verify_tls:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        warn_unverified()
+    return context
+
+
+def warn_unverified() -> None:
+    log.warning("TLS certificate verification is disabled (verify_tls=False): this client's "
+                "HTTPS connections accept any certificate, so they can be intercepted")
+
+
+def tls_meaning(text: str) -> str:
+    """What a TLS failure means for the user, from the TLS library's own words: one wording
+    for every backend (OpenSSL via ssl, libcurl and pyOpenSSL say it differently)."""
+    text = text.lower()
+    if "mismatch" in text or "subject name" in text or "not valid for" in text:
+        return "TLS certificate verification failed: the certificate is not for this host"
+    if "alert" in text:
+        return "TLS handshake refused by the server (a client certificate may be required)"
+    if "certificate" in text or "issuer" in text:
+        return "TLS certificate verification failed"
+    return "TLS handshake failed"
 
 
 class Backend(ABC):

@@ -19,7 +19,10 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from . import api
-from .backend import Backend, Cancel, Outcome, Sink, Start, StopTransfer, Transfer, TransportOptions
+from .backend import (
+    Backend, Cancel, Outcome, Sink, Start, StopTransfer, Transfer, TransportOptions, ssl_context,
+    tls_meaning,
+)
 from .errors import ConnectError, CouchError, ResponseCut, Timeout, TransportError
 from .protocol.requests import Request
 from .protocol.responses import Headers
@@ -65,7 +68,9 @@ class BlockingBackend(Backend):
         super().__init__(options)
         self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
-        self._ssl = _ssl_context(self.options)
+        # Custom TLS settings are checked now (bad files fail when the Couch is made); the
+        # default context costs ~25 ms, so it waits for the first HTTPS connection.
+        self._ssl = ssl_context(self.options) if self.options.custom_tls else None
         # The last server parsed: (URL up to the path, pool key, netloc). A Couch talks to one
         # server, so this spares a urlsplit per request. One tuple, replaced whole: thread safe.
         self._origin: tuple[str, tuple[str, str, int], str] = ("", ("", "", 0), "")
@@ -75,6 +80,8 @@ class BlockingBackend(Backend):
         timeout = budget.wait(self.options.connect_timeout)
         conn: http.client.HTTPConnection
         if scheme == "https":
+            if self._ssl is None:
+                self._ssl = ssl_context(self.options)
             conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=self._ssl)
         else:
             conn = http.client.HTTPConnection(host, port, timeout=timeout)
@@ -287,37 +294,8 @@ class _Budget:
 
 
 def _tls_problem(exc: ssl.SSLError) -> str:
-    """What a TLS failure means for the user, with the library's words (the same on every
-    backend)."""
     detail = exc.verify_message if isinstance(exc, ssl.SSLCertVerificationError) else str(exc)
-    text = detail.lower()
-    if "mismatch" in text or "not valid for" in text:
-        meaning = "TLS certificate verification failed: the certificate is not for this host"
-    elif "alert" in text:
-        meaning = "TLS handshake refused by the server (a client certificate may be required)"
-    elif "certificate" in text or "issuer" in text:
-        meaning = "TLS certificate verification failed"
-    else:
-        meaning = "TLS handshake failed"
-    return f"{meaning}: {detail}"
-
-
-def _ssl_context(options: TransportOptions) -> ssl.SSLContext:
-    """The client context for every HTTPS connection of one backend. Bad file names fail here,
-    when the ``Couch`` is made, not at its first request."""
-    context = ssl.create_default_context(cafile=options.ca_file)
-    if options.cert_file:
-        context.load_cert_chain(options.cert_file, options.key_file)
-    if not options.verify_tls:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        _warn_unverified()
-    return context
-
-
-def _warn_unverified() -> None:
-    log.warning("TLS certificate verification is disabled (verify_tls=False): this client's "
-                "HTTPS connections accept any certificate, so they can be intercepted")
+    return f"{tls_meaning(detail)}: {detail}"
 
 
 class RowReader:

@@ -34,7 +34,9 @@ from tornado.simple_httpclient import (
     _HTTPConnection,
 )
 
-from ..backend import Backend, Cancel, Outcome, Sink, Start, Transfer, TransportOptions
+from ..backend import (
+    Backend, Cancel, Outcome, Sink, Start, Transfer, TransportOptions, ssl_context, tls_meaning,
+)
 from ..errors import ConnectError, CouchError, ResponseCut, Timeout, TransportError
 from ..protocol.requests import Request
 from ..protocol.responses import Headers
@@ -256,9 +258,10 @@ class TornadoBackend(Backend):
         self.client = client
         self._http: AsyncHTTPClient | None = None
         self._loop: IOLoop | None = None
-        # Made now, so that bad certificate files fail when the Couch is made. The simple client
-        # uses it as is; curl is given the same settings as options (it does its own TLS).
-        self._ssl = _ssl_context(self.options)
+        # Custom TLS settings are checked now, so that bad certificate files fail when the Couch
+        # is made. The simple client uses this context (else Tornado's default, which verifies
+        # the same way); curl is given the same settings as options (it does its own TLS).
+        self._ssl = ssl_context(self.options) if self.options.custom_tls else None
 
     def _get_http(self) -> AsyncHTTPClient:
         loop = IOLoop.current()
@@ -291,7 +294,7 @@ class TornadoBackend(Backend):
             defaults.update(prepare_curl_callback=_quiet, validate_cert=opts.verify_tls,
                             ca_certs=opts.ca_file, client_cert=opts.cert_file,
                             client_key=opts.key_file)
-        else:
+        elif self._ssl is not None:
             defaults["ssl_options"] = self._ssl
         return defaults
 
@@ -495,34 +498,6 @@ class _HeaderParser:
             self._fields.append((name.strip(), value.strip()))
 
 
-def _tls_problem(text: str) -> str:
-    """What a TLS failure means for the user, from the library's message (the same words on
-    every backend)."""
-    text = text.lower()
-    if "mismatch" in text or "subject name" in text or "not valid for" in text:
-        return "TLS certificate verification failed: the certificate is not for this host"
-    if "alert" in text:
-        return "TLS handshake refused by the server (a client certificate may be required)"
-    if "certificate" in text or "issuer" in text:
-        return "TLS certificate verification failed"
-    return "TLS handshake failed"
-
-
-def _ssl_context(options: TransportOptions) -> ssl.SSLContext:
-    """The client context for the simple client's HTTPS connections; made (and so checked)
-    for curl too."""
-    context = ssl.create_default_context(cafile=options.ca_file)
-    if options.cert_file:
-        context.load_cert_chain(options.cert_file, options.key_file)
-    if not options.verify_tls:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        log.warning("TLS certificate verification is disabled (verify_tls=False): this "
-                    "client's HTTPS connections accept any certificate, so they can be "
-                    "intercepted")
-    return context
-
-
 def _quiet(curl: Any) -> None:
     # Tornado turns on libcurl's verbose trace when its logger is at DEBUG, and that trace
     # prints every request header, Authorization and Cookie included: never let it.
@@ -578,7 +553,7 @@ def _map_error(exc: BaseException, request: Request, started: bool) -> CouchErro
         if errno in _CURL_TIMEOUT:
             err = Timeout(message, **where)
         elif errno in _CURL_TLS or (errno == 56 and "alert" in message.lower()):
-            err = ConnectError(f"{_tls_problem(message)}: {message}", **where)
+            err = ConnectError(f"{tls_meaning(message)}: {message}", **where)
         elif errno in _CURL_CONNECT:
             err = ConnectError(message, **where)
         elif errno in _CURL_CUT:
@@ -587,7 +562,7 @@ def _map_error(exc: BaseException, request: Request, started: bool) -> CouchErro
             err = TransportError(message, **where)
     elif isinstance(exc, ssl.SSLError):
         detail = exc.verify_message if isinstance(exc, ssl.SSLCertVerificationError) else exc
-        err = ConnectError(f"{_tls_problem(str(exc))}: {detail}", **where)
+        err = ConnectError(f"{tls_meaning(str(exc))}: {detail}", **where)
     elif isinstance(exc, socket.gaierror) or (
         isinstance(exc, OSError) and exc.errno in _CONNECT_ERRNOS
     ):

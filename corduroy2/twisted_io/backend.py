@@ -29,7 +29,9 @@ from twisted.web.http_headers import Headers as TwistedHeaders
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
-from ..backend import Backend, Cancel, Outcome, Sink, Start, Transfer, TransportOptions
+from ..backend import (
+    Backend, Cancel, Outcome, Sink, Start, Transfer, TransportOptions, tls_meaning, warn_unverified,
+)
 from ..errors import ConnectError, CouchError, ResponseCut, Timeout, TransportError
 from ..protocol.requests import Request
 from ..protocol.responses import Headers
@@ -102,7 +104,7 @@ class _TLSPolicy:
             if chain[1:]:
                 self._client["extraCertChain"] = chain[1:]
         if not self._verify:
-            _warn_unverified()
+            warn_unverified()
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
         from twisted.internet import ssl as tssl
@@ -121,11 +123,6 @@ def _pem_blocks(data: bytes) -> list[bytes]:
         if begin >= 0:
             blocks.append(part[begin:] + marker + b"\n")
     return blocks
-
-
-def _warn_unverified() -> None:
-    log.warning("TLS certificate verification is disabled (verify_tls=False): this client's "
-                "HTTPS connections accept any certificate, so they can be intercepted")
 
 
 class _Exchange(Protocol):
@@ -411,7 +408,8 @@ def _map_failure(failure: Failure, request: Request) -> CouchError:
     if any(isinstance(c, (ierror.TimeoutError, defer.TimeoutError)) for c in causes):
         err = Timeout(f"timed out: {text}", **where)
     elif any(_is_tls_error(c) for c in causes):
-        err = ConnectError(f"{_tls_problem(causes)}: {text}", **where)
+        meaning = tls_meaning(" ".join(repr(c) for c in causes))
+        err = ConnectError(f"{meaning}: {text}", **where)
     elif isinstance(failure.value, (ierror.ConnectError, ierror.DNSLookupError)) or any(
         isinstance(c, ierror.ConnectError) or _is_tls_error(c) for c in causes
     ):
@@ -433,13 +431,3 @@ def _is_tls_error(exc: BaseException | None) -> bool:
     return exc is not None and type(exc).__module__.startswith(("OpenSSL", "service_identity"))
 
 
-def _tls_problem(causes: list[BaseException]) -> str:
-    """What a TLS failure means for the user (the same words on every backend)."""
-    text = " ".join(repr(c) for c in causes).lower()
-    if "mismatch" in text:
-        return "TLS certificate verification failed: the certificate is not for this host"
-    if "alert" in text:
-        return "TLS handshake refused by the server (a client certificate may be required)"
-    if "certificate" in text:
-        return "TLS certificate verification failed"
-    return "TLS handshake failed"
