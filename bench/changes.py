@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.rows import BACKENDS, make_loop, peak_rss_mb, replay, run_measurement
+from bench.rows import BACKENDS, make_loop, peak_rss_mb, preload, replay, run_measurement
 
 PATH = "/db/_changes?feed=continuous&since=0"
 
@@ -129,6 +129,7 @@ def measure(backend: str, mode: str, url: str, changes: int) -> dict[str, Any]:
         while feed.listening:
             time.sleep(0.001)
 
+    preload(backend)
     start = time.perf_counter()
     if backend == "blocking":
         run_blocking()

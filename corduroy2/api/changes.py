@@ -86,6 +86,8 @@ class ChangesSink(RowSink):
             changes = parser.changes_ready()
             if changes:
                 consumer.rows(changes)
+                if parser.idle():  # the usual end of a chunk: one check, not two more calls
+                    return
                 continue
             event = parser.next_event()
             if event is NEED_DATA:

@@ -165,6 +165,21 @@ def test_several_changes_per_chunk_and_batches() -> None:
     assert stream.changes_ready() == []
 
 
+@pytest.mark.parametrize("tail", [[], [None], [{"last_seq": "9-g1", "pending": 0}],
+                                  [None, {"seq": 1, "id": "a", "changes": []}]])
+@pytest.mark.parametrize("batch", [False, True])
+def test_many_changes_in_one_chunk(tail: list[Any], batch: bool) -> None:
+    """A busy feed's chunk (many complete lines, decoded at once) gives the same events as the
+    same body fed byte by byte (one line at a time), whatever ends the chunk."""
+    items = [{"seq": f"{i}-g1", "id": f"d{i}", "changes": [{"rev": "1-a"}]} for i in range(50)] + tail
+    body = continuous(items)
+    assert feed([body], batch=batch) == feed(bytewise(body), batch=batch) == want(items)
+    stream = ChangesStream()
+    stream.receive_data(body[:-1])  # the last line is incomplete: it waits
+    ready = stream.changes_ready()
+    assert ready == [i for i in items[:-1] if i is not None and "changes" in i][: len(ready)]
+
+
 def test_clean_end_without_last_seq() -> None:
     stream = ChangesStream()
     stream.receive_data(continuous(POUCH))
@@ -262,6 +277,10 @@ def test_truncated_feed(body: bytes, kind: str) -> None:
         (b"<html>proxy error</html>\n", "continuous"),
         (b'{"seq":1,"id":"a",}\n', "continuous"),
         (b"[1,2]\n", "continuous"),
+        # Two changes on one line: valid as array items, so the many-lines-at-once decoding
+        # must notice that the items outnumber the lines.
+        (b'{"seq":2,"id":"b","changes":[]},{"seq":3,"id":"c","changes":[]}\n', "continuous"),
+        (b'{"seq":2,"id":"b","changes":[1\n2]}\n', "continuous"),  # one object over two lines
         (b'"a string"\n', "continuous"),
         (b"data: not json\n\n", "eventsource"),
         (b"data: [1]\n\n", "eventsource"),
