@@ -491,9 +491,10 @@ class Couch(api.Couch):
         return BlockingBackend(options)
 
     def _feed(self, db: api.Database, request: Request, feed: str,
-              callback: Callable[[Any, list[dict[str, Any]]], Any], latency: float, since: Any,
+              callback: Callable[[Any, list[dict[str, Any]]], Any],
+              batching: tuple[float, int], since: Any,
               on_error: Callable[[BaseException], Any] | None) -> Any:
-        return ThreadedChangesFeed(db, request, feed, callback, latency, since, on_error).start()
+        return ThreadedChangesFeed(db, request, feed, callback, batching, since, on_error).start()
 
     def _follower(self, db: api.Database, handler: Callable[[dict[str, Any]], Any],
                   **kwargs: Any) -> Any:

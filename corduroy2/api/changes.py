@@ -104,17 +104,23 @@ class ChangesSink(RowSink):
 
 class ChangesFeed:
     """corduroy's continuous feed: ``callback(seq, changes)`` with the changes that arrived
-    within ``latency`` seconds (0: one call per change). ``seq`` is the last seq delivered,
+    within ``latency`` seconds (0: one call per change), at most ``max_batch`` per call: a
+    burst is delivered in batches of that size without waiting, so that memory stays bounded
+    (and the collector does not rescan a growing batch). ``seq`` is the last seq delivered,
     ``listening`` is True while the connection is open, ``stop()`` closes it. ``on_error(exc)``
     hears how a feed ended on an error (corduroy 0.9 said nothing); the feed does not
     reconnect: that is :meth:`Database.follow`'s job.
     """
 
     def __init__(self, db: Database, request: Request, feed: str,
-                 callback: Callable[[Any, list[dict[str, Any]]], Any], latency: float,
-                 since: Any, on_error: Callable[[BaseException], Any] | None) -> None:
+                 callback: Callable[[Any, list[dict[str, Any]]], Any],
+                 batching: tuple[float, int], since: Any,
+                 on_error: Callable[[BaseException], Any] | None) -> None:
+        latency, max_batch = batching
         if latency < 0:
             raise ValueError("latency must be >= 0")
+        if type(max_batch) is not int or max_batch < 1:
+            raise ValueError(f"max_batch must be an int >= 1, not {max_batch!r}")
         self.db = db
         self.seq = since
         self.last_seq: Any = None
@@ -123,6 +129,7 @@ class ChangesFeed:
         self._feed = feed
         self._callback = callback
         self._latency = latency
+        self._max_batch = max_batch
         self._on_error = on_error
         self._batch: list[dict[str, Any]] = []
         self._timer: Cancel | None = None
@@ -159,8 +166,19 @@ class ChangesFeed:
                 except Exception:
                     log.exception("corduroy2: exception in changes callback %r", callback)
             return
-        self._batch.extend(changes)
-        if self._timer is None:
+        batch = self._batch
+        batch.extend(changes)
+        size = self._max_batch
+        while len(batch) >= size:  # a burst: hand over full batches now
+            full, batch = batch[:size], batch[size:]
+            self._batch = batch
+            self._deliver(full)
+            if self._batch is not batch:  # the callback called stop(), which dropped the rest
+                return
+        if not batch and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        elif batch and self._timer is None:
             self._timer = self._call_later(self._latency, self._flush)
 
     def end(self, fields: dict[str, Any]) -> None:

@@ -411,7 +411,7 @@ class Database:
 
     # -- changes ------------------------------------------------------------------------------
 
-    def changes(self, *, callback: Any = None, latency: float = 0.0,
+    def changes(self, *, callback: Any = None, latency: float = 0.0, max_batch: int = 1000,
                 on_error: Callable[[BaseException], Any] | None = None, **opts: Any) -> Any:
         """The ``_changes`` feed.
 
@@ -426,8 +426,9 @@ class Database:
         ``feed="continuous"`` or ``"eventsource"`` with ``callback=fn``: corduroy's feed. It
         starts at once and returns a :class:`~corduroy2.api.changes.ChangesFeed` (the one
         callback-style call that returns something); ``fn(seq, changes)`` receives the changes
-        that arrived within ``latency`` seconds. Without a callback use :meth:`iter_changes`
-        or :meth:`follow`.
+        that arrived within ``latency`` seconds, at most ``max_batch`` at a time (a burst is
+        handed over as soon as that many are in: memory stays bounded). Without a callback use
+        :meth:`iter_changes` or :meth:`follow`.
         """
         request = changes_request(self, opts)
         feed = opts.get("feed", "normal")
@@ -437,7 +438,7 @@ class Database:
                     f"feed={feed!r} needs callback=fn(seq, changes); or use iter_changes() "
                     "to iterate, or follow() for a feed that reconnects"
                 )
-            return self.couch._feed(self, request, feed, callback, latency,
+            return self.couch._feed(self, request, feed, callback, (latency, max_batch),
                                     opts.get("since"), on_error)
         return self.couch._invoke(_stream(request, Keep(_identity, _changes_result)), callback)
 

@@ -378,6 +378,27 @@ async def test_continuous_callback_latency_batches(couch: Any, dbname: str, adb:
     assert len(calls.calls) == delivered
 
 
+async def test_continuous_burst_in_batches_of_max_batch(couch: Any, dbname: str,
+                                                        adb: Any) -> None:
+    """A burst does not wait for ``latency``, nor pile up: full batches of ``max_batch`` are
+    handed over at once, the rest waits for its latency (here never reached)."""
+    await in_thread(adb.save, [{"_id": f"b{i:02d}"} for i in range(25)])
+    db = couch.database(dbname)
+    calls = Calls()
+    with pytest.raises(ValueError):
+        db.changes(feed="continuous", callback=calls, since=0, max_batch=0)
+    feed = db.changes(feed="continuous", callback=calls, since=0, heartbeat=200, latency=60,
+                      max_batch=10)
+    try:
+        await until(lambda: len(calls.calls) >= 2)
+        await asyncio.sleep(0.5)  # the last 5 changes are in too, waiting for their batch
+    finally:
+        feed.stop()
+    assert [len(batch) for _, batch in calls.calls] == [10, 10]
+    assert calls.ids() == [f"b{i:02d}" for i in range(20)]
+    assert feed.seq == calls.calls[-1][1][-1]["seq"]
+
+
 async def test_continuous_feed_stopped_before_its_batch_is_due(couch: Any, dbname: str,
                                                                adb: Any) -> None:
     db = couch.database(dbname)
