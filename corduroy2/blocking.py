@@ -405,7 +405,11 @@ class ThreadedChangesFeed(api.changes.ChangesFeed):
             raise StopTransfer()
 
     def rows(self, changes: list[dict[str, Any]]) -> None:
-        self._beat()
+        if self._stopped:
+            raise StopTransfer()
+        if self._latency <= 0:  # no timer thread: this reader is the feed's only thread
+            super().rows(changes)
+            return
         with self._lock:
             super().rows(changes)
 

@@ -411,7 +411,7 @@ class Database:
 
     # -- changes ------------------------------------------------------------------------------
 
-    def changes(self, *, callback: Any = None, latency: float = 0.0, max_batch: int = 1000,
+    def changes(self, *, callback: Any = None, latency: float = 0.0, max_batch: int = 200,
                 on_error: Callable[[BaseException], Any] | None = None, **opts: Any) -> Any:
         """The ``_changes`` feed.
 

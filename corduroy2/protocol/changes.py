@@ -180,7 +180,9 @@ class ChangesStream:
             if self._eof:
                 raise make_error(self._status, self._headers, self._take())
             return
-        data = self._take()
+        held = self._held  # _take(), inlined: this runs once per received chunk
+        data = held[0] if len(held) == 1 else b"".join(held)
+        held.clear()
         if self._sse:
             self._plain = False  # rarely all changes (ids, heartbeats): scan instead of tracking
             if self._cr and data[:1] == b"\n":  # the LF of a CRLF split across chunks

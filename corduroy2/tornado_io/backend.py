@@ -311,14 +311,16 @@ class TornadoBackend(Backend):
             parser = _HeaderParser(sink, started, early)
 
             def on_chunk(chunk: bytes) -> Future[None] | None:
+                # Runs for every chunk of a feed: heard() and wait() inlined.
                 if pending.cancelled:
                     return None  # being torn down; raising here would only be logged
-                pending.heard()
+                if pending._loop is not None:
+                    pending._heard = pending._loop.time()
                 if not started[0]:
                     early.append(chunk)
                     return None
                 sink.on_data(chunk)
-                return pending.wait()
+                return pending.wait() if pending.paused else None
 
             def on_header(line: str) -> None:
                 if not pending.cancelled:
