@@ -178,7 +178,10 @@ class ChangesFeed:
             # One call per change, inlined: this loop is the feed's hot path.
             callback, seq = self._callback, self.seq
             for change in changes:
-                seq = change.get("seq", seq)
+                try:
+                    seq = change["seq"]  # (faster than get() when present, as it always is)
+                except KeyError:
+                    pass  # keep the last one
                 self.seq = seq
                 try:
                     callback(seq, [change])
