@@ -44,6 +44,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from corduroy2.api.couch import USER_AGENT
+
 from .nginx import Nginx, connections_accepted
 
 TARGET = 0.10  # overhead goal
@@ -68,7 +70,7 @@ COUCH_HEADERS = [
     ("X-CouchDB-Body-Time", "0"),
 ]
 # The raw clients send what corduroy2 sends, so both sides move the same bytes.
-ACCEPT = ("Accept", "application/json")
+REQUEST_HEADERS = [("Accept", "application/json"), ("User-Agent", USER_AGENT)]
 
 Done = Callable[[BaseException | None], None]
 Issue = Callable[[Done], None]
@@ -291,7 +293,7 @@ def tornado_raw(settings: Settings, concurrency: int, kind: str) -> tuple[Issue,
         cls = SimpleAsyncHTTPClient  # type: ignore[assignment]
     client = cls(force_instance=True, max_clients=concurrency)
     url = settings.url + DOC_PATH
-    headers = dict([ACCEPT])
+    headers = dict(REQUEST_HEADERS)
 
     def issue(done: Done) -> None:
         def finished(future: Any) -> None:
@@ -333,7 +335,7 @@ def twisted_raw(settings: Settings, concurrency: int) -> tuple[Issue, Callable[[
     pool.maxPersistentPerHost = concurrency
     agent = Agent(reactor, pool=pool)
     url = (settings.url + DOC_PATH).encode()
-    accept = [(ACCEPT[0].encode(), [ACCEPT[1].encode()])]
+    accept = [(name.encode(), [value.encode()]) for name, value in REQUEST_HEADERS]
 
     def got(response: Any) -> Any:
         if response.code != 200:
@@ -370,7 +372,7 @@ def twisted_corduroy(settings: Settings, concurrency: int) -> tuple[Issue, Calla
 
 def blocking_raw(settings: Settings) -> Callable[[int, list[int], threading.Event], None]:
     parts = urlsplit(settings.url)
-    headers = dict([ACCEPT])
+    headers = dict(REQUEST_HEADERS)
 
     def worker(i: int, counts: list[int], stop: threading.Event) -> None:
         conn = http.client.HTTPConnection(parts.hostname, parts.port)

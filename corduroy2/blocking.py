@@ -276,9 +276,12 @@ class _Budget:
     def apply(self, conn: http.client.HTTPConnection) -> None:
         sock = conn.sock  # None once http.client has closed a will_close reply
         if self.deadline is None:
-            # Without a deadline the timeout never changes: set it once per socket.
+            # Without a deadline the timeout never changes: set it once per socket (a kept-alive
+            # socket usually has it already, from the last request).
             if sock is not None and sock is not self._applied:
-                sock.settimeout(self.wait())
+                timeout = self.wait()
+                if sock.gettimeout() != timeout:
+                    sock.settimeout(timeout)
                 self._applied = sock
             return
         timeout = self.wait()
