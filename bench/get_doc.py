@@ -553,7 +553,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--concurrency", default="1,32", help="comma-separated, e.g. 1,32")
     parser.add_argument("--url", help="use this server (serving /db/doc1) instead of nginx")
     parser.add_argument("--profile", metavar="BACKEND",
-                        help="instead of the table: cProfile one c=1 run of BACKEND")
+                        help="instead of the table: cProfile one run of BACKEND at the first "
+                             "--concurrency")
     parser.add_argument("--profile-side", default="corduroy2", choices=("corduroy2", "raw"))
     parser.add_argument("--profile-sort", default="tottime")
     parser.add_argument("--profile-lines", type=int, default=30)
@@ -570,17 +571,17 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def _profile(mode: Any, settings: Settings, backend: str, side: str, sort: str,
-             lines: int) -> None:
+             lines: int, concurrency: int) -> None:
     profile = cProfile.Profile()
     try:
-        rate, _, _ = mode.run(measure(mode, settings, backend, side, 1, profile))
+        rate, _, _ = mode.run(measure(mode, settings, backend, side, concurrency, profile))
     finally:
         mode.close()
     out = io.StringIO()
     stats = pstats.Stats(profile, stream=out)
     total = stats.total_tt  # type: ignore[attr-defined]
     count = rate * settings.seconds
-    print(f"# cProfile: {backend} {side} c=1, {rate:,.0f} req/s under the profiler, "
+    print(f"# cProfile: {backend} {side} c={concurrency}, {rate:,.0f} req/s under the profiler, "
           f"{total / count * 1e6:.1f} µs of profiled time per request")
     stats.sort_stats(sort).print_stats(lines)
     print(out.getvalue())
@@ -611,7 +612,7 @@ def main(argv: list[str]) -> int:
             if backend == "twisted-epoll":
                 raise SystemExit("profile twisted-epoll by hand: the table's subprocess")
             _profile(AsyncioMode(), settings, backend, args.profile_side, args.profile_sort,
-                     args.profile_lines)
+                     args.profile_lines, concurrencies[0])
             return 0
         log(f"GET {DOC_PATH} ({len(BODY)} bytes) from {settings.url}; "
             f"{settings.warmup:g} s warm-up + {settings.seconds:g} s per run, "
