@@ -178,15 +178,17 @@ class BlockingBackend(Backend):
             body: list[bytes] = []
             if request.stream or budget.deadline:
                 # Piece by piece: a stream as it arrives; a deadline is checked between pieces.
+                # Without one, the socket's timeout is the same for every piece: set it once.
+                budget.apply(conn)
+                fixed = budget.deadline is None
+                read1, on_data = response.read1, (sink.on_data if request.stream else body.append)
                 while True:
-                    budget.apply(conn)
-                    chunk = response.read1(_READ_SIZE)
+                    if not fixed:
+                        budget.apply(conn)
+                    chunk = read1(_READ_SIZE)
                     if not chunk:
                         break
-                    if request.stream:
-                        sink.on_data(chunk)
-                    else:
-                        body.append(chunk)
+                    on_data(chunk)
             # read1() can report the end without finishing the response; read() does, and
             # only then may the connection carry another request. Without a deadline, a
             # buffered body is read here in one call (each socket wait is bounded all the same).
