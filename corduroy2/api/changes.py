@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from ..backend import Cancel, StopTransfer, Transfer
+from ..backend import Cancel, Transfer
 from ..protocol.changes import NEED_DATA, ChangesStream, FeedEnd, Heartbeat
 from ..protocol.requests import Request, encode_json
 from ..protocol.responses import Headers
@@ -80,24 +80,15 @@ class ChangesSink(RowSink):
         if status < 400:
             self._parser = ChangesStream(self._feed, status, headers)  # type: ignore[assignment]
 
-    def on_data(self, chunk: bytes) -> None:
-        # RowSink.on_data with the usual case of a busy feed inlined: one chunk, its changes.
-        parser: ChangesStream | None = self._parser  # type: ignore[assignment]  # see on_start
-        if parser is None or self._over:
-            RowSink.on_data(self, chunk)
-            return
-        try:
-            parser.receive_data(chunk)
-            changes = parser.changes_ready()
-            if changes:
-                self._consumer.rows(changes)
-                if parser.idle():
-                    return
-            self._drain(parser)
-        except StopTransfer:
-            raise
-        except Exception as exc:
-            self._fail(exc)
+    def _take(self, parser: Any, chunk: bytes) -> None:
+        # The usual case of a busy feed first: one chunk, its changes, nothing else.
+        parser.receive_data(chunk)
+        changes = parser.changes_ready()
+        if changes:
+            self._consumer.rows(changes)
+            if parser.idle():
+                return
+        self._drain(parser)
 
     def _drain(self, parser: Any) -> None:
         consumer = self._consumer

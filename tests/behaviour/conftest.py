@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -182,16 +182,22 @@ def admin(server: Server) -> Any:
     couch.close()
 
 
-@pytest.fixture
-def dbname(admin: Any) -> Any:
-    """A fresh database name, created by the admin client and deleted afterwards."""
+def fresh_database(admin: Any, **create_opts: Any) -> Iterator[str]:
+    """For fixtures: yields a new database's name, created by the admin client with
+    ``create_opts``, and deletes the database afterwards."""
     name = f"c2test-{uuid.uuid4().hex[:12]}"
-    admin.create(name)
+    admin.create(name, **create_opts)
     yield name
     try:
         admin.delete(name)
     except HTTPError:
         pass
+
+
+@pytest.fixture
+def dbname(admin: Any) -> Iterator[str]:
+    """A fresh database name, created by the admin client and deleted afterwards."""
+    yield from fresh_database(admin)
 
 
 @pytest.fixture

@@ -24,11 +24,12 @@ from typing import Any
 
 import pytest
 
-from corduroy2 import HTTPError, NotFound
+from corduroy2 import NotFound
 from corduroy2.api.changes import ChangesFeed
 
 from ..conftest import LOOP, Server
-from .conftest import Client
+from ..support.wait import until
+from .conftest import Client, fresh_database
 
 REV_A = "1-" + "a" * 32
 REV_B = "1-" + "b" * 32  # the winner: same generation, greater rev id
@@ -44,13 +45,7 @@ def dbname(admin: Any) -> Any:
     """A fresh database with one shard (``q=1``): on CouchDB 3 a feed merges the shards' changes
     in no particular order, so only a single shard makes "write order" a property to assert.
     (pouchdb-server ignores ``q``.) Overrides the conftest fixture of the same name."""
-    name = f"c2test-{uuid.uuid4().hex[:12]}"
-    admin.create(name, q=1)
-    yield name
-    try:
-        admin.delete(name)
-    except HTTPError:
-        pass
+    yield from fresh_database(admin, q=1)
 
 
 @pytest.fixture
@@ -84,14 +79,6 @@ def write_later(delay: float, fn: Callable[[], Any]) -> None:
 def listening(feed: Any) -> bool:
     """``feed.listening``, read anew (it changes under the type checker's feet)."""
     return bool(feed.listening)
-
-
-async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 # -- normal feed, every backend x style -----------------------------------------------------------

@@ -20,6 +20,7 @@ import pytest
 from corduroy2 import NotFound
 
 from ..conftest import LOOP, Server
+from ..support.wait import until
 from ..support.proxy import Proxy
 from .conftest import BACKENDS, make_couch
 
@@ -65,14 +66,6 @@ class Following:
         if self.backend == "twisted":
             return await result.asFuture(LOOP)
         return await result
-
-
-async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def ids_in_seq_order(admin: Any, dbname: str) -> list[str]:
