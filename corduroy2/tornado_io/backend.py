@@ -257,6 +257,8 @@ class TornadoBackend(Backend):
             raise ImportError("client='curl' needs pycurl: pip install corduroy2[curl]")
         self.client = client
         self._http: AsyncHTTPClient | None = None
+        # The last request header set, and its checked plain form (None: a repeated name).
+        self._last_headers: tuple[tuple[tuple[str, str], ...], dict[str, str] | None] = ((), None)
         self._loop: IOLoop | None = None
         # Custom TLS settings are checked now, so that bad certificate files fail when the Couch
         # is made. The simple client uses this context (else Tornado's default, which verifies
@@ -297,6 +299,17 @@ class TornadoBackend(Backend):
         elif self._ssl is not None:
             defaults["ssl_options"] = self._ssl
         return defaults
+
+    def _headers(self, fields: tuple[tuple[str, str], ...]) -> httputil.HTTPHeaders:
+        """A new HTTPHeaders for each request (curl's setup adds to it). A Couch sends the same
+        headers again and again: the last set is checked once, then copied without checks."""
+        last, plain = self._last_headers
+        if fields == last and plain is not None:
+            return httputil.HTTPHeaders(plain)
+        headers = _headers(fields)
+        # Only when no name repeats can a dict hold them all.
+        self._last_headers = (fields, dict(headers) if len(headers) == len(fields) else None)
+        return headers
 
     def _tornado_request(self, request: Request, pending: _Pending, sink: Sink,
                          started: list[bool], collected: list[bytes] | None) -> HTTPRequest:
@@ -343,7 +356,7 @@ class TornadoBackend(Backend):
         tornado_request = HTTPRequest(
             request.url,
             method=request.method,
-            headers=_headers(request.headers),
+            headers=self._headers(request.headers),
             body=request.body,
             # 0 = no limit for both clients; Tornado's own default (20 s) would cut long feeds.
             request_timeout=request.timeout or opts.request_timeout or 0,
@@ -381,7 +394,8 @@ class TornadoBackend(Backend):
             pending.curl = None  # Tornado reuses the easy handle for other requests
             if pending.cancelled:
                 return
-            pending.unwatch()
+            if pending._loop is not None:  # (unwatch() only if watched: on every request)
+                pending.unwatch()
             # What fetch(raise_error=False) raises: a failure, not an HTTP error status.
             exc = None if response._error_is_response_code else response.error
             if exc is not None:
@@ -462,7 +476,7 @@ class TornadoBackend(Backend):
 def _headers(fields: tuple[tuple[str, str], ...]) -> httputil.HTTPHeaders:
     headers = httputil.HTTPHeaders()
     for name, value in fields:
-        headers.add(name, value)
+        headers.add(name, value)  # checks each name and value (a regex each)
     return headers
 
 
