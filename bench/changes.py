@@ -57,6 +57,10 @@ def measure(backend: str, mode: str, url: str, changes: int) -> dict[str, Any]:
     loop = make_loop(backend)
     count = [0]
     tail = [b""]
+    # The end, seen at the last change (polling feed.listening would wake the loop, or take the
+    # GIL from the reading thread, a thousand times a second while it is measured).
+    arrived = threading.Event()
+    last: list[Any] = []
 
     def lines(chunk: bytes) -> None:
         # What a careful hand-written client does: split on LF, keep the partial last line.
@@ -67,11 +71,8 @@ def measure(backend: str, mode: str, url: str, changes: int) -> dict[str, Any]:
                 obj = orjson.loads(line)
                 if "id" in obj:
                     count[0] += 1
-
-    # The corduroy2 side's end: its last change (polling feed.listening would wake the loop, or
-    # take the GIL from the reading thread, a thousand times a second while it is measured).
-    arrived = threading.Event()
-    last: list[Any] = []
+                    if count[0] >= changes:  # the same end check as the callbacks below
+                        arrived.set()
 
     def on_batch(seq: Any, batch: list[Any]) -> None:
         count[0] += len(batch)
