@@ -141,6 +141,10 @@ def measure(backend: str, mode: str, url: str, changes: int) -> dict[str, Any]:
             from urllib.parse import urlsplit
             parts = urlsplit(url)
             conn = http.client.HTTPConnection(parts.hostname, parts.port)
+            # The read buffer corduroy2's blocking backend gives streams (64 KiB, not 8 KiB):
+            # the same transport, set up the same way.
+            from corduroy2.blocking import _StreamResponse
+            conn.response_class = _StreamResponse
             conn.request("GET", PATH)
             response = conn.getresponse()
             while chunk := response.read1(256 * 1024):
