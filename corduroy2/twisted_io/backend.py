@@ -191,7 +191,8 @@ class _Exchange(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if not self.finished:
-            self._heard()
+            if self.idle_timeout:  # (checked here too: a feed's chunks come by the thousand)
+                self._heard()
             self.delivering = True
             try:
                 self.sink.on_data(data)
