@@ -191,17 +191,15 @@ class BlockingBackend(Backend):
             body: list[bytes] = []
             if request.stream or budget.deadline:
                 # Piece by piece: a stream as it arrives; a deadline is checked between pieces.
-                # Without one, the socket's timeout is the same for every piece: set it once.
-                budget.apply(conn)
-                fixed = budget.deadline is None
-                read1, on_data = response.read1, (sink.on_data if request.stream else body.append)
                 while True:
-                    if not fixed:
-                        budget.apply(conn)
-                    chunk = read1(_READ_SIZE)
+                    budget.apply(conn)
+                    chunk = response.read1(_READ_SIZE)
                     if not chunk:
                         break
-                    on_data(chunk)
+                    if request.stream:
+                        sink.on_data(chunk)
+                    else:
+                        body.append(chunk)
             # read1() can report the end without finishing the response; read() does, and
             # only then may the connection carry another request. Without a deadline, a
             # buffered body is read here in one call (each socket wait is bounded all the same).
@@ -291,12 +289,9 @@ class _Budget:
     def apply(self, conn: http.client.HTTPConnection) -> None:
         sock = conn.sock  # None once http.client has closed a will_close reply
         if self.deadline is None:
-            # Without a deadline the timeout never changes: set it once per socket (a kept-alive
-            # socket usually has it already, from the last request).
+            # Without a deadline the timeout never changes: set it once per socket.
             if sock is not None and sock is not self._applied:
-                timeout = self.wait()
-                if sock.gettimeout() != timeout:
-                    sock.settimeout(timeout)
+                sock.settimeout(self.wait())
                 self._applied = sock
             return
         timeout = self.wait()
@@ -423,8 +418,7 @@ class ThreadedChangesFeed(api.changes.ChangesFeed):
             raise StopTransfer()
 
     def rows(self, changes: list[dict[str, Any]]) -> None:
-        if self._stopped:
-            raise StopTransfer()
+        self._beat()
         if self._latency <= 0:  # no timer thread: this reader is the feed's only thread
             super().rows(changes)
             return
@@ -514,9 +508,10 @@ class Couch(api.Couch):
 
     def _feed(self, db: api.Database, request: Request, feed: str,
               callback: Callable[[Any, list[dict[str, Any]]], Any],
-              batching: tuple[float, int], since: Any,
+              latency: float, max_batch: int, since: Any,
               on_error: Callable[[BaseException], Any] | None) -> Any:
-        return ThreadedChangesFeed(db, request, feed, callback, batching, since, on_error).start()
+        return ThreadedChangesFeed(db, request, feed, callback, latency, max_batch, since,
+                                   on_error).start()
 
     def _follower(self, db: api.Database, handler: Callable[[dict[str, Any]], Any],
                   **kwargs: Any) -> Any:

@@ -131,15 +131,12 @@ class RowSink:
             self._error_chunks.append(chunk)
             return
         try:
-            self._take(self._parser, chunk)
+            self._parser.receive_data(chunk)
+            self._drain(self._parser)
         except StopTransfer:
             raise
         except Exception as exc:
             self._fail(exc)
-
-    def _take(self, parser: RowStream, chunk: bytes) -> None:
-        parser.receive_data(chunk)
-        self._drain(parser)
 
     def _drain(self, parser: RowStream) -> None:
         consumer = self._consumer

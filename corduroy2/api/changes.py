@@ -80,16 +80,6 @@ class ChangesSink(RowSink):
         if status < 400:
             self._parser = ChangesStream(self._feed, status, headers)  # type: ignore[assignment]
 
-    def _take(self, parser: Any, chunk: bytes) -> None:
-        # The usual case of a busy feed first: one chunk, its changes, nothing else.
-        parser.receive_data(chunk)
-        changes = parser.changes_ready()
-        if changes:
-            self._consumer.rows(changes)
-            if parser.idle():
-                return
-        self._drain(parser)
-
     def _drain(self, parser: Any) -> None:
         consumer = self._consumer
         while True:
@@ -124,9 +114,8 @@ class ChangesFeed:
 
     def __init__(self, db: Database, request: Request, feed: str,
                  callback: Callable[[Any, list[dict[str, Any]]], Any],
-                 batching: tuple[float, int], since: Any,
+                 latency: float, max_batch: int, since: Any,
                  on_error: Callable[[BaseException], Any] | None) -> None:
-        latency, max_batch = batching
         if latency < 0:
             raise ValueError("latency must be >= 0")
         if type(max_batch) is not int or max_batch < 1:

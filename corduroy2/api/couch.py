@@ -167,10 +167,11 @@ class Couch:
 
     def _feed(self, db: Database, request: Request, feed: str,
               callback: Callable[[Any, list[dict[str, Any]]], Any],
-              batching: tuple[float, int], since: Any,
+              latency: float, max_batch: int, since: Any,
               on_error: Callable[[BaseException], Any] | None) -> Any:
         """Start corduroy's callback feed for this front door (blocking overrides it)."""
-        return ChangesFeed(db, request, feed, callback, batching, since, on_error).start()
+        return ChangesFeed(db, request, feed, callback, latency, max_batch, since,
+                           on_error).start()
 
     def _follower(self, db: Database, handler: Callable[[dict[str, Any]], Any],
                   **kwargs: Any) -> Any:

@@ -438,7 +438,7 @@ class Database:
                     f"feed={feed!r} needs callback=fn(seq, changes); or use iter_changes() "
                     "to iterate, or follow() for a feed that reconnects"
                 )
-            return self.couch._feed(self, request, feed, callback, (latency, max_batch),
+            return self.couch._feed(self, request, feed, callback, latency, max_batch,
                                     opts.get("since"), on_error)
         return self.couch._invoke(_stream(request, Keep(_identity, _changes_result)), callback)
 

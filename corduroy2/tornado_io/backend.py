@@ -324,16 +324,14 @@ class TornadoBackend(Backend):
             parser = _HeaderParser(sink, started, early)
 
             def on_chunk(chunk: bytes) -> Future[None] | None:
-                # Runs for every chunk of a feed: heard() and wait() inlined.
                 if pending.cancelled:
                     return None  # being torn down; raising here would only be logged
-                if pending._loop is not None:
-                    pending._heard = pending._loop.time()
+                pending.heard()
                 if not started[0]:
                     early.append(chunk)
                     return None
                 sink.on_data(chunk)
-                return pending.wait() if pending.paused else None
+                return pending.wait()
 
             def on_header(line: str) -> None:
                 if not pending.cancelled:
@@ -394,8 +392,7 @@ class TornadoBackend(Backend):
             pending.curl = None  # Tornado reuses the easy handle for other requests
             if pending.cancelled:
                 return
-            if pending._loop is not None:  # (unwatch() only if watched: on every request)
-                pending.unwatch()
+            pending.unwatch()
             # What fetch(raise_error=False) raises: a failure, not an HTTP error status.
             exc = None if response._error_is_response_code else response.error
             if exc is not None:

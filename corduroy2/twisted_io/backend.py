@@ -191,8 +191,7 @@ class _Exchange(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if not self.finished:
-            if self.idle_timeout:  # (checked here too: a feed's chunks come by the thousand)
-                self._heard()
+            self._heard()
             self.delivering = True
             try:
                 self.sink.on_data(data)
