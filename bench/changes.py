@@ -17,7 +17,6 @@ Target (issue 5): corduroy2 >= 0.9x the raw line rate.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import threading
@@ -25,7 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.rows import BACKENDS, make_loop, peak_rss_mb, preload, replay, run_measurement
+from bench.rows import (
+    BACKENDS, answer_measurement, interleaved, make_loop, peak_rss_mb, preload, replay,
+)
 
 PATH = "/db/_changes?feed=continuous&since=0"
 
@@ -177,9 +178,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--_measure", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._measure:
-        backend, mode, url, n = args._measure
-        print(json.dumps(measure(backend, mode, url, int(n))), flush=True)
-        os._exit(0)  # Twisted's reactor thread pool would keep this process alive
+        answer_measurement(args._measure, measure)
 
     with replay(lambda path: build_body(args.changes, path), "corduroy2-bench-changes-") as (
             url, size):
@@ -188,14 +187,10 @@ def main(argv: list[str]) -> int:
         print(f"{'backend':<15}{'raw lines/s':>13}{'per-change cb':>15}{'ratio':>7}"
               f"{'batched cb':>12}{'ratio':>7}{'target':>8}")
         for backend in args.only.split(","):
-            times: dict[str, list[float]] = {"raw": [], "feed": [], "batched": []}
-            for _ in range(args.repeats):
-                for mode in times:
-                    times[mode].append(run_measurement("bench.changes", backend, mode, url,
-                                                       args.changes)["seconds"])
-            raw = args.changes / min(times["raw"])
-            ours = args.changes / min(times["feed"])
-            batched = args.changes / min(times["batched"])
+            results = interleaved("bench.changes", backend, ["raw", "feed", "batched"],
+                                  args.repeats, url, args.changes)
+            best = {mode: min(r["seconds"] for r in rs) for mode, rs in results.items()}
+            raw, ours, batched = (args.changes / best[m] for m in ("raw", "feed", "batched"))
             print(f"{backend:<15}{raw:>13,.0f}{ours:>15,.0f}{ours / raw:>7.2f}{batched:>12,.0f}"
                   f"{batched / raw:>7.2f}{'>=0.90':>8}", flush=True)
     return 0

@@ -160,6 +160,25 @@ def run_measurement(module: str, *args: Any) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+def answer_measurement(args: list[str], measure: Callable[[str, str, str, int], Any]) -> None:
+    """The ``--_measure backend mode url n`` half of a benchmark: one measurement in this fresh
+    process, printed as JSON; then the process ends."""
+    backend, mode, url, n = args
+    print(json.dumps(measure(backend, mode, url, int(n))), flush=True)
+    os._exit(0)  # Twisted's reactor thread pool (non-daemon threads) would keep it alive
+
+
+def interleaved(module: str, backend: str, modes: list[str], repeats: int, url: str,
+                n: int) -> dict[str, list[dict[str, Any]]]:
+    """``repeats`` fresh-process measurements of each mode, interleaved so that drift on the
+    machine hits every mode alike."""
+    results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+    for _ in range(repeats):
+        for mode in modes:
+            results[mode].append(run_measurement(module, backend, mode, url, n))
+    return results
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -244,10 +263,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--_measure", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._measure:
-        backend, mode, url, rows = args._measure
-        print(json.dumps(measure(backend, mode, url, int(rows))), flush=True)
-        # Twisted's reactor thread pool (non-daemon threads) would keep this process alive.
-        os._exit(0)
+        answer_measurement(args._measure, measure)
 
     with replay(lambda path: build_body(args.rows, path), "corduroy2-bench-rows-") as (url, size):
         print(f"{args.rows:,} rows, {size / 1e6:.1f} MB of JSON (chunked as CouchDB chunks it, "
@@ -255,11 +271,8 @@ def main(argv: list[str]) -> int:
         print(f"{'backend':<15}{'raw s':>8}{'kept s':>8}{'kept/raw':>9}{'rows/s kept':>13}"
               f"{'dropped s':>10}{'raw MB':>8}{'kept MB':>8}{'dropped MB':>11}")
         for backend in args.only.split(","):
-            results: dict[str, list[dict[str, Any]]] = {"raw": [], "kept": [], "dropped": []}
-            for _ in range(args.repeats):
-                for mode in results:  # interleaved, so drift hits every mode alike
-                    results[mode].append(run_measurement("bench.rows", backend, mode, url,
-                                                         args.rows))
+            results = interleaved("bench.rows", backend, ["raw", "kept", "dropped"],
+                                  args.repeats, url, args.rows)
             med = {m: statistics.median(r["seconds"] for r in rs) for m, rs in results.items()}
             rss = {m: max(r["rss_mb"] for r in rs) for m, rs in results.items()}
             print(f"{backend:<15}{med['raw']:>8.2f}{med['kept']:>8.2f}"
