@@ -69,12 +69,21 @@ class StopTransfer(Exception):
     nothing more on the sink."""
 
 
-@dataclass(frozen=True)
 class Outcome:
-    """How an operation ended: a value, or an exception (never both)."""
+    """How an operation ended: a value, or an exception (never both). Read-only by convention.
 
-    value: Any = None
-    error: BaseException | None = None
+    A plain slotted class, not a frozen dataclass: one is made per call, and a frozen
+    dataclass's ``__init__`` (``object.__setattr__`` per field) costs twice as much.
+    """
+
+    __slots__ = ("value", "error")
+
+    def __init__(self, value: Any = None, error: BaseException | None = None) -> None:
+        self.value = value
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"Outcome(value={self.value!r}, error={self.error!r})"
 
 
 # start(done) begins an operation that will call done(outcome) exactly once, and returns a

@@ -53,9 +53,9 @@ class _StreamResponse(http.client.HTTPResponse):
 
 
 class _Done:
-    """The handle of a call that has already finished when ``send`` returns. There is nothing
-    left to cancel, and no need to pause: the sink ran inline with the reads, so a slow sink
-    already slowed them down."""
+    """The handle of a call that has already finished when ``send`` returns (one instance,
+    :data:`_DONE`, serves all). There is nothing left to cancel, and no need to pause: the sink
+    ran inline with the reads, so a slow sink already slowed them down."""
 
     def cancel(self) -> None:
         return None
@@ -65,6 +65,9 @@ class _Done:
 
     def resume(self) -> None:
         return None
+
+
+_DONE = _Done()
 
 
 class BlockingBackend(Backend):
@@ -78,8 +81,9 @@ class BlockingBackend(Backend):
 
     def __init__(self, options: TransportOptions | None = None) -> None:
         super().__init__(options)
-        self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
-        self._lock = threading.Lock()
+        # Idle keep-alive connections per server. No lock: a deque's append and pop are atomic
+        # (a lock taken twice per request made 32 threads queue on it).
+        self._idle: dict[tuple[str, str, int], collections.deque[http.client.HTTPConnection]] = {}
         # Custom TLS settings are checked now (bad files fail when the Couch is made); the
         # default context costs ~25 ms, so it waits for the first HTTPS connection.
         self._ssl = ssl_context(self.options) if self.options.custom_tls else None
@@ -108,36 +112,38 @@ class BlockingBackend(Backend):
 
     def _checkout(self, key: tuple[str, str, int],
                   budget: _Budget) -> tuple[http.client.HTTPConnection, bool]:
-        with self._lock:
-            idle = self._idle.get(key)
-            if idle:
-                return idle.pop(), True
-        return self._connect(key, budget), False
+        try:
+            return self._idle[key].pop(), True
+        except (KeyError, IndexError):  # none kept for this server yet, or none idle now
+            return self._connect(key, budget), False
 
     def _checkin(self, key: tuple[str, str, int], conn: http.client.HTTPConnection) -> None:
-        with self._lock:
-            idle = self._idle.setdefault(key, [])
-            if len(idle) < self.options.max_connections:
-                idle.append(conn)
-                return
-        conn.close()
+        idle = self._idle.get(key)
+        if idle is None:
+            idle = self._idle.setdefault(key, collections.deque())
+        # Threads checking in at once may keep a few more than the limit for a while: the
+        # limit bounds idle sockets, it is not a count that must be exact.
+        if len(idle) < self.options.max_connections:
+            idle.append(conn)
+        else:
+            conn.close()
 
     def send(self, request: Request, sink: Sink) -> Transfer:
         try:
             self._exchange(request, sink)
         except CouchError as exc:
             sink.on_error(exc)
-        return _Done()
+        return _DONE
 
     def _split(self, url: str) -> tuple[tuple[str, str, int], str, str]:
         """The pool key, the netloc and the request target (path and query) of ``url``."""
         # Our URLs are built from a base URL that urlsplit accepted and quoted paths and
         # queries (no fragment, no whitespace), so the target is all that follows the origin.
+        origin, key, netloc = self._origin
+        if url.startswith(origin) and url.startswith("/", len(origin)):
+            return key, url[len(origin):], netloc
         slash = url.find("/", url.find("//") + 2)
         origin, target = (url, "") if slash < 0 else (url[:slash], url[slash:])
-        last = self._origin
-        if last[0] == origin:
-            return last[1], target, last[2]
         parts = urlsplit(origin)
         port = parts.port or (443 if parts.scheme == "https" else 80)
         key = (parts.scheme, parts.hostname or "", port)
@@ -161,7 +167,8 @@ class BlockingBackend(Backend):
             try:
                 budget.apply(conn)
                 conn.request(request.method, target, request.body, dict(request.headers))
-                budget.apply(conn)
+                if budget.deadline is not None:  # else the socket's timeout stays as it is
+                    budget.apply(conn)
                 conn.response_class = _StreamResponse if request.stream else http.client.HTTPResponse
                 response = conn.getresponse()
                 break
@@ -188,26 +195,13 @@ class BlockingBackend(Backend):
             # raw_items(): the same pairs as getheaders(), without the email package's
             # per-field policy pass (http.client decodes as latin-1: nothing for it to do).
             sink.on_start(response.status, Headers(list(response.msg.raw_items())))
-            body: list[bytes] = []
-            if request.stream or budget.deadline:
-                # Piece by piece: a stream as it arrives; a deadline is checked between pieces.
-                while True:
-                    budget.apply(conn)
-                    chunk = response.read1(_READ_SIZE)
-                    if not chunk:
-                        break
-                    if request.stream:
-                        sink.on_data(chunk)
-                    else:
-                        body.append(chunk)
-            # read1() can report the end without finishing the response; read() does, and
-            # only then may the connection carry another request. Without a deadline, a
-            # buffered body is read here in one call (each socket wait is bounded all the same).
-            budget.apply(conn)
-            if rest := response.read():
-                body.append(rest)
+            if request.stream or budget.deadline is not None:
+                body = _read_pieces(request.stream, response, conn, budget, sink)
+            else:
+                # In one call; each wait on the socket is bounded all the same.
+                body = response.read()
             if body:
-                sink.on_data(body[0] if len(body) == 1 else b"".join(body))
+                sink.on_data(body)
             if response.length:  # Content-Length promised more than arrived
                 raise http.client.IncompleteRead(b"", response.length)
         except StopTransfer:
@@ -244,14 +238,13 @@ class BlockingBackend(Backend):
     def call_later(self, delay: float, fn: Callable[[], None]) -> Cancel:
         time.sleep(delay)
         fn()
-        return _Done()
+        return _DONE
 
     def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, {}
+        idle, self._idle = self._idle, {}
         for conns in idle.values():
-            for conn in conns:
-                conn.close()
+            while conns:
+                conns.pop().close()
 
 
 class _Budget:
@@ -265,7 +258,6 @@ class _Budget:
         self._total, self._idle = total, idle
         self.deadline = None if total is None else time.monotonic() + total
         self._last = "idle"
-        self._applied: socket.socket | None = None  # the socket given the fixed timeout
 
     def wait(self, limit: float | None = None) -> float | None:
         """How long the next wait on the socket may last (None: forever); remembers which
@@ -289,10 +281,11 @@ class _Budget:
     def apply(self, conn: http.client.HTTPConnection) -> None:
         sock = conn.sock  # None once http.client has closed a will_close reply
         if self.deadline is None:
-            # Without a deadline the timeout never changes: set it once per socket.
-            if sock is not None and sock is not self._applied:
-                sock.settimeout(self.wait())
-                self._applied = sock
+            # Without a deadline each wait is bounded by idle_timeout alone. Set it only when
+            # the socket has another: settimeout() is a system call, on every request.
+            self._last = "idle"
+            if sock is not None and sock.gettimeout() != self._idle:
+                sock.settimeout(self._idle)
             return
         timeout = self.wait()
         if sock is not None:
@@ -304,6 +297,28 @@ class _Budget:
         if self._last == "request" and self._total is not None:
             return f"request timed out after {self._total:g} s while {doing}"
         return f"timed out {doing}"
+
+
+def _read_pieces(stream: bool, response: http.client.HTTPResponse,
+                 conn: http.client.HTTPConnection, budget: _Budget, sink: Sink) -> bytes:
+    """Read a body piece by piece: a stream goes to ``sink`` as it arrives; a buffered body
+    with a deadline is checked against it between pieces. Returns what is left to deliver."""
+    body: list[bytes] = []
+    while True:
+        budget.apply(conn)
+        chunk = response.read1(_READ_SIZE)
+        if not chunk:
+            break
+        if stream:
+            sink.on_data(chunk)
+        else:
+            body.append(chunk)
+    # read1() can report the end without finishing the response; read() does, and only then
+    # may the connection carry another request.
+    budget.apply(conn)
+    if rest := response.read():
+        body.append(rest)
+    return b"".join(body)
 
 
 def _tls_problem(exc: ssl.SSLError) -> str:

@@ -25,6 +25,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+import orjson
+
 from ..backend import Backend, Cancel, Outcome, Start, StopTransfer
 from ..errors import CouchError, HTTPError
 from ..protocol.requests import Request
@@ -234,7 +236,11 @@ class _Call(_Driver):
 
     def __init__(self, backend: Backend, request: Request,
                  post: Callable[[Any], Any] | None = None, raw: bool = False) -> None:
-        super().__init__(backend)
+        # _Driver's fields, set here rather than through super(): this is on every call's path.
+        self._backend = backend
+        self._done: Callable[[Outcome], None] = _ignore
+        self._code: int | None = None
+        self._headers: Headers = _NO_HEADERS
         self._request = request
         self._post = post
         self._raw = raw
@@ -277,7 +283,10 @@ class _Call(_Driver):
             if status >= 400:
                 raise make_error(status, self._headers, body, method=request.method,
                                  url=request.url)
-            value = decode_json(body, method=request.method, url=request.url) if body else None
+            try:
+                value = orjson.loads(body) if body else None
+            except orjson.JSONDecodeError:
+                value = decode_json(body, method=request.method, url=request.url)  # raises
             if self._post is not None:
                 value = self._post(value)
         except Exception as exc:  # a mapped HTTP error, bad JSON, or post's own failure
@@ -404,10 +413,13 @@ def invoke(backend: Backend, op: Op[Any], callback: Callable[[Any, Status], Any]
     return _drive(backend, _Run(backend, op), callback)
 
 
-def invoke_one(backend: Backend, request: Request, post: Callable[[Any], Any] | None,
-               callback: Callable[[Any, Status], Any] | None) -> Any:
+def invoke_one(backend: Backend, request: Request, callback: Callable[[Any, Status], Any] | None,
+               post: Callable[[Any], Any] | None = None) -> Any:
     """Like :func:`invoke` for the operation "send ``request``, return ``post(reply)``"."""
-    return _drive(backend, _Call(backend, request, post), callback)
+    call = _Call(backend, request, post)
+    if callback is None:
+        return backend.run(call.start)
+    return _drive(backend, call, callback)
 
 
 def _drive(backend: Backend, driver: _Driver,

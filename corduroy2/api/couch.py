@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import enum
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
@@ -101,6 +102,10 @@ class Couch:
         static = self._auth.static_headers() if self._auth is not None else ()
         self._headers = base + static
         self._sender = Sender(self._backend, self.url, self._auth, self._retry, base)
+        #: ``_simple(request, callback, post=None)``: one request through the Sender, whose
+        #: value is ``post(reply)`` (the reply when ``post`` is None). A partial rather than a
+        #: method: it is on nearly every call's path, and a partial adds no Python frame.
+        self._simple: Callable[..., Any] = functools.partial(invoke_one, self._sender)
 
     @property
     def _user(self) -> str | None:
@@ -153,7 +158,8 @@ class Couch:
             all_headers += JSON_HEADERS
         elif method in ("PUT", "POST"):
             body = b""
-        return Request(method, self.url + path + encode_query(query), all_headers, body, False,
+        url = self.url + path + encode_query(query) if query else self.url + path
+        return Request(method, url, all_headers, body, False,
                        self._timeout, self._idle_timeout, idempotent)
 
     def _invoke(self, op: Op[Any], callback: Callback) -> Any:
@@ -178,9 +184,6 @@ class Couch:
         """Make and start the follower for this front door (blocking overrides it)."""
         return ChangesFollower(db, handler, **kwargs).start()
 
-    def _simple(self, request: Request, callback: Callback, post: Callable[[Any], Any] | None = None) -> Any:
-        """One request; the call's value is ``post(reply)`` (the reply when ``post`` is None)."""
-        return invoke_one(self._sender, request, post, callback)
 
     # -- public API --------------------------------------------------------------------------
 

@@ -81,16 +81,14 @@ class Database:
             raise TypeError("Database(couch, name) needs a name")
         self.couch = couch
         self.name = validate_db_name(name)
+        # The couch's request builder, bound once: it is on every call's path.
+        self._req = couch._request
         self._uuids: list[str] = []
 
     def __repr__(self) -> str:
         return f"<Database {self.name!r} on {self.couch.url}>"
 
     # -- helpers -----------------------------------------------------------------------------
-
-    def _req(self, method: str, path: str, query: Any = None, body: bytes | None = None,
-             headers: tuple[tuple[str, str], ...] = (), idempotent: bool | None = None) -> Request:
-        return self.couch._request(method, path, query, body, headers, idempotent=idempotent)
 
     def with_options(self, **options: Any) -> Database:
         """This database through ``couch.with_options(**options)`` (other ``auth``, ``retry``,

@@ -62,8 +62,8 @@ class Retry:
     ``attempts``: tries in all, the first included. ``base``/``cap``: backoff (seconds) before
     retry *n* is ``uniform(0, min(cap, base * 2**(n-1)))``; a ``Retry-After`` is used instead,
     capped at ``cap``. ``deadline``: no retry starts after this many seconds from the first
-    attempt. ``statuses``: replies retried (for requests safe to repeat). ``methods``: methods
-    retried even though they are not safe to repeat (``{"POST"}``: the caller accepts that a
+    attempt. ``statuses``: error replies (>= 400) retried (for requests safe to repeat).
+    ``methods``: methods retried even though they are not safe to repeat (``{"POST"}``: the caller accepts that a
     POST may be applied twice).
     """
 
@@ -81,6 +81,8 @@ class Retry:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         object.__setattr__(self, "statuses", frozenset(self.statuses))
+        if any(status < 400 for status in self.statuses):
+            raise ValueError(f"statuses must be error statuses (>= 400): {sorted(self.statuses)}")
         object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
 
     def allows(self, request: Request) -> bool:
@@ -183,7 +185,7 @@ class Sender(Backend):
 
     def send(self, request: Request, sink: Sink) -> Transfer:
         exchange = _Exchange(self, request, sink)
-        exchange.start()
+        exchange._resume(_DONE)  # runs the first step, _attempt
         return exchange
 
     def run(self, start: Start) -> Any:
@@ -206,8 +208,8 @@ class _Exchange:
     """One request through a :class:`Sender`: its handle (cancel, pause, resume), its steps,
     and the sink of each of its attempts (one at a time).
 
-    The steps are methods: :meth:`_credentials` (waiting for a renewal under way), :meth:`_try`
-    (one attempt), :meth:`_attempted` (done; or renew after a 401 and send again; or retry
+    The steps are methods: :meth:`_attempt` (one attempt, with the credentials, after waiting
+    for a renewal under way), :meth:`_attempted` (done; or renew after a 401 and send again; or retry
     after a delay; or give the held reply to the caller's sink). A step that has to wait
     starts what it waits for with :meth:`_wait`, naming the step that follows. A synchronous
     backend finishes inside that start: the loop in :meth:`_resume` then runs the next step, so
@@ -222,20 +224,20 @@ class _Exchange:
                  "_generation", "_began", "_next", "_current", "_transfer", "_pending",
                  "_running", "_over", "_paused",
                  # the current attempt
-                 "_sent", "_renew", "_retry_statuses", "_status", "_headers", "_chunks", "_error",
+                 "_renew", "_retry_statuses", "_status", "_headers", "_chunks", "_error",
                  "_forwarded")
 
     def __init__(self, sender: Sender, request: Request, sink: Sink) -> None:
         self._sender = sender
         self._request = request
         self._sink = sink
-        self._first = 0.0  # when the first attempt began (the retry deadline counts from it)
+        self._first = time.monotonic()  # the retry deadline counts from the first attempt
         self._retries = 0
         self._renewed = False  # credentials renewed after a 401 (done at most once)
         self._fresh = False  # a renewal was just waited for (see Auth._ready)
         self._generation = 0  # of the credentials the current attempt carries
         self._began = 0.0
-        self._next: Callable[[Outcome], None] = self._credentials
+        self._next: Callable[[Outcome], None] = self._attempt
         self._current: Cancel | None = None
         self._transfer: Transfer | None = None
         self._pending: Outcome | None = None
@@ -263,10 +265,6 @@ class _Exchange:
             self._transfer.resume()
 
     # -- trampoline --------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._first = time.monotonic()
-        self._resume(_DONE)  # runs the first step, _credentials
 
     def _wait(self, start: Start, then: Callable[[Outcome], None]) -> None:
         """Begin what ``start`` begins; ``then(outcome)`` is the step once it is done."""
@@ -303,32 +301,21 @@ class _Exchange:
 
     # -- the steps ---------------------------------------------------------------------------
 
-    def _credentials(self, outcome: Outcome) -> None:
-        auth = self._sender.auth
-        request = self._request
+    def _attempt(self, outcome: Outcome) -> None:
+        """Send the request once, with the credentials (after a renewal under way)."""
+        sender = self._sender
+        policy, auth = sender.retry, sender.auth
+        request = sent = self._request
         self._generation = 0
         if auth is not None and auth.dynamic:
-            ready = auth._ready(self._sender, fresh=self._fresh)
+            ready = auth._ready(sender, fresh=self._fresh)
             if isinstance(ready, _Flight):
                 self._wait(ready.join, self._joined)
                 return
             headers, self._generation = ready
             if headers:
-                request = replace(request, headers=request.headers + headers)
+                sent = replace(request, headers=request.headers + headers)
         self._fresh = False
-        self._try(request)
-
-    def _joined(self, outcome: Outcome) -> None:
-        """A renewal that the credentials waited for has ended."""
-        if outcome.error is not None:
-            self._end(outcome.error)
-            return
-        self._fresh = True
-        self._credentials(outcome)
-
-    def _try(self, sent: Request) -> None:
-        sender, request = self._sender, self._request
-        policy, auth = sender.retry, sender.auth
         self._renew = auth is not None and not self._renewed and auth.renewable()
         # A streamed reply with one of these statuses is held back rather than forwarded, as
         # it may be retried (a reply that is not streamed is always held until it is final).
@@ -341,17 +328,24 @@ class _Exchange:
         self._chunks: list[bytes] = []
         self._error: CouchError | None = None
         self._forwarded = False
-        self._sent = sent
         self._began = time.monotonic()
-        self._wait(self._send, self._attempted)
+        # As _wait(start, self._attempted), with this exchange as the attempt's sink: its
+        # on_end/on_error resume the steps (inside send() when the backend is synchronous).
+        self._next = self._attempted
+        self._current = None
+        transfer = sender.backend.send(sent, self)
+        if self._pending is None and not self._over:  # under way: what cancel() must stop
+            self._current = self._transfer = transfer
+            if self._paused:
+                transfer.pause()
 
-    def _send(self, done: Callable[[Outcome], None]) -> Cancel:
-        # ``done`` is _resume, which this exchange calls itself as the attempt's sink.
-        transfer = self._sender.backend.send(self._sent, self)
-        self._transfer = transfer
-        if self._paused:
-            transfer.pause()
-        return transfer
+    def _joined(self, outcome: Outcome) -> None:
+        """A renewal that the credentials waited for has ended."""
+        if outcome.error is not None:
+            self._end(outcome.error)
+            return
+        self._fresh = True
+        self._attempt(outcome)
 
     def _attempted(self, outcome: Outcome) -> None:
         self._transfer = None
@@ -362,7 +356,13 @@ class _Exchange:
         if self._forwarded:
             self._end()
             return
-        if self._error is None and self._status == 401 and self._renew:
+        status = self._status
+        if self._error is None and status is not None and status < 400:
+            # The common case, settled without the retry rules: only errors are retried.
+            self._replay()
+            self._end()
+            return
+        if self._error is None and status == 401 and self._renew:
             auth = sender.auth
             assert auth is not None
             self._renewed = True
@@ -372,7 +372,7 @@ class _Exchange:
             if flight is not None:
                 self._wait(flight.join, self._joined_renewal)
             else:
-                self._credentials(outcome)  # renewed by someone else meanwhile: send again
+                self._attempt(outcome)  # renewed by someone else meanwhile: send again
             return
         policy = sender.retry
         delay = _delay(policy, request, self._error, self._status, self._headers,
@@ -385,14 +385,14 @@ class _Exchange:
         assert policy is not None
         log.info("corduroy2: %s %s: %s; retry %d of %d in %.3f s", request.method,
                  request.url, self._describe(), self._retries, policy.attempts - 1, delay)
-        self._wait(_sleep(sender, delay), self._credentials)
+        self._wait(_sleep(sender, delay), self._attempt)
 
     def _joined_renewal(self, outcome: Outcome) -> None:
         """The renewal after a 401 has ended: send again with what it got."""
         if outcome.error is not None:
             self._end(outcome.error)
             return
-        self._credentials(outcome)
+        self._attempt(outcome)
 
     # -- the sink of the current attempt -----------------------------------------------------
 
