@@ -152,45 +152,56 @@ class BlockingBackend(Backend):
 
     def _exchange(self, request: Request, sink: Sink) -> None:
         key, target, netloc = self._split(request.url)
-        where = {"method": request.method, "url": request.url}
         budget = _Budget(request.timeout or self.options.request_timeout,
                          request.idle_timeout or self.options.idle_timeout)
         for attempt in (1, 2):
             try:
                 conn, reused = self._checkout(key, budget)
             except (TimeoutError, socket.timeout) as exc:
-                raise Timeout(budget.expired(f"connecting to {netloc}"), **where) from exc
+                raise Timeout(budget.expired(f"connecting to {netloc}"), **_where(request)) from exc
             except ssl.SSLError as exc:
-                raise ConnectError(_tls_problem(exc), **where) from exc
+                raise ConnectError(_tls_problem(exc), **_where(request)) from exc
             except OSError as exc:
-                raise ConnectError(f"cannot connect to {netloc}: {exc}", **where) from exc
+                raise ConnectError(f"cannot connect to {netloc}: {exc}", **_where(request)) from exc
             try:
                 budget.apply(conn)
-                conn.request(request.method, target, request.body, dict(request.headers))
+                # What conn.request() sends (Host, Accept-Encoding: identity, Content-Length),
+                # without its checks for headers we never set and a dict of our header pairs.
+                conn.putrequest(request.method, target)
+                payload = request.body
+                if payload is not None:
+                    conn.putheader("Content-Length", str(len(payload)))
+                for name, value in request.headers:
+                    conn.putheader(name, value)
+                conn.endheaders(payload)
                 if budget.deadline is not None:  # else the socket's timeout stays as it is
                     budget.apply(conn)
-                conn.response_class = _StreamResponse if request.stream else http.client.HTTPResponse
+                conn.response_class = (_StreamResponse if request.stream
+                                       else http.client.HTTPResponse)
                 response = conn.getresponse()
                 break
             except _STALE as exc:
                 conn.close()
                 if reused and attempt == 1:
                     continue
-                raise ResponseCut(f"connection closed before a response: {exc}", **where) from exc
+                raise ResponseCut(f"connection closed before a response: {exc}",
+                                  **_where(request)) from exc
             except (TimeoutError, socket.timeout) as exc:
                 conn.close()
-                raise Timeout(budget.expired("waiting for the response"), **where) from exc
+                raise Timeout(budget.expired("waiting for the response"),
+                              **_where(request)) from exc
             except ssl.SSLError as exc:
                 conn.close()
                 if reused:
                     raise ResponseCut(f"TLS connection failed before a response: {exc}",
-                                      **where) from exc
+                                      **_where(request)) from exc
                 # A fresh TLS 1.3 connection that the server refuses after the handshake (no or
                 # a rejected client certificate): the alert arrives with the first read.
-                raise ConnectError(_tls_problem(exc), **where) from exc
+                raise ConnectError(_tls_problem(exc), **_where(request)) from exc
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
-                raise TransportError(f"invalid or failed HTTP exchange: {exc!r}", **where) from exc
+                raise TransportError(f"invalid or failed HTTP exchange: {exc!r}",
+                                     **_where(request)) from exc
         try:
             # raw_items(): the same pairs as getheaders(), without the email package's
             # per-field policy pass (http.client decodes as latin-1: nothing for it to do).
@@ -209,10 +220,10 @@ class BlockingBackend(Backend):
             return
         except (TimeoutError, socket.timeout) as exc:
             conn.close()
-            raise Timeout(budget.expired("reading the response"), **where) from exc
+            raise Timeout(budget.expired("reading the response"), **_where(request)) from exc
         except (http.client.IncompleteRead, OSError, http.client.HTTPException) as exc:
             conn.close()
-            raise ResponseCut(f"response body ended early: {exc!r}", **where) from exc
+            raise ResponseCut(f"response body ended early: {exc!r}", **_where(request)) from exc
         except BaseException:
             conn.close()  # the sink failed: the rest of the body is unread, so drop the socket
             raise
@@ -297,6 +308,11 @@ class _Budget:
         if self._last == "request" and self._total is not None:
             return f"request timed out after {self._total:g} s while {doing}"
         return f"timed out {doing}"
+
+
+def _where(request: Request) -> dict[str, str]:
+    """The request an error is about (built only when there is an error)."""
+    return {"method": request.method, "url": request.url}
 
 
 def _read_pieces(stream: bool, response: http.client.HTTPResponse,

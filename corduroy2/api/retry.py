@@ -63,8 +63,8 @@ class Retry:
     retry *n* is ``uniform(0, min(cap, base * 2**(n-1)))``; a ``Retry-After`` is used instead,
     capped at ``cap``. ``deadline``: no retry starts after this many seconds from the first
     attempt. ``statuses``: error replies (>= 400) retried (for requests safe to repeat).
-    ``methods``: methods retried even though they are not safe to repeat (``{"POST"}``: the caller accepts that a
-    POST may be applied twice).
+    ``methods``: methods retried even though they are not safe to repeat (``{"POST"}``: the
+    caller accepts that a POST may be applied twice).
     """
 
     attempts: int = 3
@@ -209,8 +209,8 @@ class _Exchange:
     and the sink of each of its attempts (one at a time).
 
     The steps are methods: :meth:`_attempt` (one attempt, with the credentials, after waiting
-    for a renewal under way), :meth:`_attempted` (done; or renew after a 401 and send again; or retry
-    after a delay; or give the held reply to the caller's sink). A step that has to wait
+    for a renewal under way), :meth:`_attempted` (done; or renew after a 401 and send again; or
+    retry after a delay; or give the held reply to the caller's sink). A step that has to wait
     starts what it waits for with :meth:`_wait`, naming the step that follows. A synchronous
     backend finishes inside that start: the loop in :meth:`_resume` then runs the next step, so
     any number of retries never recurses.
