@@ -8,13 +8,12 @@ the typed error thrown in at the ``yield``). Multi-request calls (``save`` fetch
 also yield :class:`Wait` to wait for something that is not a request (a login in progress, a
 token from the user's callable).
 
-:class:`_Run` drives an operation over a :class:`~corduroy2.backend.Backend`. It trampolines, so
-a backend that completes synchronously (blocking) does not recurse. Most methods send a single
+:class:`_Run` drives an operation over a ``Couch``'s :class:`~corduroy2.api.retry.Sender` (the
+backend wrapped with credentials, their renewal and retries, so every request of every operation
+gets them on every backend; a login is itself just an operation run here). It trampolines, so a
+backend that completes synchronously (blocking) does not recurse. Most methods send a single
 request: :class:`_Call` runs that directly (:func:`invoke_one`), with no generator; it is also
-how ``_Run`` sends each request step. A ``Couch`` hands them its
-:class:`~corduroy2.api.retry.Sender` (a backend that adds credentials, renews them and retries),
-so every request of every operation gets that on every backend, and a login is itself just an
-operation run here. :func:`invoke` picks the calling style: an explicit callback, or the
+how ``_Run`` sends each request step. :func:`invoke` picks the calling style: an explicit callback, or the
 backend's native result.
 """
 
@@ -23,17 +22,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import orjson
 
-from ..backend import Backend, Cancel, Outcome, Start, StopTransfer
+from ..backend import Cancel, Outcome, Start, StopTransfer
 from ..errors import CouchError, HTTPError
 from ..protocol.requests import Request
 from ..protocol.responses import Headers, decode_json, make_error
 from ..protocol.rows import NEED_DATA, End, Header, RowStream
 from ..errors import DecodeError, ResponseCut
 from .status import Status
+
+if TYPE_CHECKING:  # retry imports auth, which imports this module
+    from .retry import Sender
 
 __all__ = ["Raw", "Response", "Stream", "Wait", "RowConsumer", "Op", "invoke", "invoke_one"]
 
@@ -208,7 +210,7 @@ class _Driver:
 
     __slots__ = ("_backend", "_done", "_code", "_headers")
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Sender) -> None:
         self._backend = backend
         self._done: Callable[[Outcome], None] = _ignore
         self._code: int | None = None
@@ -224,17 +226,17 @@ class _Driver:
 
 
 class _Call(_Driver):
-    """One request, and the sink of its reply: the body kept whole, then checked and decoded
-    (an error status raised as its mapped error, JSON decoded; with ``raw`` the
-    :class:`Response` itself), then ``post`` applied.
+    """One request through the Sender (:meth:`~corduroy2.api.retry.Sender.fetch`), its final
+    reply taken whole, then checked and decoded (an error status raised as its mapped error,
+    JSON decoded; with ``raw`` the :class:`Response` itself), then ``post`` applied.
 
     Most methods are exactly this, so they run it directly, with no generator to trampoline
     (it is on every call's path); an operation's request steps run through it as well.
     """
 
-    __slots__ = ("_request", "_post", "_raw", "_transfer", "_over", "_chunks")
+    __slots__ = ("_request", "_post", "_raw", "_transfer", "_over")
 
-    def __init__(self, backend: Backend, request: Request,
+    def __init__(self, backend: Sender, request: Request,
                  post: Callable[[Any], Any] | None = None, raw: bool = False) -> None:
         # _Driver's fields, set here rather than through super(): this is on every call's path.
         self._backend = backend
@@ -246,12 +248,11 @@ class _Call(_Driver):
         self._raw = raw
         self._transfer: Cancel | None = None
         self._over = False
-        self._chunks: list[bytes] = []
 
     def start(self, done: Callable[[Outcome], None]) -> _Call:
         self._done = done
-        transfer = self._backend.send(self._request, self)
-        if not self._over:  # else it ended inside send (a synchronous backend)
+        transfer = self._backend.fetch(self._request, self._replied)
+        if not self._over:  # else it ended inside fetch (a synchronous backend)
             self._transfer = transfer
         return self
 
@@ -262,27 +263,24 @@ class _Call(_Driver):
         if self._transfer is not None:
             self._transfer.cancel()
 
-    def on_start(self, status: int, headers: Headers) -> None:
-        self._code, self._headers = status, headers
-
-    def on_data(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-
-    def on_end(self) -> None:
+    def _replied(self, status: int | None, headers: Headers | None, body: bytes,
+                 error: CouchError | None) -> None:
         if self._over:
             return
         self._over = True
-        chunks = self._chunks
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        status = self._code or 0
+        if error is not None:
+            # No (complete) answer: the call has no status code, nor headers to show.
+            self._finish(Outcome(error=error))
+            return
+        assert status is not None and headers is not None
+        self._code, self._headers = status, headers
         if self._raw:
-            self._finish(Outcome(value=Response(status, self._headers, body)))
+            self._finish(Outcome(value=Response(status, headers, body)))
             return
         request = self._request
         try:
             if status >= 400:
-                raise make_error(status, self._headers, body, method=request.method,
-                                 url=request.url)
+                raise make_error(status, headers, body, method=request.method, url=request.url)
             try:
                 value = orjson.loads(body) if body else None
             except orjson.JSONDecodeError:
@@ -294,17 +292,9 @@ class _Call(_Driver):
             return
         self._finish(Outcome(value=value))
 
-    def on_error(self, exc: CouchError) -> None:
-        if self._over:
-            return
-        self._over = True
-        # No (complete) answer: the call has no status code, nor headers to show.
-        self._code, self._headers = None, _NO_HEADERS
-        self._finish(Outcome(error=exc))
-
     def _finish(self, outcome: Outcome) -> None:
-        # Let go of the transfer (this is its sink) and of whoever waits (which may hold this):
-        # reference cycles that only the cyclic GC would free, on every call.
+        # Let go of the transfer (which holds _replied) and of whoever waits (which may hold
+        # this): reference cycles that only the cyclic GC would free, on every call.
         done, self._done, self._transfer = self._done, _ignore, None
         done(outcome)
 
@@ -318,7 +308,7 @@ class _Run(_Driver):
 
     __slots__ = ("_op", "_state", "_pending", "_current")
 
-    def __init__(self, backend: Backend, op: Op[Any]) -> None:
+    def __init__(self, backend: Sender, op: Op[Any]) -> None:
         super().__init__(backend)
         self._op = op
         self._state = _IDLE
@@ -403,7 +393,7 @@ class _Run(_Driver):
         done(outcome)
 
 
-def invoke(backend: Backend, op: Op[Any], callback: Callable[[Any, Status], Any] | None) -> Any:
+def invoke(backend: Sender, op: Op[Any], callback: Callable[[Any, Status], Any] | None) -> Any:
     """Run the operation ``op`` in the style the caller chose.
 
     With ``callback``, it is called as ``callback(data, status)`` and errors never propagate
@@ -413,7 +403,7 @@ def invoke(backend: Backend, op: Op[Any], callback: Callable[[Any, Status], Any]
     return _drive(backend, _Run(backend, op), callback)
 
 
-def invoke_one(backend: Backend, request: Request, callback: Callable[[Any, Status], Any] | None,
+def invoke_one(backend: Sender, request: Request, callback: Callable[[Any, Status], Any] | None,
                post: Callable[[Any], Any] | None = None) -> Any:
     """Like :func:`invoke` for the operation "send ``request``, return ``post(reply)``"."""
     call = _Call(backend, request, post)
@@ -422,7 +412,7 @@ def invoke_one(backend: Backend, request: Request, callback: Callable[[Any, Stat
     return _drive(backend, call, callback)
 
 
-def _drive(backend: Backend, driver: _Driver,
+def _drive(backend: Sender, driver: _Driver,
            callback: Callable[[Any, Status], Any] | None) -> Any:
     if callback is None:
         return backend.run(driver.start)

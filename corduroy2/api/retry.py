@@ -49,9 +49,15 @@ from ..protocol.requests import Request
 from ..protocol.responses import Headers
 from .auth import Auth, HeaderList, _Flight
 
-__all__ = ["Retry", "DEFAULT_RETRY", "as_retry", "is_idempotent", "retry_after", "Sender"]
+__all__ = ["Retry", "DEFAULT_RETRY", "as_retry", "is_idempotent", "retry_after", "Sender",
+           "Reply"]
 
 log = logging.getLogger("corduroy2")
+
+#: ``reply(status, headers, body, error)``: the final reply to a :meth:`Sender.fetch`, held
+#: whole. ``error`` is set when it failed (``status`` and ``headers`` are then those of the
+#: response that had begun, if any; None otherwise).
+Reply = Callable[[int | None, Headers | None, bytes, CouchError | None], None]
 
 
 @dataclass(frozen=True)
@@ -188,6 +194,14 @@ class Sender(Backend):
         exchange._resume(_DONE)  # runs the first step, _attempt
         return exchange
 
+    def fetch(self, request: Request, reply: Reply) -> Transfer:
+        """Send ``request`` (not streamed) for its final reply whole, given to ``reply``: what
+        :meth:`send` does, without replaying the held reply to a sink piece by piece."""
+        exchange = _Fetch(self, request, _NOWHERE)
+        exchange._reply = reply
+        exchange._resume(_DONE)
+        return exchange
+
     def run(self, start: Start) -> Any:
         return self.backend.run(start)
 
@@ -221,11 +235,10 @@ class _Exchange:
     """
 
     __slots__ = ("_sender", "_request", "_sink", "_first", "_retries", "_renewed", "_fresh",
-                 "_generation", "_began", "_next", "_current", "_transfer", "_pending",
-                 "_running", "_over", "_paused",
+                 "_next", "_current", "_transfer", "_pending", "_running", "_over", "_paused",
                  # the current attempt
-                 "_renew", "_retry_statuses", "_status", "_headers", "_chunks", "_error",
-                 "_forwarded")
+                 "_generation", "_began", "_renew", "_retry_statuses", "_status", "_headers",
+                 "_chunks", "_error", "_forwarded")
 
     def __init__(self, sender: Sender, request: Request, sink: Sink) -> None:
         self._sender = sender
@@ -235,8 +248,6 @@ class _Exchange:
         self._retries = 0
         self._renewed = False  # credentials renewed after a 401 (done at most once)
         self._fresh = False  # a renewal was just waited for (see Auth._ready)
-        self._generation = 0  # of the credentials the current attempt carries
-        self._began = 0.0
         self._next: Callable[[Outcome], None] = self._attempt
         self._current: Cancel | None = None
         self._transfer: Transfer | None = None
@@ -293,7 +304,7 @@ class _Exchange:
 
     def _end(self, error: BaseException | None = None) -> None:
         if error is not None:
-            self._sink.on_error(_couch_error(error))
+            self._fail(_couch_error(error))
         self._over = True
         # Let go of the step and the transfer (both lead back here): no reference cycle is
         # left for the cyclic GC, on every request.
@@ -359,7 +370,7 @@ class _Exchange:
         status = self._status
         if self._error is None and status is not None and status < 400:
             # The common case, settled without the retry rules: only errors are retried.
-            self._replay()
+            self._deliver()
             self._end()
             return
         if self._error is None and status == 401 and self._renew:
@@ -378,7 +389,7 @@ class _Exchange:
         delay = _delay(policy, request, self._error, self._status, self._headers,
                        self._retries, self._first)
         if delay is None:
-            self._replay()
+            self._deliver()
             self._end()
             return
         self._retries += 1
@@ -424,7 +435,11 @@ class _Exchange:
         if self._forwarded:
             self._sink.on_error(exc)
 
-    def _replay(self) -> None:
+    def _fail(self, error: CouchError) -> None:
+        """The request failed before an attempt could be made (credentials)."""
+        self._sink.on_error(error)
+
+    def _deliver(self) -> None:
         """Give the held reply to the caller's sink, as it was received."""
         sink = self._sink
         try:
@@ -449,6 +464,38 @@ class _Exchange:
         return str(self._status)
 
 
+class _Fetch(_Exchange):
+    """An exchange whose final reply goes whole to a function (:meth:`Sender.fetch`)."""
+
+    __slots__ = ("_reply",)  # set by fetch(): an __init__ calling super() costs more
+    _reply: Reply
+
+    def _fail(self, error: CouchError) -> None:
+        self._reply(None, None, b"", error)
+
+    def _deliver(self) -> None:
+        chunks = self._chunks
+        self._reply(self._status, self._headers,
+                    chunks[0] if len(chunks) == 1 else b"".join(chunks), self._error)
+
+
+class _Nowhere:
+    """The sink of a :class:`_Fetch`: its request is not streamed, so nothing is forwarded."""
+
+    def on_start(self, status: int, headers: Headers) -> None:
+        raise AssertionError("a fetched reply is never forwarded")
+
+    def on_data(self, chunk: bytes) -> None:
+        raise AssertionError("a fetched reply is never forwarded")
+
+    def on_end(self) -> None:
+        raise AssertionError("a fetched reply is never forwarded")
+
+    def on_error(self, exc: CouchError) -> None:
+        raise AssertionError("a fetched reply is never forwarded")
+
+
+_NOWHERE = _Nowhere()
 _NONE: frozenset[int] = frozenset()
 # What an attempt or a sleep reports when it is over (its details are kept elsewhere).
 _DONE = Outcome()
