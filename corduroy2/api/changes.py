@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from ..backend import Cancel, Transfer
+from ..backend import Cancel, StopTransfer, Transfer
 from ..protocol.changes import NEED_DATA, ChangesStream, FeedEnd, Heartbeat
 from ..protocol.requests import Request, encode_json
 from ..protocol.responses import Headers
@@ -79,6 +79,22 @@ class ChangesSink(RowSink):
         self._status, self._headers = status, headers
         if status < 400:
             self._parser = ChangesStream(self._feed, status, headers)  # type: ignore[assignment]
+
+    def on_data(self, chunk: bytes) -> None:
+        parser = self._parser
+        if self._over or parser is None:
+            super().on_data(chunk)  # ignored, or part of an error reply
+            return
+        try:
+            changes = parser.changes_in(chunk)  # type: ignore[attr-defined]
+            if changes:  # the usual chunk: only changes, and nothing left to parse
+                self._consumer.rows(changes)
+            else:
+                self._drain(parser)
+        except StopTransfer:
+            raise
+        except Exception as exc:
+            self._fail(exc)
 
     def _drain(self, parser: Any) -> None:
         consumer = self._consumer

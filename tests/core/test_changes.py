@@ -18,8 +18,10 @@ HB = Heartbeat()
 CLOSED = FeedEnd(None, None)  # the server closed the feed without a last_seq line
 
 
-def feed(chunks: list[bytes], *, batch: bool = False, end: bool = True, **kw: Any) -> list[Any]:
-    """Feed ``chunks`` (then the end of the body), draining events after each chunk."""
+def feed(chunks: list[bytes], *, batch: bool = False, quick: bool = False, end: bool = True,
+         **kw: Any) -> list[Any]:
+    """Feed ``chunks`` (then the end of the body), draining events after each chunk; with
+    ``quick``, each chunk goes through ``changes_in`` (a feed sink's short path) first."""
     stream = ChangesStream(**kw)
     events: list[Any] = []
 
@@ -33,7 +35,14 @@ def feed(chunks: list[bytes], *, batch: bool = False, end: bool = True, **kw: An
             events.append(event)
 
     for chunk in [*filter(None, chunks), *([b""] if end else [])]:
-        stream.receive_data(chunk)
+        if quick:
+            changes = stream.changes_in(chunk)
+            if changes is not None:
+                assert changes and stream.idle()  # all it completed, and nothing left
+                events.extend(map(Change, changes))
+                continue
+        else:
+            stream.receive_data(chunk)
         drain()
     return events
 
@@ -132,6 +141,8 @@ def test_whole_and_bytewise(name: str) -> None:
     assert feed(bytewise(body), feed=kind) == expected
     assert feed(bytewise(body), feed=kind, batch=True) == expected
     assert feed([body], feed=kind, batch=True) == expected
+    assert feed([body], feed=kind, quick=True) == expected
+    assert feed(bytewise(body), feed=kind, quick=True) == expected
 
 
 @pytest.mark.parametrize("name", BODIES)
@@ -139,6 +150,7 @@ def test_every_two_piece_split(name: str) -> None:
     body, kind, expected = BODIES[name]
     for cut in range(1, len(body)):
         assert feed([body[:cut], body[cut:]], feed=kind) == expected, cut
+        assert feed([body[:cut], body[cut:]], feed=kind, quick=True) == expected, cut
 
 
 def test_seqs_are_opaque() -> None:
@@ -174,6 +186,11 @@ def test_many_changes_in_one_chunk(tail: list[Any], batch: bool) -> None:
     items = [{"seq": f"{i}-g1", "id": f"d{i}", "changes": [{"rev": "1-a"}]} for i in range(50)] + tail
     body = continuous(items)
     assert feed([body], batch=batch) == feed(bytewise(body), batch=batch) == want(items)
+    # changes_in: a chunk completing a partial line, then chunks of whole lines (the body
+    # twice: its tail, a heartbeat or the end line, sits in the middle of a chunk)
+    third = len(body) // 3
+    chunks = [body[:third], body[third:] + body[:third], body[third:]]
+    assert feed(chunks, quick=True) == feed(bytewise(b"".join(chunks)))
     stream = ChangesStream()
     stream.receive_data(body[:-1])  # the last line is incomplete: it waits
     ready = stream.changes_ready()
@@ -368,8 +385,10 @@ ITEMS = st.lists(st.none() | CHANGES, max_size=8)
     layout=st.sampled_from(["lf", "crlf", "sse-lf", "sse-crlf", "sse-cr", "sse-pretty"]),
     cuts=st.lists(st.integers(0, 10_000), max_size=12),
     batch=st.booleans(),
+    quick=st.booleans(),
 )
-def test_random_changes_random_splits(items: list[Any], last: Any, layout: str, cuts: list[int], batch: bool) -> None:
+def test_random_changes_random_splits(items: list[Any], last: Any, layout: str, cuts: list[int], batch: bool,
+                                      quick: bool) -> None:
     eol = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r", "pretty": b"\n"}[layout.rpartition("-")[2]]
     if layout.startswith("sse"):
         body, kind = eventsource(items, eol, pretty=layout.endswith("pretty")), "eventsource"
@@ -377,4 +396,4 @@ def test_random_changes_random_splits(items: list[Any], last: Any, layout: str, 
         items, kind = items + ([last] if last else []), "continuous"
         body = continuous(items, eol)
     cuts = [c % (len(body) + 1) for c in cuts]
-    assert feed(splits(body, cuts), feed=kind, batch=batch) == want(items)
+    assert feed(splits(body, cuts), feed=kind, batch=batch, quick=quick) == want(items)
