@@ -12,6 +12,10 @@ replayed by bench.rows's sendfile server. Per backend, in fresh processes, each 
 Target (issue 5): corduroy2 >= 0.9x the raw line rate.
 
     python -m bench changes [--changes N] [--repeats K] [--only tornado-curl,...]
+    python -m bench changes --instructions [--changes N]   # callgrind: repeatable figures
+
+``--instructions`` reports instructions per change instead of time (see bench/instructions.py);
+the rate ratio it implies is raw's count over corduroy2's.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import instructions
 from bench.rows import (
     BACKENDS, answer_measurement, interleaved, make_loop, peak_rss_mb, preload, replay,
 )
@@ -169,16 +174,45 @@ def measure(backend: str, mode: str, url: str, changes: int) -> dict[str, Any]:
     return {"seconds": elapsed, "rss_mb": peak_rss_mb()}
 
 
+def count_instructions(backends: list[str], n: int) -> int:
+    """Instructions per change of each side, from runs over ``n`` and ``3n`` changes."""
+    problem = instructions.available()
+    if problem:
+        print(f"--instructions: {problem}", file=sys.stderr)
+        return 1
+    with replay(lambda path: build_body(n, path), "corduroy2-bench-changes-") as (one, _), \
+            replay(lambda path: build_body(3 * n, path), "corduroy2-bench-changes-") as (three, _):
+        urls = {n: one, 3 * n: three}
+        print(f"instructions per change (callgrind; {n:,} and {3 * n:,} changes); ratio = raw's "
+              f"count / this side's (the rate ratio if time followed instructions; >= 0.90)")
+        print(f"{'backend':<15}{'raw':>8}{'per-change cb':>15}{'ratio':>7}{'batched cb':>12}"
+              f"{'ratio':>7}")
+        for backend in backends:
+            counts = {mode: instructions.per_item(
+                lambda k: ["-m", "bench", "changes", "--_measure", backend, mode, urls[k], str(k)],
+                n) for mode in ("raw", "feed", "batched")}
+            raw = counts["raw"]
+            print(f"{backend:<15}{raw:>8,.0f}{counts['feed']:>15,.0f}{raw / counts['feed']:>7.3f}"
+                  f"{counts['batched']:>12,.0f}{raw / counts['batched']:>7.3f}", flush=True)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench changes", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--changes", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", default=",".join(BACKENDS))
+    parser.add_argument("--instructions", action="store_true",
+                        help="count instructions per change under callgrind (default --changes "
+                             "20000) instead of timing")
     parser.add_argument("--_measure", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._measure:
         answer_measurement(args._measure, measure)
+    if args.instructions:
+        return count_instructions(args.only.split(","), 20_000 if args.changes == 200_000
+                                  else args.changes)
 
     with replay(lambda path: build_body(args.changes, path), "corduroy2-bench-changes-") as (
             url, size):

@@ -46,6 +46,7 @@ import orjson
 
 from corduroy2.api.couch import USER_AGENT
 
+from . import instructions
 from .nginx import Nginx, connections_accepted
 
 TARGET = 0.10  # overhead goal
@@ -409,6 +410,80 @@ def blocking_corduroy(settings: Settings,
 # -- one measurement, one pair, the suite --------------------------------------------------
 
 
+def _async_client(settings: Settings, backend: str, side: str,
+                  concurrency: int) -> tuple[Issue, Callable[[], Any]]:
+    if backend.startswith("tornado-"):
+        kind = backend.split("-", 1)[1]
+        maker = tornado_raw if side == "raw" else tornado_corduroy
+        return maker(settings, concurrency, kind)
+    maker2 = twisted_raw if side == "raw" else twisted_corduroy
+    return maker2(settings, concurrency)
+
+
+class _After:
+    """A worker's stop flag that is set after ``n`` checks: the loop makes exactly n requests."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def is_set(self) -> bool:
+        self.left -= 1
+        return self.left < 0
+
+
+async def count_requests(mode: Any, settings: Settings, backend: str, side: str, n: int) -> None:
+    """``n`` requests one after the other (the c=1 loop, no clock): for instruction counts."""
+    if backend == "blocking":
+        if side == "raw":
+            worker, close = blocking_raw(settings), (lambda: None)
+        else:
+            worker, close = blocking_corduroy(settings, 1)
+        try:
+            worker(0, [0], _After(n))  # type: ignore[arg-type]
+        finally:
+            close()
+        return
+    issue, close = _async_client(settings, backend, side, 1)
+    promise, resolve = mode.promise()
+    left, failed = [n], []
+
+    def completed(error: BaseException | None) -> None:
+        if error is not None:
+            failed.append(error)
+            resolve(None)
+            return
+        left[0] -= 1
+        if left[0]:
+            issue(completed)
+        else:
+            resolve(None)
+
+    issue(completed)
+    try:
+        await mode.wait(promise)
+    finally:
+        closing = close()
+        if closing is not None:
+            await mode.wait(closing)
+    if failed:
+        raise RuntimeError(f"a request failed: {failed[0]!r}") from failed[0]
+
+
+def count_instructions(settings: Settings, backends: list[str], n: int) -> list[str]:
+    """Rows of the instructions table: per request, each side, c=1."""
+    lines = ["| backend | raw instr/req | corduroy2 instr/req | overhead | ≤10%? |",
+             "|---|---|---|---|---|"]
+    for backend in backends:
+        counts = {side: instructions.per_item(
+            lambda k: ["-m", "bench", "get", "--_count", backend, side, str(k), settings.url], n)
+            for side in ("raw", "corduroy2")}
+        overhead = 1 - counts["raw"] / counts["corduroy2"]
+        lines.append(f"| {backend} | {counts['raw']:,.0f} | {counts['corduroy2']:,.0f} | "
+                     f"{overhead * 100:.1f}% | {'yes' if overhead <= TARGET else 'NO'} |")
+        print(lines[-1], file=sys.stderr, flush=True)
+    return lines
+
+
 async def measure(mode: Any, settings: Settings, backend: str, side: str, concurrency: int,
                   profile: cProfile.Profile | None = None) -> tuple[float, float, int]:
     """req/s of one side of one pair, client CPU µs per request (all threads of this process,
@@ -426,13 +501,7 @@ async def measure(mode: Any, settings: Settings, backend: str, side: str, concur
         finally:
             close()
     else:
-        if backend.startswith("tornado-"):
-            kind = backend.split("-", 1)[1]
-            maker = tornado_raw if side == "raw" else tornado_corduroy
-            issue, close = maker(settings, concurrency, kind)
-        else:
-            maker = twisted_raw if side == "raw" else twisted_corduroy  # type: ignore[assignment]
-            issue, close = maker(settings, concurrency)  # type: ignore[call-arg]
+        issue, close = _async_client(settings, backend, side, concurrency)
         run = _AsyncRun(mode, issue, concurrency, settings.warmup, settings.seconds, profile)
         try:
             await mode.wait(run.start())
@@ -558,6 +627,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--profile-side", default="corduroy2", choices=("corduroy2", "raw"))
     parser.add_argument("--profile-sort", default="tottime")
     parser.add_argument("--profile-lines", type=int, default=30)
+    parser.add_argument("--instructions", action="store_true",
+                        help="instead of timing: instructions per request at c=1 under callgrind "
+                             "(repeatable on a busy machine; see bench/instructions.py)")
+    parser.add_argument("--requests", type=int, default=300,
+                        help="with --instructions: requests per run (the second run makes 3x)")
+    parser.add_argument("--_count", nargs=4, metavar=("BACKEND", "SIDE", "N", "URL"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--_default-reactor", dest="default_reactor", action="store_true",
                         help=argparse.SUPPRESS)
@@ -594,6 +670,12 @@ def main(argv: list[str]) -> int:
     chosen = args.only.split(",")
     log = (lambda text: print(text, file=sys.stderr, flush=True))
 
+    if args._count:  # one run of --instructions, in this fresh process
+        backend, side, n, settings.url = args._count
+        mode: Any = TwistedMode() if backend == "twisted-epoll" else AsyncioMode()
+        mode.run(count_requests(mode, settings, backend.replace("-epoll", ""), side, int(n)))
+        os._exit(0)  # Twisted's reactor thread pool (non-daemon threads) would keep it alive
+
     if args.default_reactor:  # the subprocess half of twisted-epoll
         mode = TwistedMode()
         pairs = [("twisted", c) for c in concurrencies]
@@ -607,6 +689,15 @@ def main(argv: list[str]) -> int:
         if not args.url:
             server = Nginx({DOC_PATH: (BODY, COUCH_HEADERS)}).start()
             settings.url = server.url
+        if args.instructions:
+            problem = instructions.available()
+            if problem:
+                raise SystemExit(f"--instructions: {problem}")
+            log(f"GET {DOC_PATH}: instructions per request at c=1 (callgrind; "
+                f"{args.requests} and {3 * args.requests} requests per side); user space only, "
+                f"so the overhead is overstated (the kernel's share is the same on both sides)")
+            print("\n".join(count_instructions(settings, chosen, args.requests)))
+            return 0
         if args.profile:
             backend = args.profile
             if backend == "twisted-epoll":

@@ -322,16 +322,19 @@ class TornadoBackend(Backend):
             # queued on the loop separately), so chunks wait here until the headers are in.
             early: list[bytes] = []
             parser = _HeaderParser(sink, started, early)
+            watched = bool(request.idle_timeout or opts.idle_timeout)
 
             def on_chunk(chunk: bytes) -> Future[None] | None:
+                # Called for every chunk of a feed: two calls are spared when they do nothing.
                 if pending.cancelled:
                     return None  # being torn down; raising here would only be logged
-                pending.heard()
+                if watched:
+                    pending.heard()
                 if not started[0]:
                     early.append(chunk)
                     return None
                 sink.on_data(chunk)
-                return pending.wait()
+                return pending.wait() if pending.paused else None
 
             def on_header(line: str) -> None:
                 if not pending.cancelled:
