@@ -301,4 +301,8 @@ def test_retry_validation() -> None:
         Retry(attempts=0)
     with pytest.raises(ValueError):
         Retry(deadline=-1)
+    # Only error replies are retried (a success is final without looking at the policy).
+    with pytest.raises(ValueError, match="error statuses"):
+        Retry(statuses={503, 204})
     assert Retry(methods={"post"}).methods == frozenset({"POST"})
+    assert Retry(statuses=[500]).statuses == frozenset({500})
