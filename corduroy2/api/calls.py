@@ -13,8 +13,8 @@ backend wrapped with credentials, their renewal and retries, so every request of
 gets them on every backend; a login is itself just an operation run here). It trampolines, so a
 backend that completes synchronously (blocking) does not recurse. Most methods send a single
 request: :class:`_Call` runs that directly (:func:`invoke_one`), with no generator; it is also
-how ``_Run`` sends each request step. :func:`invoke` picks the calling style: an explicit callback, or the
-backend's native result.
+how ``_Run`` sends each request step. :func:`invoke` picks the calling style: an explicit
+callback, or the backend's native result.
 """
 
 from __future__ import annotations
@@ -400,22 +400,19 @@ def invoke(backend: Sender, op: Op[Any], callback: Callable[[Any, Status], Any] 
     (they arrive in ``status``); the method returns None. Without it, the backend's native
     result is returned: a Future, a Deferred, or (blocking) the value itself.
     """
-    return _drive(backend, _Run(backend, op), callback)
+    run = _Run(backend, op)
+    return backend.run(run.start) if callback is None else _call_back(run, callback)
 
 
 def invoke_one(backend: Sender, request: Request, callback: Callable[[Any, Status], Any] | None,
                post: Callable[[Any], Any] | None = None) -> Any:
     """Like :func:`invoke` for the operation "send ``request``, return ``post(reply)``"."""
     call = _Call(backend, request, post)
-    if callback is None:
-        return backend.run(call.start)
-    return _drive(backend, call, callback)
+    return backend.run(call.start) if callback is None else _call_back(call, callback)
 
 
-def _drive(backend: Sender, driver: _Driver,
-           callback: Callable[[Any, Status], Any] | None) -> Any:
-    if callback is None:
-        return backend.run(driver.start)
+def _call_back(driver: _Driver, callback: Callable[[Any, Status], Any]) -> None:
+    """The explicit-callback style: start ``driver``, then ``callback(data, status)``."""
 
     def deliver(outcome: Outcome) -> None:
         error = outcome.error
@@ -427,7 +424,6 @@ def _drive(backend: Sender, driver: _Driver,
             log.exception("corduroy2: exception in callback %r", callback)
 
     driver.start(deliver)
-    return None
 
 
 def _ignore(outcome: Outcome) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
-import functools
 import enum
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
@@ -183,7 +183,6 @@ class Couch:
                   **kwargs: Any) -> Any:
         """Make and start the follower for this front door (blocking overrides it)."""
         return ChangesFollower(db, handler, **kwargs).start()
-
 
     # -- public API --------------------------------------------------------------------------
 
