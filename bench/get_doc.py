@@ -1,14 +1,20 @@
 """GET one small document: each corduroy2 backend next to the raw transport it sits on.
 
-    ./dev.sh bench get [--seconds 3] [--warmup 1] [--repeats 3] [--only tornado-curl,...]
+    ./dev.sh bench get [--pairs 60] [--block 200] [--only tornado-curl,...] [--concurrency 1,32]
+    ./dev.sh bench get --instructions [--concurrency 1,32]   # callgrind counts, repeatable
     ./dev.sh bench get --profile tornado-curl      # cProfile of corduroy2's c=1 loop
 
 A script, not a test. nginx (from Debian; installed when missing and running as root) serves a
 ~200-byte CouchDB-shaped document with the headers CouchDB sends, on a free loopback port, with
 its own config in a temp dir; it is stopped at the end.
 
-Pairs, each measured in the same run (raw first or second in alternation, ``--repeats`` times,
-medians reported):
+Each pair's two clients are open side by side and make requests in blocks (``--block``
+requests, at least 20 per chain at concurrency c), raw and corduroy2 alternating, ``--pairs``
+blocks each after a few unmeasured ones. The overhead is the median over the pairs of blocks
+of 1 - corduroy2/raw: two blocks run back to back, within a fraction of a second, so the
+machine's speed (which drifts by 20-40% within seconds on a shared VM) is nearly the same for
+both. With two CPUs or more, nginx is pinned to CPU 0 and the client to the last CPU
+(``--no-pin``: neither).
 
 - tornado-curl / tornado-simple: ``CurlAsyncHTTPClient`` / ``SimpleAsyncHTTPClient``
   ``.fetch`` + ``orjson.loads`` vs ``corduroy2.tornado_io`` ``db.get`` (Future).
@@ -35,9 +41,9 @@ import pstats
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -74,7 +80,8 @@ COUCH_HEADERS = [
 REQUEST_HEADERS = [("Accept", "application/json"), ("User-Agent", USER_AGENT)]
 
 Done = Callable[[BaseException | None], None]
-Issue = Callable[[Done], None]
+Issue = Callable[[Done], None]  # start one request; done(error or None) when it completes
+Get = Callable[[int], None]  # one blocking request on thread i's connection
 
 ALL = ["tornado-curl", "tornado-simple", "twisted", "twisted-epoll", "blocking"]
 CONCURRENCY = (1, 32)
@@ -83,9 +90,12 @@ CONCURRENCY = (1, 32)
 @dataclass
 class Settings:
     url: str
-    seconds: float
-    warmup: float
-    repeats: int
+    pairs: int  # blocks of each side, interleaved
+    block: int  # requests per block at c=1 (at c, max(block, 20 * c))
+    warmup: int  # unmeasured blocks of each side first
+
+    def requests(self, concurrency: int) -> int:
+        return max(self.block, 20 * concurrency)
 
 
 def _check(doc: Any) -> None:
@@ -178,64 +188,6 @@ class TwistedMode:
 # -- the measuring loops ------------------------------------------------------------------------
 
 
-class _AsyncRun:
-    """``concurrency`` request chains, each starting the next request when one completes."""
-
-    def __init__(self, mode: Any, issue: Issue, concurrency: int, warmup: float, seconds: float,
-                 profile: cProfile.Profile | None) -> None:
-        self.issue = issue
-        self.concurrency = concurrency
-        self.mode = mode
-        self.warmup, self.seconds = warmup, seconds
-        self.profile = profile
-        self.counting = self.stopping = False
-        self.count = 0
-        self.inflight = 0
-        self.t0 = self.t1 = self.cpu0 = self.cpu1 = 0.0
-        self.error: BaseException | None = None
-        self.promise, self._resolve = mode.promise()
-
-    def start(self) -> Any:
-        self.mode.call_later(self.warmup, self._begin)
-        for _ in range(self.concurrency):
-            self.inflight += 1
-            self.issue(self._completed)
-        return self.promise
-
-    def _begin(self) -> None:
-        if self.profile is not None:
-            self.profile.enable()
-        self.count, self.counting = 0, True
-        self.t0, self.cpu0 = time.perf_counter(), time.process_time()
-        self.mode.call_later(self.seconds, self._end)
-
-    def _end(self) -> None:
-        self.t1, self.cpu1 = time.perf_counter(), time.process_time()
-        if self.profile is not None:
-            self.profile.disable()
-        self.counting, self.stopping = False, True
-
-    def _completed(self, error: BaseException | None) -> None:
-        if error is not None and self.error is None:
-            self.error = error
-            self.stopping = True
-        elif self.counting:
-            self.count += 1
-        if self.stopping:
-            self.inflight -= 1
-            if self.inflight == 0:
-                self._resolve(None)
-        else:
-            self.issue(self._completed)
-
-    def result(self) -> tuple[float, float]:
-        """(requests/s, client CPU µs per request)"""
-        if self.error is not None:
-            raise RuntimeError(f"a request failed: {self.error!r}") from self.error
-        return (self.count / (self.t1 - self.t0),
-                (self.cpu1 - self.cpu0) / max(self.count, 1) * 1e6)
-
-
 def _call_soon_safe(done: Done, fn: Callable[[], Any]) -> None:
     try:
         fn()
@@ -245,39 +197,66 @@ def _call_soon_safe(done: Done, fn: Callable[[], Any]) -> None:
     done(None)
 
 
-def _measure_threads(worker: Callable[[int, list[int], threading.Event], None], concurrency: int,
-                     warmup: float, seconds: float,
-                     profile: cProfile.Profile | None) -> tuple[float, float]:
-    """``concurrency`` threads, each counting its completed requests into ``counts[i]``."""
-    counts = [0] * concurrency
-    stop = threading.Event()
-    errors: list[BaseException] = []
+async def _async_block(mode: Any, issue: Issue, n: int, concurrency: int) -> None:
+    """``n`` requests in ``concurrency`` chains, each starting the next request when one
+    completes (so the harness adds as little as possible); returns once all have completed."""
+    promise, resolve = mode.promise()
+    left, inflight, failed = n, 0, []
 
-    def run(i: int) -> None:
-        try:
+    def completed(error: BaseException | None) -> None:
+        nonlocal left, inflight
+        inflight -= 1
+        if error is not None:
+            failed.append(error)
+            left = 0
+        if left:
+            left -= 1
+            inflight += 1
+            issue(completed)
+        elif not inflight:
+            resolve(None)
+
+    for _ in range(min(concurrency, n)):
+        left -= 1
+        inflight += 1
+        issue(completed)
+    await mode.wait(promise)
+    if failed:
+        raise RuntimeError(f"a request failed: {failed[0]!r}") from failed[0]
+
+
+class _Threads:
+    """``concurrency`` worker threads kept for the whole measurement (starting 32 threads per
+    block would be timed too); c=1 runs in the calling thread."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.concurrency = concurrency
+        self.pool = ThreadPoolExecutor(concurrency) if concurrency > 1 else None
+
+    def block(self, get: Get, n: int, profile: cProfile.Profile | None = None) -> None:
+        """``n`` requests, shared between the threads; ``get(i)`` makes one on thread i's
+        connection."""
+        c = self.concurrency
+
+        def work(i: int) -> None:
             if profile is not None:
                 profile.enable()  # cProfile hooks only the calling thread
-            worker(i, counts, stop)
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-            stop.set()
-        finally:
-            if profile is not None:
-                profile.disable()
+            try:
+                for _ in range(n // c + (i < n % c)):
+                    get(i)
+            finally:
+                if profile is not None:
+                    profile.disable()
 
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    time.sleep(warmup)
-    c0, t0, cpu0 = sum(counts), time.perf_counter(), time.process_time()
-    time.sleep(seconds)
-    c1, t1, cpu1 = sum(counts), time.perf_counter(), time.process_time()
-    stop.set()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise RuntimeError(f"a request failed: {errors[0]!r}") from errors[0]
-    return (c1 - c0) / (t1 - t0), (cpu1 - cpu0) / max(c1 - c0, 1) * 1e6
+        if self.pool is None:
+            work(0)
+            return
+        for future in [self.pool.submit(work, i) for i in range(c)]:
+            future.result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
 # -- the clients ------------------------------------------------------------------------------
@@ -371,43 +350,74 @@ def twisted_corduroy(settings: Settings, concurrency: int) -> tuple[Issue, Calla
     return issue, couch.close
 
 
-def blocking_raw(settings: Settings) -> Callable[[int, list[int], threading.Event], None]:
+def blocking_raw(settings: Settings, concurrency: int) -> tuple[Get, Callable[[], Any]]:
     parts = urlsplit(settings.url)
     headers = dict(REQUEST_HEADERS)
+    conns = [http.client.HTTPConnection(parts.hostname, parts.port) for _ in range(concurrency)]
 
-    def worker(i: int, counts: list[int], stop: threading.Event) -> None:
-        conn = http.client.HTTPConnection(parts.hostname, parts.port)
-        try:
-            while not stop.is_set():
-                conn.request("GET", DOC_PATH, headers=headers)
-                response = conn.getresponse()
-                body = response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"HTTP {response.status}")
-                _check(orjson.loads(body))
-                counts[i] += 1
-        finally:
+    def get(i: int) -> None:
+        conn = conns[i]  # thread i's own connection
+        conn.request("GET", DOC_PATH, headers=headers)
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}")
+        _check(orjson.loads(body))
+
+    def close() -> None:
+        for conn in conns:
             conn.close()
 
-    return worker
+    return get, close
 
 
-def blocking_corduroy(settings: Settings,
-                      concurrency: int) -> tuple[Callable[..., None], Callable[[], Any]]:
+def blocking_corduroy(settings: Settings, concurrency: int) -> tuple[Get, Callable[[], Any]]:
     from corduroy2.blocking import Couch
 
     couch = Couch(settings.url, max_connections=concurrency)
     db = couch.database("db")
 
-    def worker(i: int, counts: list[int], stop: threading.Event) -> None:
-        while not stop.is_set():
-            _check(db.get("doc1"))
-            counts[i] += 1
+    def get(i: int) -> None:
+        _check(db.get("doc1"))
 
-    return worker, couch.close
+    return get, couch.close
 
 
-# -- one measurement, one pair, the suite --------------------------------------------------
+# -- one pair: its two clients, interleaved blocks ------------------------------------------
+
+
+class _Client:
+    """One side of a pair, ready to run blocks of requests."""
+
+    def __init__(self, mode: Any, settings: Settings, backend: str, side: str,
+                 concurrency: int) -> None:
+        self.mode, self.concurrency = mode, concurrency
+        self.threads: _Threads | None = None
+        if backend == "blocking":
+            maker = blocking_raw if side == "raw" else blocking_corduroy
+            self.get, self._close = maker(settings, concurrency)
+            self.threads = _Threads(concurrency)
+        else:
+            self.issue, self._close = _async_client(settings, backend, side, concurrency)
+
+    async def block(self, n: int, profile: cProfile.Profile | None = None) -> None:
+        if self.threads is not None:
+            self.threads.block(self.get, n, profile)
+            return
+        if profile is not None:
+            profile.enable()
+        try:
+            await _async_block(self.mode, self.issue, n, self.concurrency)
+        finally:
+            if profile is not None:
+                profile.disable()
+
+    async def close(self) -> None:
+        if self.threads is not None:
+            self.threads.close()
+        closing = self._close()
+        if closing is not None:
+            await self.mode.wait(closing)
 
 
 def _async_client(settings: Settings, backend: str, side: str,
@@ -420,134 +430,101 @@ def _async_client(settings: Settings, backend: str, side: str,
     return maker2(settings, concurrency)
 
 
-class _After:
-    """A worker's stop flag that is set after ``n`` checks: the loop makes exactly n requests."""
-
-    def __init__(self, n: int) -> None:
-        self.left = n
-
-    def is_set(self) -> bool:
-        self.left -= 1
-        return self.left < 0
-
-
-async def count_requests(mode: Any, settings: Settings, backend: str, side: str, n: int) -> None:
-    """``n`` requests one after the other (the c=1 loop, no clock): for instruction counts."""
-    if backend == "blocking":
-        if side == "raw":
-            worker, close = blocking_raw(settings), (lambda: None)
-        else:
-            worker, close = blocking_corduroy(settings, 1)
-        try:
-            worker(0, [0], _After(n))  # type: ignore[arg-type]
-        finally:
-            close()
-        return
-    issue, close = _async_client(settings, backend, side, 1)
-    promise, resolve = mode.promise()
-    left, failed = [n], []
-
-    def completed(error: BaseException | None) -> None:
-        if error is not None:
-            failed.append(error)
-            resolve(None)
-            return
-        left[0] -= 1
-        if left[0]:
-            issue(completed)
-        else:
-            resolve(None)
-
-    issue(completed)
+async def count_requests(mode: Any, settings: Settings, backend: str, side: str, n: int,
+                         concurrency: int = 1) -> None:
+    """``n`` requests, once, with no clock: one run for instruction counts."""
+    client = _Client(mode, settings, backend, side, concurrency)
     try:
-        await mode.wait(promise)
+        await client.block(n)
     finally:
-        closing = close()
-        if closing is not None:
-            await mode.wait(closing)
-    if failed:
-        raise RuntimeError(f"a request failed: {failed[0]!r}") from failed[0]
+        await client.close()
 
 
-def count_instructions(settings: Settings, backends: list[str], n: int) -> list[str]:
-    """Rows of the instructions table: per request, each side, c=1."""
-    lines = ["| backend | raw instr/req | corduroy2 instr/req | overhead | ≤10%? |",
-             "|---|---|---|---|---|"]
+def count_instructions(settings: Settings, backends: list[str], n: int,
+                       concurrencies: list[int]) -> list[str]:
+    """Rows of the instructions table: per request, each side, at each concurrency."""
+    lines = ["| backend | c | raw instr/req | corduroy2 instr/req | overhead | ≤10%? |",
+             "|---|---|---|---|---|---|"]
     for backend in backends:
-        counts = {side: instructions.per_item(
-            lambda k: ["-m", "bench", "get", "--_count", backend, side, str(k), settings.url], n)
-            for side in ("raw", "corduroy2")}
-        overhead = 1 - counts["raw"] / counts["corduroy2"]
-        lines.append(f"| {backend} | {counts['raw']:,.0f} | {counts['corduroy2']:,.0f} | "
-                     f"{overhead * 100:.1f}% | {'yes' if overhead <= TARGET else 'NO'} |")
-        print(lines[-1], file=sys.stderr, flush=True)
+        for c in concurrencies:
+            counts = {side: instructions.per_item(
+                lambda k: ["-m", "bench", "get", "--_count", backend, side, str(k),
+                           settings.url, "--concurrency", str(c)], n)
+                for side in ("raw", "corduroy2")}
+            overhead = 1 - counts["raw"] / counts["corduroy2"]
+            lines.append(f"| {backend} | {c} | {counts['raw']:,.0f} | "
+                         f"{counts['corduroy2']:,.0f} | {overhead * 100:.1f}% | "
+                         f"{'yes' if overhead <= TARGET else 'NO'} |")
+            print(lines[-1], file=sys.stderr, flush=True)
     return lines
-
-
-async def measure(mode: Any, settings: Settings, backend: str, side: str, concurrency: int,
-                  profile: cProfile.Profile | None = None) -> tuple[float, float, int]:
-    """req/s of one side of one pair, client CPU µs per request (all threads of this process,
-    so other load on the machine barely moves it), and TCP connections nginx accepted."""
-    port = urlsplit(settings.url).port or 80
-    before = connections_accepted(port)
-    if backend == "blocking":
-        if side == "raw":
-            worker, close = blocking_raw(settings), (lambda: None)
-        else:
-            worker, close = blocking_corduroy(settings, concurrency)
-        try:
-            rate, cpu = _measure_threads(worker, concurrency, settings.warmup, settings.seconds,
-                                    profile)
-        finally:
-            close()
-    else:
-        issue, close = _async_client(settings, backend, side, concurrency)
-        run = _AsyncRun(mode, issue, concurrency, settings.warmup, settings.seconds, profile)
-        try:
-            await mode.wait(run.start())
-        finally:
-            closing = close()
-            if closing is not None:
-                await mode.wait(closing)
-        rate, cpu = run.result()
-    return rate, cpu, connections_accepted(port) - before - 1
 
 
 @dataclass
 class Row:
     backend: str
     concurrency: int
-    raw: list[float]
+    raw: list[float]  # req/s of each block
     corduroy: list[float]
-    raw_conns: int
-    corduroy_conns: int
-    raw_cpu: list[float]
+    raw_cpu: list[float]  # client CPU µs per request of each block
     corduroy_cpu: list[float]
+    raw_conns: int  # TCP connections opened in all the measured blocks
+    corduroy_conns: int
+
+    @property
+    def paired(self) -> list[float]:
+        """The overhead of each pair of blocks: they run back to back, so the machine's speed,
+        which drifts within seconds on a shared VM, is nearly the same for both."""
+        return [1 - c / r for r, c in zip(self.raw, self.corduroy)]
 
     @property
     def overhead(self) -> float:
-        return 1 - statistics.median(self.corduroy) / statistics.median(self.raw)
+        return statistics.median(self.paired)
+
+
+async def measure_pair(mode: Any, settings: Settings, backend: str, concurrency: int,
+                       profile: tuple[str, cProfile.Profile] | None = None) -> Row:
+    """``settings.pairs`` blocks of each side, alternating (raw first, then corduroy2 first),
+    after ``settings.warmup`` unmeasured blocks of each. Both clients stay open throughout."""
+    port = urlsplit(settings.url).port or 80
+    n = settings.requests(concurrency)
+    clients = {side: _Client(mode, settings, backend, side, concurrency)
+               for side in ("raw", "corduroy2")}
+    row = Row(backend, concurrency, [], [], [], [], 0, 0)
+    try:
+        for _ in range(settings.warmup):
+            for client in clients.values():
+                await client.block(n)
+        for i in range(settings.pairs):
+            for side in ("raw", "corduroy2") if i % 2 == 0 else ("corduroy2", "raw"):
+                hook = profile[1] if profile is not None and profile[0] == side else None
+                before = connections_accepted(port)
+                t0, cpu0 = time.perf_counter(), time.process_time()
+                await clients[side].block(n, hook)
+                t1, cpu1 = time.perf_counter(), time.process_time()
+                # minus 1: the status request itself
+                conns = connections_accepted(port) - before - 1
+                if side == "raw":
+                    row.raw.append(n / (t1 - t0))
+                    row.raw_cpu.append((cpu1 - cpu0) / n * 1e6)
+                    row.raw_conns += conns
+                else:
+                    row.corduroy.append(n / (t1 - t0))
+                    row.corduroy_cpu.append((cpu1 - cpu0) / n * 1e6)
+                    row.corduroy_conns += conns
+    finally:
+        for client in clients.values():
+            await client.close()
+    return row
 
 
 async def suite(mode: Any, settings: Settings, pairs: list[tuple[str, int]],
                 log: Callable[[str], None]) -> list[Row]:
     rows = []
     for backend, concurrency in pairs:
-        row = Row(backend, concurrency, [], [], 0, 0, [], [])
-        for rep in range(settings.repeats):
-            order = ("raw", "corduroy2") if rep % 2 == 0 else ("corduroy2", "raw")
-            for side in order:
-                rate, cpu, conns = await measure(mode, settings, backend, side, concurrency)
-                if side == "raw":
-                    row.raw.append(rate)
-                    row.raw_cpu.append(cpu)
-                    row.raw_conns = max(row.raw_conns, conns)
-                else:
-                    row.corduroy.append(rate)
-                    row.corduroy_cpu.append(cpu)
-                    row.corduroy_conns = max(row.corduroy_conns, conns)
-                log(f"  {backend:<15} c={concurrency:<3} {side:<9} {rate:9,.0f} req/s"
-                    f"  {cpu:6.1f} µs CPU/req  ({conns} connections)")
+        row = await measure_pair(mode, settings, backend, concurrency)
+        log(f"  {backend:<15} c={concurrency:<3} raw {statistics.median(row.raw):9,.0f} req/s"
+            f"  corduroy2 {statistics.median(row.corduroy):9,.0f} req/s"
+            f"  overhead {row.overhead * 100:5.1f}%")
         rows.append(row)
     return rows
 
@@ -555,8 +532,8 @@ async def suite(mode: Any, settings: Settings, pairs: list[tuple[str, int]],
 def _epoll_subprocess(settings: Settings, pairs: list[tuple[str, int]]) -> list[Row]:
     """The twisted pairs again, on Twisted's default reactor, in a fresh process."""
     cmd = [sys.executable, "-m", "bench", "get", "--url", settings.url, "--json",
-           "--seconds", str(settings.seconds), "--warmup", str(settings.warmup),
-           "--repeats", str(settings.repeats), "--_default-reactor",
+           "--pairs", str(settings.pairs), "--block", str(settings.block),
+           "--warmup", str(settings.warmup), "--_default-reactor",
            "--concurrency", ",".join(str(c) for _, c in pairs), "--only", "twisted"]
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
     data = json.loads(out)
@@ -566,23 +543,17 @@ def _epoll_subprocess(settings: Settings, pairs: list[tuple[str, int]]) -> list[
 # -- output -------------------------------------------------------------------------------------
 
 
-def _spread(values: list[float]) -> str:
-    if len(values) < 2:
-        return ""
-    med = statistics.median(values)
-    return f"±{max(abs(v - med) for v in values) / med * 100:.0f}%"
-
-
 def table(rows: list[Row]) -> str:
-    head = ("| backend | c | raw req/s | corduroy2 req/s | overhead | ≤10%? "
-            "| CPU µs/req raw → c2 | conns raw/c2 |\n"
-            "|---|---|---|---|---|---|---|---|")
+    head = ("| backend | c | raw req/s | corduroy2 req/s | overhead | middle half | ≤10%? "
+            "| CPU µs/req raw → c2 | new conns raw/c2 |\n"
+            "|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
-        raw, cor = statistics.median(r.raw), statistics.median(r.corduroy)
+        low, _, high = statistics.quantiles(r.paired, n=4)
         lines.append(
-            f"| {r.backend} | {r.concurrency} | {raw:,.0f} {_spread(r.raw)} | "
-            f"{cor:,.0f} {_spread(r.corduroy)} | {r.overhead * 100:.1f}% | "
+            f"| {r.backend} | {r.concurrency} | {statistics.median(r.raw):,.0f} | "
+            f"{statistics.median(r.corduroy):,.0f} | {r.overhead * 100:.1f}% | "
+            f"{low * 100:.1f} … {high * 100:.1f}% | "
             f"{'yes' if r.overhead <= TARGET else 'NO'} | "
             f"{statistics.median(r.raw_cpu):.0f} → {statistics.median(r.corduroy_cpu):.0f} | "
             f"{r.raw_conns}/{r.corduroy_conns} |"
@@ -590,7 +561,15 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def environment(server: str) -> str:
+def pin(cpu: int | None) -> str:
+    """Run this process (and the threads and subprocesses it starts) on ``cpu`` only."""
+    if cpu is None:
+        return "nothing pinned"
+    os.sched_setaffinity(0, {cpu})
+    return f"server on CPU 0, client on CPU {cpu}"
+
+
+def environment(server: str, pinned: str) -> str:
     import platform
 
     import tornado
@@ -602,7 +581,7 @@ def environment(server: str) -> str:
         curl = pycurl.version
     except ImportError:
         curl = "no pycurl"
-    return (f"nproc={os.cpu_count()} (nothing pinned), Python {platform.python_version()}, "
+    return (f"nproc={os.cpu_count()} ({pinned}), Python {platform.python_version()}, "
             f"tornado {tornado.version}, Twisted {twisted.__version__}, orjson "
             f"{orjson.__version__}, {curl.split()[0]} {curl.split()[1] if ' ' in curl else ''}"
             f"; server {server}")
@@ -614,21 +593,26 @@ def environment(server: str) -> str:
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench get", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=3.0, help="measured time per run")
-    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured time before it")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per side (median taken)")
+    parser.add_argument("--pairs", type=int, default=60,
+                        help="measured blocks of each side, alternating (overhead: the median "
+                             "of the pairs' overheads)")
+    parser.add_argument("--block", type=int, default=200,
+                        help="requests per block (at concurrency c: at least 20 * c)")
+    parser.add_argument("--warmup", type=int, default=3, help="unmeasured blocks of each side")
+    parser.add_argument("--no-pin", dest="pin", action="store_false",
+                        help="do not pin nginx to CPU 0 and the clients to the last CPU")
     parser.add_argument("--only", default=",".join(ALL),
                         help=f"comma-separated backends among {', '.join(ALL)}")
     parser.add_argument("--concurrency", default="1,32", help="comma-separated, e.g. 1,32")
     parser.add_argument("--url", help="use this server (serving /db/doc1) instead of nginx")
     parser.add_argument("--profile", metavar="BACKEND",
-                        help="instead of the table: cProfile one run of BACKEND at the first "
-                             "--concurrency")
+                        help="instead of the table: cProfile one side of BACKEND's pair at the "
+                             "first --concurrency")
     parser.add_argument("--profile-side", default="corduroy2", choices=("corduroy2", "raw"))
     parser.add_argument("--profile-sort", default="tottime")
     parser.add_argument("--profile-lines", type=int, default=30)
     parser.add_argument("--instructions", action="store_true",
-                        help="instead of timing: instructions per request at c=1 under callgrind "
+                        help="instead of timing: instructions per request under callgrind "
                              "(repeatable on a busy machine; see bench/instructions.py)")
     parser.add_argument("--requests", type=int, default=300,
                         help="with --instructions: requests per run (the second run makes 3x)")
@@ -650,13 +634,14 @@ def _profile(mode: Any, settings: Settings, backend: str, side: str, sort: str,
              lines: int, concurrency: int) -> None:
     profile = cProfile.Profile()
     try:
-        rate, _, _ = mode.run(measure(mode, settings, backend, side, concurrency, profile))
+        row = mode.run(measure_pair(mode, settings, backend, concurrency, (side, profile)))
     finally:
         mode.close()
     out = io.StringIO()
     stats = pstats.Stats(profile, stream=out)
     total = stats.total_tt  # type: ignore[attr-defined]
-    count = rate * settings.seconds
+    rate = statistics.median(row.raw if side == "raw" else row.corduroy)
+    count = settings.pairs * settings.requests(concurrency)
     print(f"# cProfile: {backend} {side} c={concurrency}, {rate:,.0f} req/s under the profiler, "
           f"{total / count * 1e6:.1f} µs of profiled time per request")
     stats.sort_stats(sort).print_stats(lines)
@@ -665,7 +650,7 @@ def _profile(mode: Any, settings: Settings, backend: str, side: str, sort: str,
 
 def main(argv: list[str]) -> int:
     args = _parse(argv)
-    settings = Settings(args.url or "", args.seconds, args.warmup, args.repeats)
+    settings = Settings(args.url or "", args.pairs, args.block, args.warmup)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     chosen = args.only.split(",")
     log = (lambda text: print(text, file=sys.stderr, flush=True))
@@ -673,7 +658,8 @@ def main(argv: list[str]) -> int:
     if args._count:  # one run of --instructions, in this fresh process
         backend, side, n, settings.url = args._count
         mode: Any = TwistedMode() if backend == "twisted-epoll" else AsyncioMode()
-        mode.run(count_requests(mode, settings, backend.replace("-epoll", ""), side, int(n)))
+        mode.run(count_requests(mode, settings, backend.replace("-epoll", ""), side, int(n),
+                                concurrencies[0]))
         os._exit(0)  # Twisted's reactor thread pool (non-daemon threads) would keep it alive
 
     if args.default_reactor:  # the subprocess half of twisted-epoll
@@ -685,18 +671,24 @@ def main(argv: list[str]) -> int:
         return 0
 
     server = None
+    # Pinned, the client and nginx each have a core of their own (with 2 CPUs, the scheduler
+    # otherwise moves them about, and a run's speed with it); not with --instructions (counts).
+    cpu = (os.cpu_count() or 1) - 1 if args.pin and (os.cpu_count() or 1) > 1 else None
+    if args.instructions or args.profile:
+        cpu = None
     try:
         if not args.url:
-            server = Nginx({DOC_PATH: (BODY, COUCH_HEADERS)}).start()
+            server = Nginx({DOC_PATH: (BODY, COUCH_HEADERS)}, cpu=0 if cpu is not None else None)
+            server.start()
             settings.url = server.url
         if args.instructions:
             problem = instructions.available()
             if problem:
                 raise SystemExit(f"--instructions: {problem}")
-            log(f"GET {DOC_PATH}: instructions per request at c=1 (callgrind; "
+            log(f"GET {DOC_PATH}: instructions per request at c={args.concurrency} (callgrind; "
                 f"{args.requests} and {3 * args.requests} requests per side); user space only, "
                 f"so the overhead is overstated (the kernel's share is the same on both sides)")
-            print("\n".join(count_instructions(settings, chosen, args.requests)))
+            print("\n".join(count_instructions(settings, chosen, args.requests, concurrencies)))
             return 0
         if args.profile:
             backend = args.profile
@@ -705,9 +697,10 @@ def main(argv: list[str]) -> int:
             _profile(AsyncioMode(), settings, backend, args.profile_side, args.profile_sort,
                      args.profile_lines, concurrencies[0])
             return 0
-        log(f"GET {DOC_PATH} ({len(BODY)} bytes) from {settings.url}; "
-            f"{settings.warmup:g} s warm-up + {settings.seconds:g} s per run, "
-            f"{settings.repeats} runs per side")
+        pinned = pin(cpu)
+        log(f"GET {DOC_PATH} ({len(BODY)} bytes) from {settings.url}; {settings.pairs} "
+            f"blocks of {settings.block} requests (20 x c at c > 10) per side, interleaved, "
+            f"after {settings.warmup} unmeasured; {pinned}")
         pairs = []
         for backend in chosen:
             if backend == "twisted-epoll":
@@ -724,11 +717,11 @@ def main(argv: list[str]) -> int:
         if args.json:
             print(json.dumps({"reactor": "asyncio", "rows": [r.__dict__ for r in rows]}))
             return 0
-        print(f"\n{environment(server.version if server else settings.url)}")
-        print("raw / corduroy2: median of the runs (± = largest deviation from it); "
-              "overhead = 1 - corduroy2/raw;\n"
-              "CPU = client process CPU per request (medians; insensitive to other load on the "
-              "machine); conns = TCP connections opened per run (max)\n")
+        print(f"\n{environment(server.version if server else settings.url, pinned)}")
+        print("raw / corduroy2 req/s: the blocks' median; overhead: the median over the pairs "
+              "of blocks (back to back) of 1 - corduroy2/raw, and the middle half of them;\n"
+              "CPU: client process CPU per request (median); new conns: TCP connections "
+              "opened in all the measured blocks\n")
         print(table(rows))
         return 0
     finally:

@@ -73,9 +73,15 @@ class Nginx:
     #: nginx's stub_status page: ``accepts`` counts TCP connections, to check keep-alive.
     STATUS_PATH = "/_nginx_status"
 
-    def __init__(self, locations: Mapping[str, Location], *, workers: int = 1) -> None:
+    def __init__(self, locations: Mapping[str, Location], *, workers: int = 1,
+                 cpu: int | None = None) -> None:
+        """``cpu``: pin the (single) worker to that CPU, so that a client pinned to another one
+        does not compete with it for a core (a benchmark's run-to-run noise)."""
+        if cpu is not None and workers != 1:
+            raise ValueError("cpu= pins a single worker")
         self.locations = dict(locations)
         self.workers = workers
+        self.cpu = cpu
         self.port = 0
         self.url = ""
         self._dir: tempfile.TemporaryDirectory[str] | None = None
@@ -92,8 +98,11 @@ class Nginx:
             lines.append("        }")
             blocks.append("\n".join(lines))
         user = "user nobody nogroup;" if os.geteuid() == 0 else ""
+        # nginx's CPU mask is a bit string, CPU 0 rightmost.
+        affinity = "" if self.cpu is None else f"worker_cpu_affinity 1{'0' * self.cpu};"
         return f"""\
 {user}
+{affinity}
 worker_processes {self.workers};
 daemon off;
 pid {root}/nginx.pid;

@@ -143,6 +143,7 @@ def replay(build: Callable[[Path], int], prefix: str) -> Iterator[tuple[str, int
                                f"from bench.rows import serve; serve({str(body_file)!r}, "
                                f"{str(port_file)!r})"], cwd=REPO)
     try:
+        pin_apart(server.pid)
         while not port_file.exists() or not port_file.read_text():
             time.sleep(0.05)
         yield f"http://127.0.0.1:{port_file.read_text()}", size
@@ -151,6 +152,16 @@ def replay(build: Callable[[Path], int], prefix: str) -> Iterator[tuple[str, int
         body_file.unlink(missing_ok=True)
         port_file.unlink(missing_ok=True)
         tmp.rmdir()
+
+
+def pin_apart(server: int) -> None:
+    """With two CPUs or more: the server process on CPU 0, this process (and the measurement
+    processes it starts) on the last one, so that they never compete for a core (with 2 CPUs,
+    the scheduler otherwise moves them about, and a run's speed with it)."""
+    cpus = os.cpu_count() or 1
+    if cpus > 1:
+        os.sched_setaffinity(server, {0})
+        os.sched_setaffinity(0, {cpus - 1})
 
 
 def run_measurement(module: str, *args: Any) -> dict[str, Any]:
