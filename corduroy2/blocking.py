@@ -128,20 +128,11 @@ class BlockingBackend(Backend):
         else:
             conn.close()
 
-    def send(self, request: Request, sink: Sink) -> Transfer:
-        try:
-            self._exchange(request, sink)
-        except CouchError as exc:
-            sink.on_error(exc)
-        return _DONE
-
     def _split(self, url: str) -> tuple[tuple[str, str, int], str, str]:
-        """The pool key, the netloc and the request target (path and query) of ``url``."""
+        """The pool key, the request target (path and query) and the netloc of ``url``, whose
+        origin is not the last one seen (send() handles that case itself); remembered."""
         # Our URLs are built from a base URL that urlsplit accepted and quoted paths and
         # queries (no fragment, no whitespace), so the target is all that follows the origin.
-        origin, key, netloc = self._origin
-        if url.startswith(origin) and url.startswith("/", len(origin)):
-            return key, url[len(origin):], netloc
         slash = url.find("/", url.find("//") + 2)
         origin, target = (url, "") if slash < 0 else (url[:slash], url[slash:])
         parts = urlsplit(origin)
@@ -150,88 +141,106 @@ class BlockingBackend(Backend):
         self._origin = (origin, key, parts.netloc)
         return key, target, parts.netloc
 
-    def _exchange(self, request: Request, sink: Sink) -> None:
-        key, target, netloc = self._split(request.url)
-        budget = _Budget(request.timeout or self.options.request_timeout,
-                         request.idle_timeout or self.options.idle_timeout)
-        for attempt in (1, 2):
-            try:
-                conn, reused = self._checkout(key, budget)
-            except (TimeoutError, socket.timeout) as exc:
-                raise Timeout(budget.expired(f"connecting to {netloc}"), **_where(request)) from exc
-            except ssl.SSLError as exc:
-                raise ConnectError(_tls_problem(exc), **_where(request)) from exc
-            except OSError as exc:
-                raise ConnectError(f"cannot connect to {netloc}: {exc}", **_where(request)) from exc
-            try:
-                budget.apply(conn)
-                # What conn.request() sends (Host, Accept-Encoding: identity, Content-Length),
-                # without its checks for headers we never set and a dict of our header pairs.
-                conn.putrequest(request.method, target)
-                payload = request.body
-                if payload is not None:
-                    conn.putheader("Content-Length", str(len(payload)))
-                for name, value in request.headers:
-                    conn.putheader(name, value)
-                conn.endheaders(payload)
-                if budget.deadline is not None:  # else the socket's timeout stays as it is
-                    budget.apply(conn)
-                conn.response_class = (_StreamResponse if request.stream
-                                       else http.client.HTTPResponse)
-                response = conn.getresponse()
-                break
-            except _STALE as exc:
-                conn.close()
-                if reused and attempt == 1:
-                    continue
-                raise ResponseCut(f"connection closed before a response: {exc}",
-                                  **_where(request)) from exc
-            except (TimeoutError, socket.timeout) as exc:
-                conn.close()
-                raise Timeout(budget.expired("waiting for the response"),
-                              **_where(request)) from exc
-            except ssl.SSLError as exc:
-                conn.close()
-                if reused:
-                    raise ResponseCut(f"TLS connection failed before a response: {exc}",
-                                      **_where(request)) from exc
-                # A fresh TLS 1.3 connection that the server refuses after the handshake (no or
-                # a rejected client certificate): the alert arrives with the first read.
-                raise ConnectError(_tls_problem(exc), **_where(request)) from exc
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                raise TransportError(f"invalid or failed HTTP exchange: {exc!r}",
-                                     **_where(request)) from exc
+    def send(self, request: Request, sink: Sink) -> Transfer:
+        # All in one method: a frame fewer on every request.
         try:
-            # raw_items(): the same pairs as getheaders(), without the email package's
-            # per-field policy pass (http.client decodes as latin-1: nothing for it to do).
-            sink.on_start(response.status, Headers(list(response.msg.raw_items())))
-            if request.stream or budget.deadline is not None:
-                body = _read_pieces(request.stream, response, conn, budget, sink)
+            url = request.url
+            # Usually the origin of the last request (a Couch talks to one server).
+            origin, key, netloc = self._origin
+            if url.startswith(origin) and url.startswith("/", len(origin)):
+                target = url[len(origin):]
             else:
-                # In one call; each wait on the socket is bounded all the same.
-                body = response.read()
-            if body:
-                sink.on_data(body)
-            if response.length:  # Content-Length promised more than arrived
-                raise http.client.IncompleteRead(b"", response.length)
-        except StopTransfer:
-            conn.close()  # the rest of the body is unwanted: the connection cannot be reused
-            return
-        except (TimeoutError, socket.timeout) as exc:
-            conn.close()
-            raise Timeout(budget.expired("reading the response"), **_where(request)) from exc
-        except (http.client.IncompleteRead, OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise ResponseCut(f"response body ended early: {exc!r}", **_where(request)) from exc
-        except BaseException:
-            conn.close()  # the sink failed: the rest of the body is unread, so drop the socket
-            raise
-        if response.will_close:
-            conn.close()
-        else:
-            self._checkin(key, conn)
-        sink.on_end()
+                key, target, netloc = self._split(url)
+            total = request.timeout or self.options.request_timeout
+            idle = request.idle_timeout or self.options.idle_timeout
+            # No limits (the default): one shared budget, as it has nothing to count.
+            budget = _Budget(total, idle) if total or idle else _UNLIMITED
+            for attempt in (1, 2):
+                try:
+                    conn, reused = self._checkout(key, budget)
+                except (TimeoutError, socket.timeout) as exc:
+                    raise Timeout(budget.expired(f"connecting to {netloc}"),
+                                  **_where(request)) from exc
+                except ssl.SSLError as exc:
+                    raise ConnectError(_tls_problem(exc), **_where(request)) from exc
+                except OSError as exc:
+                    raise ConnectError(f"cannot connect to {netloc}: {exc}",
+                                       **_where(request)) from exc
+                try:
+                    budget.apply(conn)
+                    # What conn.request() sends (Host, Accept-Encoding: identity,
+                    # Content-Length), without its checks for headers we never set and a dict
+                    # of our header pairs.
+                    conn.putrequest(request.method, target)
+                    payload = request.body
+                    if payload is not None:
+                        conn.putheader("Content-Length", str(len(payload)))
+                    for name, value in request.headers:
+                        conn.putheader(name, value)
+                    conn.endheaders(payload)
+                    if budget.deadline is not None:  # else the socket's timeout stays as it is
+                        budget.apply(conn)
+                    conn.response_class = (_StreamResponse if request.stream
+                                           else http.client.HTTPResponse)
+                    response = conn.getresponse()
+                    break
+                except _STALE as exc:
+                    conn.close()
+                    if reused and attempt == 1:
+                        continue
+                    raise ResponseCut(f"connection closed before a response: {exc}",
+                                      **_where(request)) from exc
+                except (TimeoutError, socket.timeout) as exc:
+                    conn.close()
+                    raise Timeout(budget.expired("waiting for the response"),
+                                  **_where(request)) from exc
+                except ssl.SSLError as exc:
+                    conn.close()
+                    if reused:
+                        raise ResponseCut(f"TLS connection failed before a response: {exc}",
+                                          **_where(request)) from exc
+                    # A fresh TLS 1.3 connection that the server refuses after the handshake (no
+                    # or a rejected client certificate): the alert arrives with the first read.
+                    raise ConnectError(_tls_problem(exc), **_where(request)) from exc
+                except (OSError, http.client.HTTPException) as exc:
+                    conn.close()
+                    raise TransportError(f"invalid or failed HTTP exchange: {exc!r}",
+                                         **_where(request)) from exc
+            try:
+                # raw_items(): the same pairs as getheaders(), without the email package's
+                # per-field policy pass (http.client decodes as latin-1: nothing for it to do).
+                sink.on_start(response.status, Headers(list(response.msg.raw_items())))
+                if request.stream or budget.deadline is not None:
+                    body = _read_pieces(request.stream, response, conn, budget, sink)
+                else:
+                    # In one call; each wait on the socket is bounded all the same.
+                    body = response.read()
+                if body:
+                    sink.on_data(body)
+                if response.length:  # Content-Length promised more than arrived
+                    raise http.client.IncompleteRead(b"", response.length)
+            except StopTransfer:
+                # The rest of the body is unwanted: the connection cannot be reused.
+                conn.close()
+                return _DONE
+            except (TimeoutError, socket.timeout) as exc:
+                conn.close()
+                raise Timeout(budget.expired("reading the response"), **_where(request)) from exc
+            except (http.client.IncompleteRead, OSError, http.client.HTTPException) as exc:
+                conn.close()
+                raise ResponseCut(f"response body ended early: {exc!r}",
+                                  **_where(request)) from exc
+            except BaseException:
+                conn.close()  # the sink failed: the body is unread, so drop the socket
+                raise
+            if response.will_close:
+                conn.close()
+            else:
+                self._checkin(key, conn)
+            sink.on_end()
+        except CouchError as exc:
+            sink.on_error(exc)
+        return _DONE
 
     def run(self, start: Start) -> Any:
         box: list[Outcome] = []
@@ -308,6 +317,11 @@ class _Budget:
         if self._last == "request" and self._total is not None:
             return f"request timed out after {self._total:g} s while {doing}"
         return f"timed out {doing}"
+
+
+# The budget of an exchange with no time limits. Shared: it only ever records which limit
+# bound last, and with no limits its messages do not depend on that.
+_UNLIMITED = _Budget(None, None)
 
 
 def _where(request: Request) -> dict[str, str]:

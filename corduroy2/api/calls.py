@@ -270,29 +270,27 @@ class _Call(_Driver):
         self._over = True
         if error is not None:
             # No (complete) answer: the call has no status code, nor headers to show.
-            self._finish(Outcome(error=error))
-            return
-        assert status is not None and headers is not None
-        self._code, self._headers = status, headers
-        if self._raw:
-            self._finish(Outcome(value=Response(status, headers, body)))
-            return
-        request = self._request
-        try:
-            if status >= 400:
-                raise make_error(status, headers, body, method=request.method, url=request.url)
-            try:
-                value = orjson.loads(body) if body else None
-            except orjson.JSONDecodeError:
-                value = decode_json(body, method=request.method, url=request.url)  # raises
-            if self._post is not None:
-                value = self._post(value)
-        except Exception as exc:  # a mapped HTTP error, bad JSON, or post's own failure
-            self._finish(Outcome(error=exc))
-            return
-        self._finish(Outcome(value=value))
-
-    def _finish(self, outcome: Outcome) -> None:
+            outcome = Outcome(error=error)
+        else:
+            assert status is not None and headers is not None
+            self._code, self._headers = status, headers
+            if self._raw:
+                outcome = Outcome(value=Response(status, headers, body))
+            else:
+                request = self._request
+                try:
+                    if status >= 400:
+                        raise make_error(status, headers, body, method=request.method,
+                                         url=request.url)
+                    try:
+                        value = orjson.loads(body) if body else None
+                    except orjson.JSONDecodeError:
+                        value = decode_json(body, method=request.method, url=request.url)  # raises
+                    if self._post is not None:
+                        value = self._post(value)
+                    outcome = Outcome(value=value)
+                except Exception as exc:  # a mapped HTTP error, bad JSON, or post's own failure
+                    outcome = Outcome(error=exc)
         # Let go of the transfer (which holds _replied) and of whoever waits (which may hold
         # this): reference cycles that only the cyclic GC would free, on every call.
         done, self._done, self._transfer = self._done, _ignore, None
@@ -388,7 +386,7 @@ class _Run(_Driver):
 
     def _finish(self, outcome: Outcome) -> None:
         self._state = _FINISHED
-        # As in _Call._finish: no cycle left behind.
+        # As at the end of _Call._replied: no cycle left behind.
         done, self._done, self._current = self._done, _ignore, None
         done(outcome)
 
@@ -401,14 +399,15 @@ def invoke(backend: Sender, op: Op[Any], callback: Callable[[Any, Status], Any] 
     result is returned: a Future, a Deferred, or (blocking) the value itself.
     """
     run = _Run(backend, op)
-    return backend.run(run.start) if callback is None else _call_back(run, callback)
+    # backend.backend.run: what Sender.run would call, a frame fewer on every call.
+    return backend.backend.run(run.start) if callback is None else _call_back(run, callback)
 
 
 def invoke_one(backend: Sender, request: Request, callback: Callable[[Any, Status], Any] | None,
                post: Callable[[Any], Any] | None = None) -> Any:
     """Like :func:`invoke` for the operation "send ``request``, return ``post(reply)``"."""
     call = _Call(backend, request, post)
-    return backend.run(call.start) if callback is None else _call_back(call, callback)
+    return backend.backend.run(call.start) if callback is None else _call_back(call, callback)
 
 
 def _call_back(driver: _Driver, callback: Callable[[Any, Status], Any]) -> None:

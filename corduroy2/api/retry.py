@@ -199,7 +199,18 @@ class Sender(Backend):
         :meth:`send` does, without replaying the held reply to a sink piece by piece."""
         exchange = _Fetch(self, request, _NOWHERE)
         exchange._reply = reply
-        exchange._resume(_DONE)
+        # exchange._resume(_DONE), unrolled for its first step (on every call's path): _attempt
+        # runs as a step of the trampoline; what a synchronous backend left pending runs after.
+        exchange._running = True
+        try:
+            exchange._attempt(_DONE)
+        except BaseException:
+            exchange._over = True
+            raise
+        finally:
+            exchange._running = False
+        if exchange._pending is not None:
+            exchange._resume(exchange._pending)
         return exchange
 
     def run(self, start: Start) -> Any:
@@ -371,7 +382,9 @@ class _Exchange:
         if self._error is None and status is not None and status < 400:
             # The common case, settled without the retry rules: only errors are retried.
             self._deliver()
-            self._end()
+            # _end(), inlined: this is every successful request's path.
+            self._over = True
+            self._next, self._current = _ignore, None
             return
         if self._error is None and status == 401 and self._renew:
             auth = sender.auth
@@ -425,7 +438,13 @@ class _Exchange:
             self._chunks.append(chunk)
 
     def on_end(self) -> None:
-        self._resume(_DONE)
+        status = self._status
+        if status is not None and status < 400 and not self._over:
+            # A success is the last step (only errors are retried): settled here rather than
+            # through the trampoline, which only has to keep retries from recursing.
+            self._attempted(_DONE)
+        else:
+            self._resume(_DONE)
         if self._forwarded:
             self._sink.on_end()
 

@@ -73,11 +73,14 @@ def db_path(name: str) -> str:
 
 def doc_path(db: str, doc_id: str, *rest: str) -> str:
     """``/<db>/<id>[/<rest>...]``; ``_design/x`` and ``_local/x`` keep their slash."""
-    prefix, sep, tail = doc_id.partition("/")
-    if sep and prefix in ("_design", "_local") and tail:
-        quoted_id = prefix + "/" + _segment(tail)
+    if _UNRESERVED.fullmatch(doc_id):  # most ids: their own quoted form, and no slash in them
+        quoted_id = doc_id
     else:
-        quoted_id = _segment(doc_id)
+        prefix, sep, tail = doc_id.partition("/")
+        if sep and prefix in ("_design", "_local") and tail:
+            quoted_id = prefix + "/" + _segment(tail)
+        else:
+            quoted_id = quote(doc_id, safe="")
     path = db_path(db) + "/" + quoted_id
     for part in rest:
         path += "/" + _segment(part)
