@@ -60,6 +60,10 @@ log = logging.getLogger("corduroy2")
 Reply = Callable[[int | None, Headers | None, bytes, CouchError | None], None]
 
 
+# No statuses (the retry statuses of a reply that will not be retried).
+_NONE: frozenset[int] = frozenset()
+
+
 @dataclass(frozen=True)
 class Retry:
     """A retry policy. ``Couch(..., retry=Retry(...))``, ``retry=False`` for none, or per
@@ -245,27 +249,31 @@ class _Exchange:
     caller's sink as it arrives (``_forwarded``).
     """
 
-    __slots__ = ("_sender", "_request", "_sink", "_first", "_retries", "_renewed", "_fresh",
-                 "_next", "_current", "_transfer", "_pending", "_running", "_over", "_paused",
-                 # the current attempt
-                 "_generation", "_began", "_renew", "_retry_statuses", "_status", "_headers",
-                 "_chunks", "_error", "_forwarded")
+    # The state, with its starting values. Class-level defaults (so no __slots__, which would
+    # forbid them): a new exchange, on every request, sets only what differs.
+    _retries = 0
+    _renewed = False  # credentials renewed after a 401 (done at most once)
+    _fresh = False  # a renewal was just waited for (see Auth._ready)
+    _current: Cancel | None = None
+    _transfer: Transfer | None = None
+    _pending: Outcome | None = None
+    _running = False
+    _over = False
+    _paused = False
+    # The current attempt; _clear() puts back what an attempt changed, before the next one.
+    _generation = 0
+    _retry_statuses = _NONE
+    _status: int | None = None
+    _headers: Headers | None = None
+    _error: CouchError | None = None
+    _forwarded = False
 
     def __init__(self, sender: Sender, request: Request, sink: Sink) -> None:
         self._sender = sender
         self._request = request
         self._sink = sink
         self._first = time.monotonic()  # the retry deadline counts from the first attempt
-        self._retries = 0
-        self._renewed = False  # credentials renewed after a 401 (done at most once)
-        self._fresh = False  # a renewal was just waited for (see Auth._ready)
         self._next: Callable[[Outcome], None] = self._attempt
-        self._current: Cancel | None = None
-        self._transfer: Transfer | None = None
-        self._pending: Outcome | None = None
-        self._running = False
-        self._over = False
-        self._paused = False
 
     # -- handle ------------------------------------------------------------------------------
 
@@ -328,7 +336,6 @@ class _Exchange:
         sender = self._sender
         policy, auth = sender.retry, sender.auth
         request = sent = self._request
-        self._generation = 0
         if auth is not None and auth.dynamic:
             ready = auth._ready(sender, fresh=self._fresh)
             if isinstance(ready, _Flight):
@@ -341,15 +348,10 @@ class _Exchange:
         self._renew = auth is not None and not self._renewed and auth.renewable()
         # A streamed reply with one of these statuses is held back rather than forwarded, as
         # it may be retried (a reply that is not streamed is always held until it is final).
-        self._retry_statuses = _NONE
         if (sent.stream and policy is not None and self._retries + 1 < policy.attempts
                 and policy.allows(request)):
             self._retry_statuses = policy.statuses
-        self._status: int | None = None
-        self._headers: Headers | None = None
         self._chunks: list[bytes] = []
-        self._error: CouchError | None = None
-        self._forwarded = False
         self._began = time.monotonic()
         # As _wait(start, self._attempted), with this exchange as the attempt's sink: its
         # on_end/on_error resume the steps (inside send() when the backend is synchronous).
@@ -360,6 +362,13 @@ class _Exchange:
             self._current = self._transfer = transfer
             if self._paused:
                 transfer.pause()
+
+    def _clear(self) -> None:
+        """Put back what an attempt set (to the class-level defaults), for the next one."""
+        self._generation = 0
+        self._retry_statuses = _NONE
+        self._status = self._headers = self._error = None
+        self._forwarded = False
 
     def _joined(self, outcome: Outcome) -> None:
         """A renewal that the credentials waited for has ended."""
@@ -393,6 +402,7 @@ class _Exchange:
             log.info("corduroy2: %s %s answered 401: renewing the credentials of %r and "
                      "sending it again", request.method, request.url, auth)
             flight = auth._renew(sender, self._generation)
+            self._clear()
             if flight is not None:
                 self._wait(flight.join, self._joined_renewal)
             else:
@@ -409,6 +419,7 @@ class _Exchange:
         assert policy is not None
         log.info("corduroy2: %s %s: %s; retry %d of %d in %.3f s", request.method,
                  request.url, self._describe(), self._retries, policy.attempts - 1, delay)
+        self._clear()
         self._wait(_sleep(sender, delay), self._attempt)
 
     def _joined_renewal(self, outcome: Outcome) -> None:
@@ -486,8 +497,7 @@ class _Exchange:
 class _Fetch(_Exchange):
     """An exchange whose final reply goes whole to a function (:meth:`Sender.fetch`)."""
 
-    __slots__ = ("_reply",)  # set by fetch(): an __init__ calling super() costs more
-    _reply: Reply
+    _reply: Reply  # set by fetch(): an __init__ calling super() costs more
 
     def _fail(self, error: CouchError) -> None:
         self._reply(None, None, b"", error)
@@ -515,7 +525,6 @@ class _Nowhere:
 
 
 _NOWHERE = _Nowhere()
-_NONE: frozenset[int] = frozenset()
 # What an attempt or a sleep reports when it is over (its details are kept elsewhere).
 _DONE = Outcome()
 

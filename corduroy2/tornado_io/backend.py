@@ -90,21 +90,19 @@ class _Pending:
     (that silence is ours) and once cancelled.
     """
 
-    __slots__ = ("cancelled", "paused", "curl", "curl_client", "connection", "_waiter", "_loop",
-                 "_idle", "_expired", "_timer", "_heard")
-
-    def __init__(self) -> None:
-        self.cancelled = False
-        self.paused = False
-        self.curl: Any = None
-        self.curl_client: Any = None
-        self.connection: _SimpleConnection | None = None
-        self._waiter: Future[None] | None = None
-        self._loop: IOLoop | None = None
-        self._idle = 0.0
-        self._expired: Callable[[], None] | None = None
-        self._timer: object | None = None
-        self._heard = 0.0
+    # Class-level defaults and no __init__ (nor __slots__, which would forbid them): one is
+    # made per request, and a plain GET sets none of these.
+    cancelled = False
+    paused = False
+    curl: Any = None
+    curl_client: Any = None
+    connection: _SimpleConnection | None = None
+    _waiter: Future[None] | None = None
+    _loop: IOLoop | None = None
+    _idle = 0.0
+    _expired: Callable[[], None] | None = None
+    _timer: object | None = None
+    _heard = 0.0
 
     def watch(self, idle: float, expired: Callable[[], None]) -> None:
         self._loop, self._idle, self._expired = IOLoop.current(), idle, expired
@@ -363,7 +361,8 @@ class TornadoBackend(Backend):
             request_timeout=request.timeout or opts.request_timeout or 0,
             **kwargs,
         )
-        tornado_request.corduroy2_pending = pending  # type: ignore[attr-defined]  # _SimpleConnection
+        if self.client == "simple":  # for _SimpleConnection
+            tornado_request.corduroy2_pending = pending  # type: ignore[attr-defined]
         return tornado_request
 
     def send(self, request: Request, sink: Sink) -> Transfer:
@@ -392,10 +391,12 @@ class TornadoBackend(Backend):
             pending.watch(idle, expired)
 
         def finished(response: HTTPResponse) -> None:
-            pending.curl = None  # Tornado reuses the easy handle for other requests
+            if pending.curl is not None:
+                pending.curl = None  # Tornado reuses the easy handle for other requests
             if pending.cancelled:
                 return
-            pending.unwatch()
+            if idle:
+                pending.unwatch()
             # What fetch(raise_error=False) raises: a failure, not an HTTP error status.
             exc = None if response._error_is_response_code else response.error
             if exc is not None:
