@@ -686,8 +686,9 @@ def main(argv: list[str]) -> int:
             if problem:
                 raise SystemExit(f"--instructions: {problem}")
             log(f"GET {DOC_PATH}: instructions per request at c={args.concurrency} (callgrind; "
-                f"{args.requests} and {3 * args.requests} requests per side); user space only, "
-                f"so the overhead is overstated (the kernel's share is the same on both sides)")
+                f"{args.requests} and {3 * args.requests} requests per side). Left out: the "
+                f"kernel's share (the same on both sides) and the cost of cache and branch "
+                f"misses (more Python per request pays more of them)")
             print("\n".join(count_instructions(settings, chosen, args.requests, concurrencies)))
             return 0
         if args.profile:
