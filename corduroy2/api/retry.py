@@ -203,18 +203,7 @@ class Sender(Backend):
         :meth:`send` does, without replaying the held reply to a sink piece by piece."""
         exchange = _Fetch(self, request, _NOWHERE)
         exchange._reply = reply
-        # exchange._resume(_DONE), unrolled for its first step (on every call's path): _attempt
-        # runs as a step of the trampoline; what a synchronous backend left pending runs after.
-        exchange._running = True
-        try:
-            exchange._attempt(_DONE)
-        except BaseException:
-            exchange._over = True
-            raise
-        finally:
-            exchange._running = False
-        if exchange._pending is not None:
-            exchange._resume(exchange._pending)
+        exchange._resume(_DONE)  # runs the first step, _attempt
         return exchange
 
     def run(self, start: Start) -> Any:
