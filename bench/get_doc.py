@@ -123,9 +123,6 @@ class AsyncioMode:
 
         reactor.startRunning(installSignalHandlers=False)  # type: ignore[attr-defined]
 
-    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
-        self.loop.call_later(delay, fn)
-
     def promise(self) -> tuple[Any, Callable[[Any], None]]:
         future = self.loop.create_future()
         return future, future.set_result
@@ -158,9 +155,6 @@ class TwistedMode:
 
         self.reactor = reactor
         self.name = type(reactor).__name__
-
-    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
-        self.reactor.callLater(delay, fn)
 
     def promise(self) -> tuple[Any, Callable[[Any], None]]:
         from twisted.internet.defer import Deferred
