@@ -8,6 +8,10 @@ small as gidgethub's adapter:
   ``on_end()`` or ``on_error(exc)``. Native exceptions are mapped to corduroy2's
   :class:`~corduroy2.errors.TransportError` subclasses inside ``send``, so nothing
   framework-specific ever reaches the API layer. It returns a :class:`Cancel` handle.
+* :meth:`Backend.fetch` is ``send`` for a reply wanted whole (most calls): ``reply(status,
+  headers, body, error)`` once. The base class builds it over ``send`` with a collecting sink
+  (like treq's ``content``); a backend that holds the body whole anyway overrides it, which
+  spares a call per piece of every reply.
 * :meth:`Backend.run` turns a callback-driven operation into the framework's native result
   (a Tornado/asyncio ``Future``, a Twisted ``Deferred``, or, for blocking, the value itself):
   Futures are built once over a callback hook, as in Tornado's ``httpclient.py``.
@@ -28,8 +32,8 @@ from .protocol.requests import Request
 from .protocol.responses import Headers
 
 __all__ = [
-    "Sink", "Cancel", "Transfer", "StopTransfer", "Outcome", "Start", "Backend", "TransportOptions",
-    "ssl_context", "tls_meaning", "warn_unverified",
+    "Sink", "Reply", "Collector", "Cancel", "Transfer", "StopTransfer", "Outcome", "Start", "Backend",
+    "TransportOptions", "ssl_context", "tls_meaning", "warn_unverified",
 ]
 
 log = logging.getLogger("corduroy2")
@@ -45,6 +49,12 @@ class Sink(Protocol):
     def on_end(self) -> None: ...
 
     def on_error(self, exc: CouchError) -> None: ...
+
+
+#: ``reply(status, headers, body, error)``: a whole reply (:meth:`Backend.fetch`). ``error`` is
+#: set when the exchange failed; ``status`` and ``headers`` are then those of the response that
+#: had begun, if any (None otherwise), and ``body`` is empty.
+Reply = Callable[[int | None, Headers | None, bytes, CouchError | None], None]
 
 
 class Cancel(Protocol):
@@ -159,6 +169,10 @@ class Backend(ABC):
     def send(self, request: Request, sink: Sink) -> Transfer:
         """Start ``request``; report the response to ``sink``."""
 
+    def fetch(self, request: Request, reply: Reply) -> Transfer:
+        """Start ``request`` (not streamed) and give its reply whole to ``reply``, once."""
+        return self.send(request, Collector(reply))
+
     @abstractmethod
     def run(self, start: Start) -> Any:
         """Run an operation and return its result in this framework's native form."""
@@ -177,3 +191,30 @@ class Backend(ABC):
     def close(self) -> Any:
         """Close connections (Twisted returns a Deferred that fires when they are closed).
         The backend must not be used afterwards."""
+
+
+class Collector:
+    """A sink that gathers a reply and gives it whole to ``reply``: the default
+    :meth:`Backend.fetch`, and a backend's own for a streamed request given to ``fetch``."""
+
+    __slots__ = ("_reply", "_status", "_headers", "_chunks")
+
+    def __init__(self, reply: Reply) -> None:
+        self._reply = reply
+        self._status: int | None = None
+        self._headers: Headers | None = None
+        self._chunks: list[bytes] = []
+
+    def on_start(self, status: int, headers: Headers) -> None:
+        self._status, self._headers = status, headers
+
+    def on_data(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+
+    def on_end(self) -> None:
+        chunks = self._chunks
+        self._reply(self._status, self._headers,
+                    chunks[0] if len(chunks) == 1 else b"".join(chunks), None)
+
+    def on_error(self, exc: CouchError) -> None:
+        self._reply(self._status, self._headers, b"", exc)

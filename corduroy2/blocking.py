@@ -20,11 +20,11 @@ from urllib.parse import urlsplit
 
 from . import api
 from .backend import (
-    Backend, Cancel, Outcome, Sink, Start, StopTransfer, Transfer, TransportOptions, ssl_context,
-    tls_meaning,
+    Backend, Cancel, Collector, Outcome, Reply, Sink, Start, StopTransfer, Transfer, TransportOptions,
+    ssl_context, tls_meaning,
 )
 from .errors import ConnectError, CouchError, ResponseCut, Timeout, TransportError
-from .protocol.requests import Request
+from .protocol.requests import Request, check_headers
 from .protocol.responses import Headers
 from .api.views import MakeSink
 
@@ -90,6 +90,10 @@ class BlockingBackend(Backend):
         # The last server parsed: (URL up to the path, pool key, netloc). A Couch talks to one
         # server, so this spares a urlsplit per request. One tuple, replaced whole: thread safe.
         self._origin: tuple[str, tuple[str, str, int], str] = ("", ("", "", 0), "")
+        # The last request header set, and its lines, checked and encoded once (a putheader()
+        # call runs two regexes each time): a Couch sends the same headers again and again.
+        # One tuple, replaced whole: thread safe.
+        self._last_headers: tuple[tuple[tuple[str, str], ...], bytes] = ((), b"")
 
     def _connect(self, key: tuple[str, str, int], budget: _Budget) -> http.client.HTTPConnection:
         scheme, host, port = key
@@ -142,7 +146,15 @@ class BlockingBackend(Backend):
         return key, target, parts.netloc
 
     def send(self, request: Request, sink: Sink) -> Transfer:
-        # All in one method: a frame fewer on every request.
+        return self._exchange(request, None, sink)
+
+    def _exchange(self, request: Request, reply: Reply | None, sink: Sink | None = None) -> Transfer:
+        """One request: its reply whole to ``reply`` (fetch), or piece by piece to ``sink``
+        (send). All in one method: a frame fewer on every request."""
+        if reply is not None and request.stream:  # fetched whole all the same
+            sink, reply = Collector(reply), None
+        status: int | None = None
+        headers: Headers | None = None
         try:
             url = request.url
             # Usually the origin of the last request (a Couch talks to one server).
@@ -151,6 +163,14 @@ class BlockingBackend(Backend):
                 target = url[len(origin):]
             else:
                 key, target, netloc = self._split(url)
+            fields = request.headers
+            last, lines = self._last_headers
+            if fields != last:
+                try:
+                    lines = _header_lines(fields)
+                except ValueError as exc:
+                    raise TransportError(f"request not sent: {exc}", **_where(request)) from exc
+                self._last_headers = (fields, lines)
             total = request.timeout or self.options.request_timeout
             idle = request.idle_timeout or self.options.idle_timeout
             # No limits (the default): one shared budget, as it has nothing to count.
@@ -170,13 +190,13 @@ class BlockingBackend(Backend):
                     budget.apply(conn)
                     # What conn.request() sends (Host, Accept-Encoding: identity,
                     # Content-Length), without its checks for headers we never set and a dict
-                    # of our header pairs.
+                    # of our header pairs; then our lines, checked and encoded above.
                     conn.putrequest(request.method, target)
                     payload = request.body
                     if payload is not None:
                         conn.putheader("Content-Length", str(len(payload)))
-                    for name, value in request.headers:
-                        conn.putheader(name, value)
+                    if lines:
+                        conn._output(lines)  # type: ignore[attr-defined]  # as putheader() does
                     conn.endheaders(payload)
                     if budget.deadline is not None:  # else the socket's timeout stays as it is
                         budget.apply(conn)
@@ -206,16 +226,19 @@ class BlockingBackend(Backend):
                     conn.close()
                     raise TransportError(f"invalid or failed HTTP exchange: {exc!r}",
                                          **_where(request)) from exc
+            status = response.status
+            # raw_items(): the same pairs as getheaders(), without the email package's
+            # per-field policy pass (http.client decodes as latin-1: nothing for it to do).
+            headers = Headers(list(response.msg.raw_items()))
             try:
-                # raw_items(): the same pairs as getheaders(), without the email package's
-                # per-field policy pass (http.client decodes as latin-1: nothing for it to do).
-                sink.on_start(response.status, Headers(list(response.msg.raw_items())))
+                if sink is not None:
+                    sink.on_start(status, headers)
                 if request.stream or budget.deadline is not None:
                     body = _read_pieces(request.stream, response, conn, budget, sink)
                 else:
                     # In one call; each wait on the socket is bounded all the same.
                     body = response.read()
-                if body:
+                if body and sink is not None:
                     sink.on_data(body)
                 if response.length:  # Content-Length promised more than arrived
                     raise http.client.IncompleteRead(b"", response.length)
@@ -237,10 +260,21 @@ class BlockingBackend(Backend):
                 conn.close()
             else:
                 self._checkin(key, conn)
-            sink.on_end()
+            if reply is not None:
+                reply(status, headers, body, None)
+            else:
+                assert sink is not None
+                sink.on_end()
         except CouchError as exc:
-            sink.on_error(exc)
+            if reply is not None:
+                reply(status, headers, b"", exc)
+            else:
+                assert sink is not None
+                sink.on_error(exc)
         return _DONE
+
+    # fetch(request, reply) is _exchange itself: a frame fewer on every call.
+    fetch = _exchange
 
     def run(self, start: Start) -> Any:
         box: list[Outcome] = []
@@ -324,13 +358,20 @@ class _Budget:
 _UNLIMITED = _Budget(None, None)
 
 
+def _header_lines(fields: tuple[tuple[str, str], ...]) -> bytes:
+    """The header lines of ``fields`` as one piece, as ``putheader`` writes them (ValueError
+    if one cannot be sent: :func:`~corduroy2.protocol.requests.check_headers`)."""
+    check_headers(fields)
+    return b"\r\n".join(f"{name}: {value}".encode("latin-1") for name, value in fields)
+
+
 def _where(request: Request) -> dict[str, str]:
     """The request an error is about (built only when there is an error)."""
     return {"method": request.method, "url": request.url}
 
 
 def _read_pieces(stream: bool, response: http.client.HTTPResponse,
-                 conn: http.client.HTTPConnection, budget: _Budget, sink: Sink) -> bytes:
+                 conn: http.client.HTTPConnection, budget: _Budget, sink: Sink | None) -> bytes:
     """Read a body piece by piece: a stream goes to ``sink`` as it arrives; a buffered body
     with a deadline is checked against it between pieces. Returns what is left to deliver."""
     body: list[bytes] = []
@@ -340,6 +381,7 @@ def _read_pieces(stream: bool, response: http.client.HTTPResponse,
         if not chunk:
             break
         if stream:
+            assert sink is not None
             sink.on_data(chunk)
         else:
             body.append(chunk)

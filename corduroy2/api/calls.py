@@ -13,16 +13,18 @@ backend wrapped with credentials, their renewal and retries, so every request of
 gets them on every backend; a login is itself just an operation run here). It trampolines, so a
 backend that completes synchronously (blocking) does not recurse. Most methods send a single
 request: :class:`_Call` runs that directly (:func:`invoke_one`), with no generator; it is also
-how ``_Run`` sends each request step. :func:`invoke` picks the calling style: an explicit
+how ``_Run`` sends each request step. A ``_Call`` is the Sender's exchange itself (a subclass),
+fetching each attempt's reply whole. :func:`invoke` picks the calling style: an explicit
 callback, or the backend's native result.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -32,10 +34,8 @@ from ..protocol.requests import Request
 from ..protocol.responses import Headers, decode_json, make_error
 from ..protocol.rows import NEED_DATA, End, Header, RowStream
 from ..errors import DecodeError, ResponseCut
+from .retry import _DONE, Sender, _Exchange
 from .status import Status
-
-if TYPE_CHECKING:  # retry imports auth, which imports this module
-    from .retry import Sender
 
 __all__ = ["Raw", "Response", "Stream", "Wait", "RowConsumer", "Op", "invoke", "invoke_one"]
 
@@ -206,15 +206,11 @@ class RowSink:
 class _Driver:
     """What both drivers keep for the explicit-callback style: the last response's status code
     and headers, from which :meth:`status` builds the :class:`Status` (only when a callback
-    wants one)."""
+    wants one). Class-level defaults, no ``__slots__``: a driver is made per call, and sets only
+    what differs."""
 
-    __slots__ = ("_backend", "_done", "_code", "_headers")
-
-    def __init__(self, backend: Sender) -> None:
-        self._backend = backend
-        self._done: Callable[[Outcome], None] = _ignore
-        self._code: int | None = None
-        self._headers: Headers = _NO_HEADERS
+    _code: int | None = None
+    _headers: Headers | None = None
 
     def start(self, done: Callable[[Outcome], None]) -> Cancel:
         """Begin; ``done`` is called once with the outcome. Returns the cancel handle."""
@@ -222,79 +218,101 @@ class _Driver:
 
     def status(self, exc: BaseException | None) -> Status:
         code = exc.status if isinstance(exc, HTTPError) else self._code
-        return Status(ok=exc is None, code=code, headers=self._headers, exception=exc)
+        headers = self._headers
+        return Status(ok=exc is None, code=code,
+                      headers=_NO_HEADERS if headers is None else headers, exception=exc)
 
 
-class _Call(_Driver):
-    """One request through the Sender (:meth:`~corduroy2.api.retry.Sender.fetch`), its final
-    reply taken whole, then checked and decoded (an error status raised as its mapped error,
-    JSON decoded; with ``raw`` the :class:`Response` itself), then ``post`` applied.
+class _Call(_Exchange, _Driver):
+    """One request through the Sender's exchange (credentials, their renewal, retries), each
+    attempt's reply fetched whole; the final one checked and decoded (an error status raised as
+    its mapped error, JSON decoded; with ``raw`` the :class:`Response` itself), then ``post``
+    applied.
 
     Most methods are exactly this, so they run it directly, with no generator to trampoline
-    (it is on every call's path); an operation's request steps run through it as well.
+    (it is on every call's path); an operation's request steps run through it as well. It is
+    the exchange itself rather than a driver over one: one object and one reply hop per call.
     """
 
-    __slots__ = ("_request", "_post", "_raw", "_transfer", "_over")
+    _whole = True
+    _post: Callable[[Any], Any] | None = None
+    _raw = False
+    _done: Callable[[Outcome], None]
 
-    def __init__(self, backend: Sender, request: Request,
+    def __init__(self, sender: Sender, request: Request,
                  post: Callable[[Any], Any] | None = None, raw: bool = False) -> None:
-        # _Driver's fields, set here rather than through super(): this is on every call's path.
-        self._backend = backend
-        self._done: Callable[[Outcome], None] = _ignore
-        self._code: int | None = None
-        self._headers: Headers = _NO_HEADERS
+        # Not _Exchange.__init__: there is no sink (the reply is this call's), and start()
+        # runs the first attempt itself, so the trampoline has no step yet.
+        self._sender = sender
         self._request = request
-        self._post = post
-        self._raw = raw
-        self._transfer: Cancel | None = None
-        self._over = False
+        if post is not None:
+            self._post = post
+        if raw:
+            self._raw = True
+        self._first = time.monotonic()  # the retry deadline counts from the first attempt
 
     def start(self, done: Callable[[Outcome], None]) -> _Call:
         self._done = done
-        transfer = self._backend.fetch(self._request, self._replied)
-        if not self._over:  # else it ended inside fetch (a synchronous backend)
-            self._transfer = transfer
+        self._attempt(_DONE)
         return self
 
-    def cancel(self) -> None:
-        if self._over:
-            return
-        self._over = True
-        if self._transfer is not None:
-            self._transfer.cancel()
-
-    def _replied(self, status: int | None, headers: Headers | None, body: bytes,
+    def _fetched(self, status: int | None, headers: Headers | None, body: bytes,
                  error: CouchError | None) -> None:
-        if self._over:
-            return
-        self._over = True
-        if error is not None:
-            # No (complete) answer: the call has no status code, nor headers to show.
-            outcome = Outcome(error=error)
+        if error is None and status is not None and status < 400 and not self._over:
+            # A success is the last step (only errors are retried): settled here rather than
+            # through the retry rules and the trampoline (which keeps retries from recursing).
+            # Let go of the step and the transfer (both lead back here): no reference cycle
+            # left for the cyclic GC, on every call.
+            self._next, self._current, self._transfer = _ignore, None, None
+            auth = self._sender.auth
+            if auth is not None:
+                auth._adopt(headers)  # type: ignore[arg-type]  # a reply has headers
+            if log.isEnabledFor(logging.DEBUG):
+                self._status = status
+                self._log_attempt()
+            self._settle(status, headers, body)  # type: ignore[arg-type]
         else:
-            assert status is not None and headers is not None
-            self._code, self._headers = status, headers
-            if self._raw:
-                outcome = Outcome(value=Response(status, headers, body))
-            else:
-                request = self._request
+            _Exchange._fetched(self, status, headers, body, error)
+
+    def _deliver(self) -> None:
+        """The final reply, after the retry rules (an error, or a status they did not retry)."""
+        if self._error is not None:
+            self._fail(self._error)
+        else:
+            assert self._status is not None and self._headers is not None
+            self._settle(self._status, self._headers, self._body)
+
+    def _settle(self, status: int, headers: Headers, body: bytes) -> None:
+        """The call's end with a reply: checked, decoded, given to whoever waits."""
+        self._over = True
+        self._code, self._headers = status, headers
+        if self._raw:
+            outcome = Outcome(value=Response(status, headers, body))
+        else:
+            request = self._request
+            try:
+                if status >= 400:
+                    raise make_error(status, headers, body, method=request.method,
+                                     url=request.url)
                 try:
-                    if status >= 400:
-                        raise make_error(status, headers, body, method=request.method,
-                                         url=request.url)
-                    try:
-                        value = orjson.loads(body) if body else None
-                    except orjson.JSONDecodeError:
-                        value = decode_json(body, method=request.method, url=request.url)  # raises
-                    if self._post is not None:
-                        value = self._post(value)
-                    outcome = Outcome(value=value)
-                except Exception as exc:  # a mapped HTTP error, bad JSON, or post's own failure
-                    outcome = Outcome(error=exc)
-        # Let go of the transfer (which holds _replied) and of whoever waits (which may hold
-        # this): reference cycles that only the cyclic GC would free, on every call.
-        done, self._done, self._transfer = self._done, _ignore, None
+                    value = orjson.loads(body) if body else None
+                except orjson.JSONDecodeError:
+                    value = decode_json(body, method=request.method, url=request.url)  # raises
+                if self._post is not None:
+                    value = self._post(value)
+                outcome = Outcome(value=value)
+            except Exception as exc:  # a mapped HTTP error, bad JSON, or post's own failure
+                outcome = Outcome(error=exc)
+        # Let go of whoever waits (which may hold this): a cycle otherwise.
+        done, self._done = self._done, _ignore
         done(outcome)
+
+    def _fail(self, error: CouchError) -> None:
+        """The call's end without a (complete) answer: no status code, nor headers to show."""
+        self._over = True
+        self._headers = None
+        done, self._done = self._done, _ignore
+        done(Outcome(error=error))
 
 
 _IDLE, _RUNNING, _FINISHED = range(3)
@@ -304,10 +322,9 @@ class _Run(_Driver):
     """Drives one operation (a generator of steps). It trampolines, so a backend that completes
     synchronously (blocking) does not recurse."""
 
-    __slots__ = ("_op", "_state", "_pending", "_current")
-
     def __init__(self, backend: Sender, op: Op[Any]) -> None:
-        super().__init__(backend)
+        self._backend = backend
+        self._done: Callable[[Outcome], None] = _ignore
         self._op = op
         self._state = _IDLE
         self._pending: tuple[Any, BaseException | None] | None = None

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from ..backend import Backend, TransportOptions
 from ..errors import NotFound, PreconditionFailed
-from ..protocol.requests import JSON_HEADERS, Request
+from ..protocol.requests import JSON_HEADERS, Request, check_headers
 from ..protocol.responses import decode_json
 from ..protocol.urls import db_path, encode_query, split_credentials, validate_db_name
 from .auth import AuthArg, CookieAuth, as_auth
@@ -100,6 +100,7 @@ class Couch:
         # Fixed credentials go on every request as it is built; changing ones (a cookie, a JWT
         # from a callable) are added by the Sender as the request goes out.
         static = self._auth.static_headers() if self._auth is not None else ()
+        check_headers(static)  # a fixed credential that cannot be sent fails here, not per call
         self._headers = base + static
         self._sender = Sender(self._backend, self.url, self._auth, self._retry, base)
         #: ``_simple(request, callback, post=None)``: one request through the Sender, whose

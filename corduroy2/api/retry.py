@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
@@ -47,17 +47,13 @@ from ..backend import Backend, Cancel, Outcome, Sink, Start, StopTransfer, Trans
 from ..errors import ConnectError, CouchError, Timeout, TransportError
 from ..protocol.requests import Request
 from ..protocol.responses import Headers
-from .auth import Auth, HeaderList, _Flight
 
-__all__ = ["Retry", "DEFAULT_RETRY", "as_retry", "is_idempotent", "retry_after", "Sender",
-           "Reply"]
+if TYPE_CHECKING:  # auth imports calls, which builds its call on this module's _Exchange
+    from .auth import Auth, HeaderList
+
+__all__ = ["Retry", "DEFAULT_RETRY", "as_retry", "is_idempotent", "retry_after", "Sender"]
 
 log = logging.getLogger("corduroy2")
-
-#: ``reply(status, headers, body, error)``: the final reply to a :meth:`Sender.fetch`, held
-#: whole. ``error`` is set when it failed (``status`` and ``headers`` are then those of the
-#: response that had begun, if any; None otherwise).
-Reply = Callable[[int | None, Headers | None, bytes, CouchError | None], None]
 
 
 # No statuses (the retry statuses of a reply that will not be retried).
@@ -198,13 +194,8 @@ class Sender(Backend):
         exchange._resume(_DONE)  # runs the first step, _attempt
         return exchange
 
-    def fetch(self, request: Request, reply: Reply) -> Transfer:
-        """Send ``request`` (not streamed) for its final reply whole, given to ``reply``: what
-        :meth:`send` does, without replaying the held reply to a sink piece by piece."""
-        exchange = _Fetch(self, request, _NOWHERE)
-        exchange._reply = reply
-        exchange._resume(_DONE)  # runs the first step, _attempt
-        return exchange
+    # fetch(): Backend's, over send(). The API's calls do not go through it: each call is an
+    # exchange itself (calls._Call), which fetches each attempt from the real backend.
 
     def run(self, start: Start) -> Any:
         return self.backend.run(start)
@@ -235,13 +226,19 @@ class _Exchange:
 
     An attempt's reply is held back (so it can be retried, or replayed to the caller's sink
     once it is final), except a streamed reply that will not be retried: that goes to the
-    caller's sink as it arrives (``_forwarded``).
+    caller's sink as it arrives (``_forwarded``). A subclass with ``_whole`` set fetches each
+    attempt's reply whole instead (:meth:`~corduroy2.backend.Backend.fetch`, to
+    :meth:`_fetched`) and overrides :meth:`_deliver` and :meth:`_fail`: that is the API's call
+    (:class:`corduroy2.api.calls._Call`), one object per request.
     """
 
+    #: Attempts are fetched whole (Backend.fetch) rather than sent to this exchange as a sink.
+    _whole = False
     # The state, with its starting values. Class-level defaults (so no __slots__, which would
     # forbid them): a new exchange, on every request, sets only what differs.
     _retries = 0
     _renewed = False  # credentials renewed after a 401 (done at most once)
+    _renew = False  # a 401 to this attempt is answered by renewing the credentials
     _fresh = False  # a renewal was just waited for (see Auth._ready)
     _current: Cancel | None = None
     _transfer: Transfer | None = None
@@ -256,6 +253,7 @@ class _Exchange:
     _headers: Headers | None = None
     _error: CouchError | None = None
     _forwarded = False
+    _body = b""  # a whole reply (_fetched)
 
     def __init__(self, sender: Sender, request: Request, sink: Sink) -> None:
         self._sender = sender
@@ -323,30 +321,36 @@ class _Exchange:
     def _attempt(self, outcome: Outcome) -> None:
         """Send the request once, with the credentials (after a renewal under way)."""
         sender = self._sender
-        policy, auth = sender.retry, sender.auth
+        auth = sender.auth
         request = sent = self._request
-        if auth is not None and auth.dynamic:
-            ready = auth._ready(sender, fresh=self._fresh)
-            if isinstance(ready, _Flight):
-                self._wait(ready.join, self._joined)
-                return
-            headers, self._generation = ready
-            if headers:
-                sent = replace(request, headers=request.headers + headers)
-        self._fresh = False
-        self._renew = auth is not None and not self._renewed and auth.renewable()
-        # A streamed reply with one of these statuses is held back rather than forwarded, as
-        # it may be retried (a reply that is not streamed is always held until it is final).
-        if (sent.stream and policy is not None and self._retries + 1 < policy.attempts
-                and policy.allows(request)):
-            self._retry_statuses = policy.statuses
-        self._chunks: list[bytes] = []
+        if auth is not None:
+            if auth.dynamic:
+                ready = auth._ready(sender, fresh=self._fresh)
+                if not isinstance(ready, tuple):  # a renewal under way (a _Flight): join it
+                    self._wait(ready.join, self._joined)
+                    return
+                headers, self._generation = ready
+                if headers:
+                    sent = replace(request, headers=request.headers + headers)
+                self._fresh = False
+            self._renew = not self._renewed and auth.renewable()
         self._began = time.monotonic()
-        # As _wait(start, self._attempted), with this exchange as the attempt's sink: its
-        # on_end/on_error resume the steps (inside send() when the backend is synchronous).
+        # As _wait(start, self._attempted), with this exchange as the attempt's sink (or its
+        # _fetched as the reply): its end resumes the steps (inside send()/fetch() when the
+        # backend is synchronous).
         self._next = self._attempted
         self._current = None
-        transfer = sender.backend.send(sent, self)
+        if self._whole:
+            transfer = sender.backend.fetch(sent, self._fetched)
+        else:
+            policy = sender.retry
+            # A streamed reply with one of these statuses is held back rather than forwarded,
+            # as it may be retried (a reply that is not streamed is held until it is final).
+            if (sent.stream and policy is not None and self._retries + 1 < policy.attempts
+                    and policy.allows(request)):
+                self._retry_statuses = policy.statuses
+            self._chunks: list[bytes] = []
+            transfer = sender.backend.send(sent, self)
         if self._pending is None and not self._over:  # under way: what cancel() must stop
             self._current = self._transfer = transfer
             if self._paused:
@@ -358,6 +362,7 @@ class _Exchange:
         self._retry_statuses = _NONE
         self._status = self._headers = self._error = None
         self._forwarded = False
+        self._body = b""
 
     def _joined(self, outcome: Outcome) -> None:
         """A renewal that the credentials waited for has ended."""
@@ -371,8 +376,7 @@ class _Exchange:
         self._transfer = None
         sender, request = self._sender, self._request
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("corduroy2: %s %s -> %s (%.1f ms)", request.method, request.url,
-                      self._describe(), (time.monotonic() - self._began) * 1000)
+            self._log_attempt()
         if self._forwarded:
             self._end()
             return
@@ -454,6 +458,20 @@ class _Exchange:
         if self._forwarded:
             self._sink.on_error(exc)
 
+    # -- or the reply of the current attempt, whole ------------------------------------------
+
+    def _fetched(self, status: int | None, headers: Headers | None, body: bytes,
+                 error: CouchError | None) -> None:
+        """The reply of an attempt fetched whole (``_whole``); its end resumes the steps."""
+        self._status, self._headers, self._body, self._error = status, headers, body, error
+        if headers is not None:
+            auth = self._sender.auth
+            if auth is not None:
+                auth._adopt(headers)
+        self._resume(_DONE)
+
+    # -- the end -----------------------------------------------------------------------------
+
     def _fail(self, error: CouchError) -> None:
         """The request failed before an attempt could be made (credentials)."""
         self._sink.on_error(error)
@@ -474,6 +492,11 @@ class _Exchange:
         except StopTransfer:
             pass  # the sink gave up on a body that had already arrived whole
 
+    def _log_attempt(self) -> None:
+        request = self._request
+        log.debug("corduroy2: %s %s -> %s (%.1f ms)", request.method, request.url,
+                  self._describe(), (time.monotonic() - self._began) * 1000)
+
     def _describe(self) -> str:
         error = self._error
         if error is not None:
@@ -483,37 +506,6 @@ class _Exchange:
         return str(self._status)
 
 
-class _Fetch(_Exchange):
-    """An exchange whose final reply goes whole to a function (:meth:`Sender.fetch`)."""
-
-    _reply: Reply  # set by fetch(): an __init__ calling super() costs more
-
-    def _fail(self, error: CouchError) -> None:
-        self._reply(None, None, b"", error)
-
-    def _deliver(self) -> None:
-        chunks = self._chunks
-        self._reply(self._status, self._headers,
-                    chunks[0] if len(chunks) == 1 else b"".join(chunks), self._error)
-
-
-class _Nowhere:
-    """The sink of a :class:`_Fetch`: its request is not streamed, so nothing is forwarded."""
-
-    def on_start(self, status: int, headers: Headers) -> None:
-        raise AssertionError("a fetched reply is never forwarded")
-
-    def on_data(self, chunk: bytes) -> None:
-        raise AssertionError("a fetched reply is never forwarded")
-
-    def on_end(self) -> None:
-        raise AssertionError("a fetched reply is never forwarded")
-
-    def on_error(self, exc: CouchError) -> None:
-        raise AssertionError("a fetched reply is never forwarded")
-
-
-_NOWHERE = _Nowhere()
 # What an attempt or a sleep reports when it is over (its details are kept elsewhere).
 _DONE = Outcome()
 

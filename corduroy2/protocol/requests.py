@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-__all__ = ["Request", "encode_json", "JSON_HEADERS"]
+__all__ = ["Request", "encode_json", "check_headers", "JSON_HEADERS"]
 
 
 @dataclass(frozen=True, init=False)
@@ -52,6 +53,27 @@ class Request:
 
 
 JSON_HEADERS = (("Content-Type", "application/json"),)
+
+# RFC 9110: a field name is a token; a field value has no control character but HTAB (a line
+# break in one would end the line and start another: a header injected by a value).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]").search
+
+
+def check_headers(fields: tuple[tuple[str, str], ...]) -> None:
+    """Raise ValueError if a header of ``fields`` cannot be sent as it is. The message names the
+    header but never shows the value: it may be a credential. Every backend applies this one
+    rule (each checks a header set once, when it changes), so none sends what another refuses,
+    and none cleans up a value silently (Twisted would turn a line break into a space)."""
+    for name, value in fields:
+        if not _TOKEN(name):
+            raise ValueError(f"invalid header name {name!r}")
+        if _CONTROL(value):
+            raise ValueError(f"invalid value for header {name!r}: a control character")
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ValueError(f"invalid value for header {name!r}: not Latin-1") from None
 
 # datetime is passed through so that it fails like stdlib json does instead of being written as
 # a string that comes back as a str: a silent type change is a data loss. Dataclasses too: orjson

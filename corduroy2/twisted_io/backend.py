@@ -33,7 +33,7 @@ from ..backend import (
     Backend, Cancel, Outcome, Sink, Start, Transfer, TransportOptions, tls_meaning, warn_unverified,
 )
 from ..errors import ConnectError, CouchError, ResponseCut, Timeout, TransportError
-from ..protocol.requests import Request
+from ..protocol.requests import Request, check_headers
 from ..protocol.responses import Headers
 
 __all__ = ["TwistedBackend"]
@@ -337,6 +337,12 @@ class TwistedBackend(Backend):
                              request.idle_timeout or self.options.idle_timeout)
         fields, headers = self._headers
         if fields != request.headers:
+            try:
+                check_headers(request.headers)  # Twisted would make a line break a space
+            except ValueError as exc:
+                exchange._end(TransportError(f"request not sent: {exc}", method=request.method,
+                                             url=request.url))
+                return exchange
             fields, headers = request.headers, TwistedHeaders()
             for name, value in fields:
                 headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))

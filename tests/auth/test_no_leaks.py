@@ -18,6 +18,7 @@ from corduroy2 import CookieAuth, CouchError, JWTAuth, ProxyAuth, Retry, Status
 from corduroy2.protocol.requests import Request
 
 from ..support.faultserver import FaultServer, Received, Reply
+from ..support.recording import record_requests
 from .conftest import Runner, Sessions
 
 USER = "bob"
@@ -44,18 +45,15 @@ class Evidence:
     def __init__(self) -> None:
         self.objects: list[Any] = []
         self.errors: list[BaseException] = []
-        self.requests: list[Request] = []
+        self._recorded: list[list[Request]] = []
+
+    @property
+    def requests(self) -> list[Request]:
+        return [request for sent in self._recorded for request in sent]
 
     def watch(self, couch: Any) -> Any:
         """Record every Request ``couch``'s backend sends (they carry the credentials)."""
-        backend = couch._backend
-        send = backend.send
-
-        def recording_send(request: Request, sink: Any) -> Any:
-            self.requests.append(request)
-            return send(request, sink)
-
-        backend.send = recording_send
+        self._recorded.append(record_requests(couch._backend))
         self.objects += [couch, couch._sender, couch._auth, couch._retry]
         return couch
 

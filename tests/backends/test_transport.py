@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from corduroy2 import errors
+from corduroy2 import JWTAuth, errors
 from corduroy2.errors import (
     ConnectError,
     CouchError,
@@ -381,3 +381,22 @@ async def test_stale_keepalive_get_is_retried(h: Harness, fault: WatchedFaultSer
     assert await h.run(couch.info) == VALUE
     conns = [r.connection for r in fault.requests]
     assert conns == [1, 1, 2]
+
+
+async def test_header_value_with_a_line_break_is_not_sent(h: Harness,
+                                                          fault: WatchedFaultServer) -> None:
+    """A credential holding a line break would inject a header line. A fixed one is refused
+    when the Couch is made; one from a callable fails its call with a TransportError. Neither
+    shows the value, nothing is sent, and a good request on the same backend still goes out."""
+    fault.add("GET", "/", Reply.json(VALUE))
+    token = "s3cret\r\nX-Injected: yes"
+    with pytest.raises(ValueError) as info:
+        h.couch(auth=JWTAuth(token))  # type: ignore[arg-type]
+    exc: BaseException = info.value
+    assert "s3cret" not in str(exc) and "X-Injected" not in str(exc)
+    couch = h.couch(auth=JWTAuth(lambda: token))  # type: ignore[arg-type]
+    exc = await h.fails(TransportError, couch.info)
+    assert "s3cret" not in str(exc) and "X-Injected" not in str(exc)
+    assert fault.requests == []
+    assert await h.run(h.couch().info) == VALUE
+    assert [r.path for r in fault.requests] == ["/"]

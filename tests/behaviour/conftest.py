@@ -20,6 +20,7 @@ from corduroy2 import CouchError, HTTPError, Status
 from corduroy2.api import Couch
 
 from ..conftest import LOOP, Server
+from ..support import recording
 
 BACKENDS = ["tornado-curl", "tornado-simple", "twisted", "blocking"]
 ASYNC_STYLES = ["callback", "promise", "relax", "await"]
@@ -207,14 +208,5 @@ def db(c: Client, dbname: str) -> Any:
 
 
 def record_requests(couch: Any) -> list[Any]:
-    """Record every request ``couch`` sends from now on (the backend's send is wrapped)."""
-    sent: list[Any] = []
-    backend = couch._backend
-    send = backend.send
-
-    def recording(request: Any, sink: Any) -> Any:
-        sent.append(request)
-        return send(request, sink)
-
-    backend.send = recording
-    return sent
+    """Record every request ``couch`` sends from now on (its backend's entry points wrapped)."""
+    return recording.record_requests(couch._backend)

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from corduroy2.protocol import requests as requests_module
-from corduroy2.protocol.requests import JSON_HEADERS, Request, encode_json
+from corduroy2.protocol.requests import JSON_HEADERS, Request, check_headers, encode_json
 
 NAN = float("nan")
 INF = float("inf")
@@ -163,3 +163,26 @@ def test_request_is_frozen_and_compares_without_timeout() -> None:
 def test_json_headers() -> None:
     assert JSON_HEADERS == (("Content-Type", "application/json"),)
 
+
+
+def test_check_headers_accepts_what_couch_clients_send() -> None:
+    check_headers((("Accept", "application/json"), ("User-Agent", "corduroy2/1.0"),
+                   ("Authorization", "Basic YWRtaW46cGFzcw=="), ("X-Auth-CouchDB-Roles", "a,b"),
+                   ("Destination", "doc?rev=1-abc"), ("X-Tab", "a\tb"), ("X-Latin", "é")))
+
+
+@pytest.mark.parametrize("fields, problem", [
+    ((("Authorization", "Bearer s3cret\r\nX-Injected: yes"),), "control character"),
+    ((("Authorization", "Bearer s3cret\nX"),), "control character"),
+    ((("Cookie", "AuthSession=s3cret\r"),), "control character"),
+    ((("Cookie", "AuthSession=s3cret\x00"),), "control character"),
+    ((("Authorization", "Bearer s3cret€"),), "not Latin-1"),
+    ((("Bad Name", "v"),), "invalid header name"),
+    ((("Bad:Name", "v"),), "invalid header name"),
+    ((("", "v"),), "invalid header name"),
+])
+def test_check_headers_refuses_what_cannot_be_sent_without_showing_it(
+        fields: tuple[tuple[str, str], ...], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem) as info:
+        check_headers((("Accept", "application/json"),) + fields)
+    assert "s3cret" not in str(info.value)
