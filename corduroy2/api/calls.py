@@ -261,9 +261,11 @@ class _Call(_Exchange, _Driver):
         if error is None and status is not None and status < 400 and not self._over:
             # A success is the last step (only errors are retried): settled here rather than
             # through the retry rules and the trampoline (which keeps retries from recursing).
-            # Let go of the step and the transfer (both lead back here): no reference cycle
-            # left for the cyclic GC, on every call.
-            self._next, self._current, self._transfer = _ignore, None, None
+            # Let go of the step (after a retry) and the transfer (of an asynchronous
+            # backend), which lead back here: no reference cycle left for the cyclic GC.
+            self._next = _ignore
+            if self._current is not None:
+                self._current = self._transfer = None
             auth = self._sender.auth
             if auth is not None:
                 auth._adopt(headers)  # type: ignore[arg-type]  # a reply has headers

@@ -337,12 +337,13 @@ class _Exchange:
         self._began = time.monotonic()
         # As _wait(start, self._attempted), with this exchange as the attempt's sink (or its
         # _fetched as the reply): its end resumes the steps (inside send()/fetch() when the
-        # backend is synchronous).
-        self._next = self._attempted
+        # backend is synchronous). A whole reply names its next step itself (in _fetched),
+        # since a success does not need one.
         self._current = None
         if self._whole:
             transfer = sender.backend.fetch(sent, self._fetched)
         else:
+            self._next = self._attempted
             policy = sender.retry
             # A streamed reply with one of these statuses is held back rather than forwarded,
             # as it may be retried (a reply that is not streamed is held until it is final).
@@ -468,6 +469,7 @@ class _Exchange:
             auth = self._sender.auth
             if auth is not None:
                 auth._adopt(headers)
+        self._next = self._attempted
         self._resume(_DONE)
 
     # -- the end -----------------------------------------------------------------------------

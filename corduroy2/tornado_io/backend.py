@@ -14,7 +14,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from tornado import gen, httputil
 from tornado.concurrent import Future
@@ -55,6 +55,8 @@ __all__ = ["TornadoBackend", "HAS_CURL"]
 log = logging.getLogger("corduroy2")
 
 HAS_CURL = CurlAsyncHTTPClient is not None
+
+T = TypeVar("T")
 
 # Both clients apply max_body_size to streamed bodies as well: a long view or feed would die at
 # Tornado's 100 MiB default. Memory is bounded by streaming, not by this.
@@ -231,6 +233,21 @@ class _SimpleConnection(_HTTPConnection):
 class _SimpleClient(SimpleAsyncHTTPClient):
     def _connection_class(self) -> type:
         return _SimpleConnection
+
+
+class _CallFuture(Future[T]):
+    """The Future of a call: cancelling it cancels the call. An override of ``cancel`` (which
+    asyncio's tasks and ``wait_for`` call too), rather than a done-callback watching for
+    cancellation, which had to be added and removed again on every call."""
+
+    call: Cancel | None = None
+
+    def cancel(self, msg: Any = None) -> bool:
+        if not super().cancel(msg):
+            return False
+        if self.call is not None:
+            self.call.cancel()
+        return True
 
 
 class _LoopCall:
@@ -458,26 +475,17 @@ class TornadoBackend(Backend):
     fetch = _exchange
 
     def run(self, start: Start) -> Future[Any]:
-        future: Future[Any] = Future()
-
-        def cancelled(f: Future[Any]) -> None:
-            if f.cancelled():
-                handle.cancel()
+        future: _CallFuture[Any] = _CallFuture()
 
         def done(outcome: Outcome) -> None:
             if future.done():  # cancelled by the caller
                 return
-            # Settled by us: the cancel hook is useless now, and left on the Future it would
-            # cost a loop callback on every call.
-            future.remove_done_callback(cancelled)
             if outcome.error is not None:
                 future.set_exception(outcome.error)
             else:
                 future.set_result(outcome.value)
 
-        handle = start(done)
-        if not future.done():
-            future.add_done_callback(cancelled)
+        future.call = start(done)
         return future
 
     def when_done(self, value: Any, done: Callable[[Outcome], None]) -> bool:
