@@ -352,7 +352,11 @@ class _Exchange:
                 self._retry_statuses = policy.statuses
             self._chunks: list[bytes] = []
             transfer = sender.backend.send(sent, self)
-        if self._pending is None and not self._over:  # under way: what cancel() must stop
+        # Under way: what cancel() must stop. Unless it has ended already: its end is then
+        # pending (in the trampoline), or settled (over), or, when a whole call's first attempt
+        # (run outside the trampoline) is answered at once, already followed by the next step,
+        # which has set _current itself (a retry's wait, or its attempt).
+        if self._pending is None and not self._over and self._current is None:
             self._current = self._transfer = transfer
             if self._paused:
                 transfer.pause()

@@ -12,7 +12,11 @@ import pytest
 
 from corduroy2 import errors
 from corduroy2.api import ConflictResolution, Couch, Database, Document, PendingDoc, Status
+from corduroy2.api.calls import _Call
 from corduroy2.api.database import UUID_BATCH
+from corduroy2.api.retry import Retry, Sender
+from corduroy2.backend import Outcome
+from corduroy2.protocol.requests import Request
 
 from .recording import RecordingBackend, Reply
 
@@ -710,6 +714,38 @@ def test_one_api_object_serves_both_styles() -> None:
     cb = Recorder()
     db.get("y", callback=cb)
     assert cb.only[1].error is errors.NotFound
+    assert len(backend.requests) == 2
+
+
+# -- a call's retries over a transport that replies at once ------------------------------------
+
+
+def test_cancel_during_a_retry_wait_stops_the_wait_after_a_synchronous_reply() -> None:
+    # The recording backend replies inside send() but runs call_later only when told to: the
+    # first attempt has ended before start() returns, and the call then waits to retry. What
+    # cancel() must stop is that wait, not the finished attempt.
+    backend = RecordingBackend([Reply(503, {"error": "unavailable"}), Reply(200, {"ok": True})])
+    sender = Sender(backend, URL, None, Retry(attempts=3, base=0.01, cap=0.01))
+    call = _Call(sender, Request("GET", f"{URL}/db/x"))
+    outcomes: list[Outcome] = []
+    call.start(outcomes.append)
+    assert outcomes == [] and len(backend.requests) == 1
+    (_, wake, waiting), = backend.later
+    call.cancel()
+    assert waiting.cancelled
+    wake()  # a timer that fires anyway (cancelled too late) changes nothing
+    assert outcomes == [] and len(backend.requests) == 1
+
+
+def test_a_call_retried_after_a_synchronous_reply_delivers_the_retry() -> None:
+    backend = RecordingBackend([Reply(503, {"error": "unavailable"}), Reply(200, {"ok": True})])
+    sender = Sender(backend, URL, None, Retry(attempts=3, base=0.01, cap=0.01))
+    call = _Call(sender, Request("GET", f"{URL}/db/x"))
+    outcomes: list[Outcome] = []
+    call.start(outcomes.append)
+    (_, wake, _), = backend.later
+    wake()
+    assert [(o.value, o.error) for o in outcomes] == [({"ok": True}, None)]
     assert len(backend.requests) == 2
 
 
