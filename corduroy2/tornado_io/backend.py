@@ -272,7 +272,12 @@ class TornadoBackend(Backend):
         if client == "curl" and not HAS_CURL:
             raise ImportError("client='curl' needs pycurl: pip install corduroy2[curl]")
         self.client = client
+        self._curl = client == "curl"  # asked on every request: a bool, not a string compare
         self._http: AsyncHTTPClient | None = None
+        # The asyncio loop _http was made on. IOLoop.current() is IOLoop's for asyncio's current
+        # loop, so comparing the asyncio loops (a C call) tells on every request, without it,
+        # whether _http is still the one to use.
+        self._asyncio_loop: asyncio.AbstractEventLoop | None = None
         # The last request header set, and its checked plain form (None: a repeated name).
         self._last_headers: tuple[tuple[tuple[str, str], ...], dict[str, str] | None] = ((), None)
         self._loop: IOLoop | None = None
@@ -286,7 +291,7 @@ class TornadoBackend(Backend):
         if self._http is None or self._loop is not loop:
             if self._http is not None:
                 self._http.close()
-            cls = CurlAsyncHTTPClient if self.client == "curl" else _SimpleClient
+            cls = CurlAsyncHTTPClient if self._curl else _SimpleClient
             self._http = cls(
                 force_instance=True,
                 max_clients=self.options.max_connections,
@@ -294,6 +299,7 @@ class TornadoBackend(Backend):
                 defaults=self._defaults(),
             )
             self._loop = loop
+            self._asyncio_loop = loop.asyncio_loop  # type: ignore[attr-defined]
         return self._http
 
     def _defaults(self) -> dict[str, Any]:
@@ -308,7 +314,7 @@ class TornadoBackend(Backend):
             # back a live feed until its gzip buffer fills (pouchdb-server does exactly that).
             decompress_response=False,
         )
-        if self.client == "curl":
+        if self._curl:
             defaults.update(prepare_curl_callback=_quiet, validate_cert=opts.verify_tls,
                             ca_certs=opts.ca_file, client_cert=opts.cert_file,
                             client_key=opts.key_file)
@@ -368,7 +374,7 @@ class TornadoBackend(Backend):
 
             kwargs["header_callback"] = lambda _: pending.heard()
             kwargs["streaming_callback"] = on_piece
-        if self.client == "curl" and (request.stream or collected is not None):
+        if self._curl and (request.stream or collected is not None):
             # In place of the default (_quiet): also aborts the transfer once cancelled.
             kwargs["prepare_curl_callback"] = _abort_when(pending, self._get_http())
         # The settings common to all requests are the client's defaults (_defaults).
@@ -381,7 +387,7 @@ class TornadoBackend(Backend):
             request_timeout=request.timeout or opts.request_timeout or 0,
             **kwargs,
         )
-        if self.client == "simple":  # for _SimpleConnection
+        if not self._curl:  # for _SimpleConnection
             tornado_request.corduroy2_pending = pending  # type: ignore[attr-defined]
         return tornado_request
 
@@ -399,7 +405,9 @@ class TornadoBackend(Backend):
         idle = request.idle_timeout or self.options.idle_timeout
         collected: list[bytes] | None = [] if idle and not request.stream else None
         try:
-            http = self._get_http()
+            http = self._http
+            if http is None or asyncio.get_event_loop() is not self._asyncio_loop:
+                http = self._get_http()
             tornado_request = self._tornado_request(request, pending, sink, started, collected)
         except (ValueError, RuntimeError) as exc:
             # Tornado rejects some requests before sending (bad header characters, closed client).
@@ -462,7 +470,7 @@ class TornadoBackend(Backend):
         # Future's done-callback would run a loop iteration later, once more for every request.
         # The defaults are applied by the same proxy fetch() puts around the request.
         callback: Callable[[HTTPResponse], None] = finished
-        if self.client == "curl" and tornado_request.header_callback is not None:
+        if self._curl and tornado_request.header_callback is not None:
             # Tornado's curl client queues header lines on the loop but reports the end at
             # once: the end must wait for the lines queued before it.
             loop = IOLoop.current()

@@ -400,3 +400,32 @@ async def test_header_value_with_a_line_break_is_not_sent(h: Harness,
     assert fault.requests == []
     assert await h.run(h.couch().info) == VALUE
     assert [r.path for r in fault.requests] == ["/"]
+
+
+# -- a Tornado Couch and its event loop --------------------------------------------------------
+
+
+@pytest.mark.parametrize("client", ["simple", "curl"])
+def test_a_tornado_couch_follows_its_caller_to_a_new_event_loop(
+        fault: WatchedFaultServer, client: str) -> None:
+    """A script may call asyncio.run() more than once with one Couch: each run has a new loop,
+    and the HTTP client made on the first (closed by then) must not be used on the second."""
+    pytest.importorskip("tornado", reason="Tornado is not installed")
+    if client == "curl":
+        pytest.importorskip("pycurl", reason="pycurl is not installed")
+    import asyncio
+
+    from corduroy2.tornado_io import Couch
+
+    fault.add("GET", "/", Reply.json(VALUE))
+    couch = Couch(fault.url, client=client)
+
+    async def info() -> Any:
+        return await asyncio.wait_for(couch.info(), 10)
+
+    try:
+        assert asyncio.run(info()) == VALUE
+        assert asyncio.run(info()) == VALUE
+    finally:
+        couch.close()
+    assert len(fault.requests) == 2
