@@ -274,9 +274,9 @@ class TornadoBackend(Backend):
         self.client = client
         self._curl = client == "curl"  # asked on every request: a bool, not a string compare
         self._http: AsyncHTTPClient | None = None
-        # The asyncio loop _http was made on. IOLoop.current() is IOLoop's for asyncio's current
-        # loop, so comparing the asyncio loops (a C call) tells on every request, without it,
-        # whether _http is still the one to use.
+        # The asyncio loop _http was made on. IOLoop.current() is IOLoop's for asyncio's running
+        # loop, so comparing the asyncio loops (a C call; asyncio exports it for event loops)
+        # tells on every request, without it, whether _http is still the one to use.
         self._asyncio_loop: asyncio.AbstractEventLoop | None = None
         # The last request header set, and its checked plain form (None: a repeated name).
         self._last_headers: tuple[tuple[tuple[str, str], ...], dict[str, str] | None] = ((), None)
@@ -406,7 +406,8 @@ class TornadoBackend(Backend):
         collected: list[bytes] | None = [] if idle and not request.stream else None
         try:
             http = self._http
-            if http is None or asyncio.get_event_loop() is not self._asyncio_loop:
+            # None when no loop runs: _get_http() then does what IOLoop.current() does there.
+            if http is None or asyncio._get_running_loop() is not self._asyncio_loop:
                 http = self._get_http()
             tornado_request = self._tornado_request(request, pending, sink, started, collected)
         except (ValueError, RuntimeError) as exc:
