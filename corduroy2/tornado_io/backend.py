@@ -334,11 +334,11 @@ class TornadoBackend(Backend):
         self._last_headers = (fields, dict(headers) if len(headers) == len(fields) else None)
         return headers
 
-    def _tornado_request(self, request: Request, pending: _Pending, sink: Sink | None,
-                         started: list[bool], collected: list[bytes] | None) -> HTTPRequest:
-        """``collected``: a buffered request watched for idleness has its body gathered there
-        (it has to be streamed for its progress to be seen). ``sink``: a streamed request's."""
-        opts = self.options
+    def _callbacks(self, request: Request, pending: _Pending, sink: Sink | None,
+                   started: list[bool], collected: list[bytes] | None) -> dict[str, Any]:
+        """The callbacks of a request whose body is streamed: a streamed request (to ``sink``),
+        or a buffered one watched for idleness (its progress has to be seen), whose body is
+        gathered in ``collected``."""
         kwargs: dict[str, Any] = {}
         if request.stream:
             assert sink is not None
@@ -346,7 +346,7 @@ class TornadoBackend(Backend):
             # queued on the loop separately), so chunks wait here until the headers are in.
             early: list[bytes] = []
             parser = _HeaderParser(sink, started, early)
-            watched = bool(request.idle_timeout or opts.idle_timeout)
+            watched = bool(request.idle_timeout or self.options.idle_timeout)
 
             def on_chunk(chunk: bytes) -> Future[None] | None:
                 # Called for every chunk of a feed: two calls are spared when they do nothing.
@@ -367,29 +367,19 @@ class TornadoBackend(Backend):
 
             kwargs["header_callback"] = on_header
             kwargs["streaming_callback"] = on_chunk
-        elif collected is not None:
+        else:
+            assert collected is not None
+
             def on_piece(chunk: bytes) -> None:
                 pending.heard()
                 collected.append(chunk)
 
             kwargs["header_callback"] = lambda _: pending.heard()
             kwargs["streaming_callback"] = on_piece
-        if self._curl and (request.stream or collected is not None):
+        if self._curl:
             # In place of the default (_quiet): also aborts the transfer once cancelled.
             kwargs["prepare_curl_callback"] = _abort_when(pending, self._get_http())
-        # The settings common to all requests are the client's defaults (_defaults).
-        tornado_request = HTTPRequest(
-            request.url,
-            method=request.method,
-            headers=self._headers(request.headers),
-            body=request.body,
-            # 0 = no limit for both clients; Tornado's own default (20 s) would cut long feeds.
-            request_timeout=request.timeout or opts.request_timeout or 0,
-            **kwargs,
-        )
-        if not self._curl:  # for _SimpleConnection
-            tornado_request.corduroy2_pending = pending  # type: ignore[attr-defined]
-        return tornado_request
+        return kwargs
 
     def send(self, request: Request, sink: Sink) -> Transfer:
         return self._exchange(request, None, sink)
@@ -409,7 +399,18 @@ class TornadoBackend(Backend):
             # None when no loop runs: _get_http() then does what IOLoop.current() does there.
             if http is None or asyncio._get_running_loop() is not self._asyncio_loop:
                 http = self._get_http()
-            tornado_request = self._tornado_request(request, pending, sink, started, collected)
+            callbacks = (self._callbacks(request, pending, sink, started, collected)
+                         if request.stream or collected is not None else _PLAIN)
+            # The settings common to all requests are the client's defaults (_defaults).
+            tornado_request = HTTPRequest(
+                request.url,
+                method=request.method,
+                headers=self._headers(request.headers),
+                body=request.body,
+                # 0 = no limit for both clients; Tornado's own default (20 s) would cut feeds.
+                request_timeout=request.timeout or self.options.request_timeout or 0,
+                **callbacks,
+            )
         except (ValueError, RuntimeError) as exc:
             # Tornado rejects some requests before sending (bad header characters, closed client).
             error = TransportError(f"request not sent: {exc}", method=request.method,
@@ -421,6 +422,8 @@ class TornadoBackend(Backend):
                 sink.on_error(error)
             return pending
 
+        if not self._curl:  # for _SimpleConnection
+            tornado_request.corduroy2_pending = pending  # type: ignore[attr-defined]
         if idle:
             def expired() -> None:
                 # Nothing more reaches the sink once cancelled; the transfer is torn down (simple:
@@ -521,6 +524,10 @@ class TornadoBackend(Backend):
         if self._http is not None:
             self._http.close()
             self._http = None
+
+
+# The keyword arguments of a request whose body is delivered whole: none beyond the common ones.
+_PLAIN: dict[str, Any] = {}
 
 
 def _headers(fields: tuple[tuple[str, str], ...]) -> httputil.HTTPHeaders:
