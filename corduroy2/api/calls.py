@@ -258,7 +258,8 @@ class _Call(_Exchange, _Driver):
 
     def _fetched(self, status: int | None, headers: Headers | None, body: bytes,
                  error: CouchError | None) -> None:
-        if error is None and status is not None and status < 400 and not self._over:
+        # Without an error, a reply has its status and headers (Backend.fetch's contract).
+        if error is None and status < 400 and not self._over:  # type: ignore[operator]
             # A success is the last step (only errors are retried): settled here rather than
             # through the retry rules and the trampoline (which keeps retries from recursing).
             # Let go of the step (after a retry) and the transfer (of an asynchronous
@@ -291,14 +292,15 @@ class _Call(_Exchange, _Driver):
         if self._raw:
             outcome = Outcome(value=Response(status, headers, body))
         else:
-            request = self._request
             try:
                 if status >= 400:
+                    request = self._request
                     raise make_error(status, headers, body, method=request.method,
                                      url=request.url)
                 try:
                     value = orjson.loads(body) if body else None
                 except orjson.JSONDecodeError:
+                    request = self._request
                     value = decode_json(body, method=request.method, url=request.url)  # raises
                 if self._post is not None:
                     value = self._post(value)

@@ -242,6 +242,15 @@ class _CallFuture(Future[T]):
 
     call: Cancel | None = None
 
+    def settle(self, outcome: Outcome) -> None:
+        """The call's ``done``: its outcome, unless the caller has cancelled this Future."""
+        if self.done():
+            return
+        if outcome.error is not None:
+            self.set_exception(outcome.error)
+        else:
+            self.set_result(outcome.value)
+
     def cancel(self, msg: Any = None) -> bool:
         if not super().cancel(msg):
             return False
@@ -488,16 +497,7 @@ class TornadoBackend(Backend):
 
     def run(self, start: Start) -> Future[Any]:
         future: _CallFuture[Any] = _CallFuture()
-
-        def done(outcome: Outcome) -> None:
-            if future.done():  # cancelled by the caller
-                return
-            if outcome.error is not None:
-                future.set_exception(outcome.error)
-            else:
-                future.set_result(outcome.value)
-
-        future.call = start(done)
+        future.call = start(future.settle)
         return future
 
     def when_done(self, value: Any, done: Callable[[Outcome], None]) -> bool:
