@@ -422,13 +422,8 @@ class TornadoBackend(Backend):
             )
         except (ValueError, RuntimeError) as exc:
             # Tornado rejects some requests before sending (bad header characters, closed client).
-            error = TransportError(f"request not sent: {exc}", method=request.method,
-                                   url=request.url)
-            if reply is not None:
-                reply(None, None, b"", error)
-            else:
-                assert sink is not None
-                sink.on_error(error)
+            _fail(reply, sink, TransportError(f"request not sent: {exc}", method=request.method,
+                                              url=request.url))
             return pending
 
         if not self._curl:  # for _SimpleConnection
@@ -438,13 +433,8 @@ class TornadoBackend(Backend):
                 # Nothing more reaches the sink once cancelled; the transfer is torn down (simple:
                 # its stream closed now; curl: aborted by the progress callback within a second).
                 pending.cancel()
-                error = Timeout(f"no data for {idle:g} s (idle_timeout)", method=request.method,
-                                url=request.url)
-                if reply is not None:
-                    reply(None, None, b"", error)
-                else:
-                    assert sink is not None
-                    sink.on_error(error)
+                _fail(reply, sink, Timeout(f"no data for {idle:g} s (idle_timeout)",
+                                           method=request.method, url=request.url))
 
             # Armed before the fetch starts: curl reports a request it cannot set up at once.
             pending.watch(idle, expired)
@@ -458,17 +448,14 @@ class TornadoBackend(Backend):
                 pending.unwatch()
             # What fetch(raise_error=False) raises: a failure, not an HTTP error status.
             exc = None if response._error_is_response_code else response.error
+            if exc is not None:
+                _fail(reply, sink, _map_error(exc, request))
+                return
             if reply is not None:
-                if exc is not None:
-                    reply(None, None, b"", _map_error(exc, request))
-                else:
-                    reply(response.code, Headers(response.headers.get_all()),
-                          b"".join(collected) if collected is not None else response.body, None)
+                reply(response.code, Headers(response.headers.get_all()),
+                      b"".join(collected) if collected is not None else response.body, None)
                 return
             assert sink is not None
-            if exc is not None:
-                sink.on_error(_map_error(exc, request))
-                return
             if not started[0]:
                 started[0] = True
                 # Read on first use only (the response's headers do not change any more).
@@ -524,6 +511,15 @@ class TornadoBackend(Backend):
         if self._http is not None:
             self._http.close()
             self._http = None
+
+
+def _fail(reply: Reply | None, sink: Sink | None, error: CouchError) -> None:
+    """An exchange's failure, to its ``reply`` (fetch) or else its ``sink`` (send)."""
+    if reply is not None:
+        reply(None, None, b"", error)
+    else:
+        assert sink is not None
+        sink.on_error(error)
 
 
 # The keyword arguments of a request whose body is delivered whole: none beyond the common ones.

@@ -720,16 +720,22 @@ def test_one_api_object_serves_both_styles() -> None:
 # -- a call's retries over a transport that replies at once ------------------------------------
 
 
-def test_cancel_during_a_retry_wait_stops_the_wait_after_a_synchronous_reply() -> None:
-    # The recording backend replies inside send() but runs call_later only when told to: the
-    # first attempt has ended before start() returns, and the call then waits to retry. What
-    # cancel() must stop is that wait, not the finished attempt.
+def _started_503_then_200() -> tuple[RecordingBackend, _Call, list[Outcome]]:
+    """A call answered 503 at once (the recording backend replies inside send()), waiting to
+    retry: the backend runs call_later only when told to."""
     backend = RecordingBackend([Reply(503, {"error": "unavailable"}), Reply(200, {"ok": True})])
     sender = Sender(backend, URL, None, Retry(attempts=3, base=0.01, cap=0.01))
     call = _Call(sender, Request("GET", f"{URL}/db/x"))
     outcomes: list[Outcome] = []
     call.start(outcomes.append)
     assert outcomes == [] and len(backend.requests) == 1
+    return backend, call, outcomes
+
+
+def test_cancel_during_a_retry_wait_stops_the_wait_after_a_synchronous_reply() -> None:
+    # The first attempt ended before start() returned: what cancel() must stop is the wait
+    # that followed it, not the finished attempt.
+    backend, call, outcomes = _started_503_then_200()
     (_, wake, waiting), = backend.later
     call.cancel()
     assert waiting.cancelled
@@ -738,11 +744,7 @@ def test_cancel_during_a_retry_wait_stops_the_wait_after_a_synchronous_reply() -
 
 
 def test_a_call_retried_after_a_synchronous_reply_delivers_the_retry() -> None:
-    backend = RecordingBackend([Reply(503, {"error": "unavailable"}), Reply(200, {"ok": True})])
-    sender = Sender(backend, URL, None, Retry(attempts=3, base=0.01, cap=0.01))
-    call = _Call(sender, Request("GET", f"{URL}/db/x"))
-    outcomes: list[Outcome] = []
-    call.start(outcomes.append)
+    backend, call, outcomes = _started_503_then_200()
     (_, wake, _), = backend.later
     wake()
     assert [(o.value, o.error) for o in outcomes] == [({"ok": True}, None)]
