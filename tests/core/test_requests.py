@@ -164,7 +164,6 @@ def test_json_headers() -> None:
     assert JSON_HEADERS == (("Content-Type", "application/json"),)
 
 
-
 def test_check_headers_accepts_what_couch_clients_send() -> None:
     check_headers((("Accept", "application/json"), ("User-Agent", "corduroy2/1.0"),
                    ("Authorization", "Basic YWRtaW46cGFzcw=="), ("X-Auth-CouchDB-Roles", "a,b"),

@@ -13,19 +13,24 @@ def record_requests(backend: Backend) -> list[Request]:
     with a sink, ``fetch`` for a whole reply); the wrappers are set on the instance."""
     sent: list[Request] = []
     send, fetch = backend.send, backend.fetch
-
-    def note(request: Request) -> None:
-        # The default fetch goes through send with the same request: record it once.
-        if not sent or sent[-1] is not request:
-            sent.append(request)
+    # The request a fetch is passing on: the default fetch hands it to send, which must not
+    # record it again (a retry of the same Request object is recorded again, as it is sent).
+    fetching: list[Request | None] = [None]
 
     def recording_send(request: Request, sink: Any) -> Any:
-        note(request)
+        if request is fetching[0]:
+            fetching[0] = None
+        else:
+            sent.append(request)
         return send(request, sink)
 
     def recording_fetch(request: Request, reply: Any) -> Any:
-        note(request)
-        return fetch(request, reply)
+        sent.append(request)
+        fetching[0] = request
+        try:
+            return fetch(request, reply)
+        finally:
+            fetching[0] = None
 
     backend.send = recording_send  # type: ignore[method-assign]
     backend.fetch = recording_fetch  # type: ignore[method-assign]
