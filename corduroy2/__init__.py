@@ -11,8 +11,8 @@ from .api import ConflictResolution, Document, PendingDoc, Status
 from .api.changes import ChangesFeed
 from .api.follower import ChangesFollower
 from .api.views import FindResult, Row, ViewResult
-from .api.auth import Auth, BasicAuth, CookieAuth, JWTAuth, ProxyAuth
-from .api.retry import Retry
+from .pipeline.auth import Auth, BasicAuth, CookieAuth, JWTAuth, ProxyAuth
+from .pipeline.retry import Retry
 from .errors import (
     BadRequest,
     Conflict,

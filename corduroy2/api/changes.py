@@ -10,56 +10,30 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..backend import Cancel, StopTransfer, Transfer
+from ..pipeline.exchange import Sender
 from ..protocol.changes import NEED_DATA, ChangesStream, FeedEnd, Heartbeat
-from ..protocol.requests import Request, encode_json
+from ..protocol.requests import Request
 from ..protocol.responses import Headers
-from ..protocol.urls import db_path
-from .calls import RowSink
+from .sinks import Finished, RowConsumer, RowSink
 
-if TYPE_CHECKING:
-    from .database import Database
-
-__all__ = ["FEEDS", "changes_request", "ChangesSink", "ChangesFeed"]
+__all__ = ["HEARTBEAT_MS", "with_heartbeat", "ChangesSink", "ChangesFeed"]
 
 log = logging.getLogger("corduroy2")
 
-FEEDS = ("normal", "longpoll", "continuous", "eventsource")
+#: The heartbeat asked of a longpoll, continuous or eventsource feed unless the caller gives
+#: one: well inside the default idle timeout (:data:`corduroy2.api.couch.IDLE_TIMEOUT`), so a
+#: quiet feed is not taken for a dead one.
+HEARTBEAT_MS = 60_000
 
 
-def changes_request(db: Database, opts: dict[str, Any]) -> Request:
-    """Build a ``_changes`` request. ``doc_ids`` and ``selector`` travel in a POST body (a query
-    string has a length limit) and imply their built-in filters; ``heartbeat``/``timeout`` are
-    milliseconds (``heartbeat=True`` is the server's default); ``since`` is sent as given."""
-    opts = dict(opts)
-    feed = opts.setdefault("feed", "normal")
-    if feed not in FEEDS:
-        raise ValueError(f"feed must be one of {', '.join(FEEDS)}, not {feed!r}")
-    body: dict[str, Any] = {}
-    if "doc_ids" in opts:
-        doc_ids = opts.pop("doc_ids")
-        if not isinstance(doc_ids, (list, tuple)) or not all(isinstance(i, str) for i in doc_ids):
-            raise TypeError("doc_ids must be a list of str")
-        body["doc_ids"] = list(doc_ids)
-        opts.setdefault("filter", "_doc_ids")
-    if "selector" in opts:
-        selector = opts.pop("selector")
-        if not isinstance(selector, dict):
-            raise TypeError("selector must be a dict")
-        body["selector"] = selector
-        opts.setdefault("filter", "_selector")
-    since = opts.get("since")
-    if since is not None and not isinstance(since, (str, int)):
-        raise TypeError(f"since must be a seq as the server sent it (str or int), not {since!r}")
-    path = db_path(db.name) + "/_changes"
-    if body:
-        request = db._req("POST", path, opts, encode_json(body))
-    else:
-        request = db._req("GET", path, opts)
-    return replace(request, stream=True)
+def with_heartbeat(opts: dict[str, Any]) -> dict[str, Any]:
+    """``opts`` with the default heartbeat for the feeds that wait for changes."""
+    if opts.get("feed", "normal") != "normal" and "heartbeat" not in opts:
+        return {**opts, "heartbeat": HEARTBEAT_MS}
+    return opts
 
 
 class ChangesSink(RowSink):
@@ -69,7 +43,7 @@ class ChangesSink(RowSink):
 
     __slots__ = ("_feed", "beat")
 
-    def __init__(self, request: Request, consumer: Any, done: Any, feed: str,
+    def __init__(self, request: Request, consumer: RowConsumer, done: Finished, feed: str,
                  beat: Callable[[], None] | None = None) -> None:
         super().__init__(request, consumer, done)
         self._feed = feed
@@ -128,7 +102,7 @@ class ChangesFeed:
     reconnect: that is :meth:`Database.follow`'s job.
     """
 
-    def __init__(self, db: Database, request: Request, feed: str,
+    def __init__(self, db_name: str, sender: Sender, request: Request, feed: str,
                  callback: Callable[[Any, list[dict[str, Any]]], Any],
                  latency: float, max_batch: int, since: Any,
                  on_error: Callable[[BaseException], Any] | None) -> None:
@@ -136,10 +110,11 @@ class ChangesFeed:
             raise ValueError("latency must be >= 0")
         if type(max_batch) is not int or max_batch < 1:
             raise ValueError(f"max_batch must be an int >= 1, not {max_batch!r}")
-        self.db = db
+        self.db_name = db_name
         self.seq = since
         self.last_seq: Any = None
         self.listening = False
+        self._sender = sender
         self._request = request
         self._feed = feed
         self._callback = callback
@@ -153,12 +128,12 @@ class ChangesFeed:
 
     def __repr__(self) -> str:
         state = "listening" if self.listening else "stopped"
-        return f"<ChangesFeed {self.db.name!r} {state} seq={self.seq!r}>"
+        return f"<ChangesFeed {self.db_name!r} {state} seq={self.seq!r}>"
 
     def start(self) -> ChangesFeed:
         self.listening = True
         sink = ChangesSink(self._request, self, self._finished, self._feed)
-        self._transfer = self.db.couch._sender.send(self._request, sink)
+        self._transfer = self._sender.send(self._request, sink)
         sink.transfer = self._transfer
         return self
 
@@ -204,7 +179,7 @@ class ChangesFeed:
     # -- delivery -----------------------------------------------------------------------------
 
     def _call_later(self, delay: float, fn: Callable[[], None]) -> Cancel:
-        return self.db.couch._sender.call_later(delay, fn)
+        return self._sender.backend.call_later(delay, fn)
 
     def _flush(self) -> None:
         self._timer = None

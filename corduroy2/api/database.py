@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from ..errors import Conflict, DecodeError, NotFound
+from ..protocol import requests
 from ..protocol.requests import Request, encode_json
-from ..protocol.urls import db_path, doc_path, encode_query, validate_db_name, validate_doc_id
+from ..protocol.urls import validate_db_name, validate_doc_id
 from .calls import Op, Stream
-from .changes import ChangesSink, changes_request
+from .changes import ChangesSink, with_heartbeat
 from .documents import ConflictResolution, Document
 from .views import (
     Each,
     FindResult,
     Keep,
-    Pages,
     Row,
     Rows,
     ViewResult,
@@ -81,8 +80,10 @@ class Database:
             raise TypeError("Database(couch, name) needs a name")
         self.couch = couch
         self.name = validate_db_name(name)
-        # The couch's request builder, bound once: it is on every call's path.
-        self._req = couch._request
+        # What every call needs, from the couch's public plumbing: what requests are built
+        # from, and what runs them.
+        self._origin = couch.origin
+        self._runner = couch.runner
         self._uuids: list[str] = []
 
     def __repr__(self) -> str:
@@ -98,7 +99,7 @@ class Database:
     def _new_id(self) -> Op[str]:
         """Take an id from the per-database uuid cache, refilling it from ``_uuids``."""
         if not self._uuids:
-            reply = yield self._req("GET", "/_uuids", {"count": UUID_BATCH})
+            reply = yield requests.uuids(self._origin, UUID_BATCH)
             self._uuids.extend(reversed(reply["uuids"]))
         return self._uuids.pop()
 
@@ -108,13 +109,12 @@ class Database:
         """The database's info object (``doc_count``, ``update_seq``, ``sizes``...), or with
         ``ddoc`` that design document's ``_info`` (its view index state)."""
         if ddoc is None:
-            return self.couch._simple(self._req("GET", db_path(self.name)), callback)
-        path = doc_path(self.name, "_design/" + _ddoc_name(ddoc)) + "/_info"
-        return self.couch._simple(self._req("GET", path), callback)
+            return self._runner.call(requests.db_info(self._origin, self.name), callback)
+        return self._runner.call(requests.design_info(self._origin, self.name, ddoc), callback)
 
     def exists(self, *, callback: Callback = None) -> Any:
         """True if the database exists (``HEAD``)."""
-        request = self._req("HEAD", db_path(self.name))
+        request = requests.db_head(self._origin, self.name)
 
         def op() -> Op[bool]:
             try:
@@ -123,7 +123,7 @@ class Database:
                 return False
             return True
 
-        return self.couch._invoke(op(), callback)
+        return self._runner.run(op(), callback)
 
     # -- documents ---------------------------------------------------------------------------
 
@@ -136,17 +136,11 @@ class Database:
         ``{"ok": doc}`` / ``{"missing": rev}``), ``attachments``, ``local_seq``...
         """
         if isinstance(id_or_ids, (list, tuple)):
-            ids = [validate_doc_id(i) for i in id_or_ids]
-            body = encode_json({"keys": ids})
-            request = self._req(
-                "POST", db_path(self.name) + "/_all_docs", {"include_docs": True, **opts}, body,
-                idempotent=True,  # a read, though a POST: safe to send again
-            )
-            return self.couch._simple(request, callback, _docs_from_rows)
-        doc_id = validate_doc_id(id_or_ids)
-        request = self._req("GET", doc_path(self.name, doc_id), opts)
+            request = requests.get_docs(self._origin, self.name, list(id_or_ids), opts)
+            return self._runner.call(request, callback, _docs_from_rows)
+        request = requests.get_doc(self._origin, self.name, id_or_ids, opts)
         post = _open_revs if "open_revs" in opts else Document
-        return self.couch._simple(request, callback, post)
+        return self._runner.call(request, callback, post)
 
     def save(
         self,
@@ -169,22 +163,21 @@ class Database:
         """
         if isinstance(doc_or_docs, (list, tuple)):
             docs = [_writable(d) for d in doc_or_docs]
-            return self.couch._invoke(self._save_many(docs, merge, force, opts), callback)
+            return self._runner.run(self._save_many(docs, merge, force, opts), callback)
         doc = _writable(doc_or_docs)
-        return self.couch._invoke(self._save_one(doc, merge, force, opts), callback)
+        return self._runner.run(self._save_one(doc, merge, force, opts), callback)
 
     def _save_one(self, doc: dict[str, Any], merge: Merge | None, force: bool, opts: dict[str, Any]) -> Op[Any]:
         if doc.get("_id") is None:
             doc["_id"] = yield from self._new_id()
         while True:
-            request = self._req("PUT", doc_path(self.name, doc["_id"]), opts, encode_json(doc))
             try:
-                reply = yield request
+                reply = yield requests.put_doc(self._origin, self.name, doc, opts)
             except Conflict as conflict:
                 if not (force or merge):
                     raise
                 try:
-                    server = yield self._req("GET", doc_path(self.name, doc["_id"]))
+                    server = yield requests.get_doc(self._origin, self.name, doc["_id"])
                 except NotFound:
                     # Deleted meanwhile: the local doc is written anew, as the bulk path does.
                     doc.pop("_rev", None)
@@ -212,8 +205,7 @@ class Database:
         for doc in originals:
             if doc.get("_id") is None and not doc.get("_deleted"):
                 doc["_id"] = yield from self._new_id()
-        body = _bulk_body(originals, opts)
-        results = yield self._req("POST", db_path(self.name) + "/_bulk_docs", None, body)
+        results = yield requests.bulk_docs(self._origin, self.name, originals, opts)
         outcome = ConflictResolution(originals, results)
         if (force or merge) and outcome.pending:
             outcome = yield from self._resolve(outcome, merge, force, opts)
@@ -226,11 +218,7 @@ class Database:
         conflicted = {i: p for i, p in outcome.pending.items() if p.error == "conflict"}
         if not conflicted:
             return outcome
-        keys = encode_json({"keys": list(conflicted)})
-        reply = yield self._req(
-            "POST", db_path(self.name) + "/_all_docs", {"include_docs": True}, keys,
-            idempotent=True,
-        )
+        reply = yield requests.get_docs(self._origin, self.name, list(conflicted))
         retry = []
         for row in reply["rows"]:
             server = row.get("doc")
@@ -248,8 +236,7 @@ class Database:
                 _adopt(local, merged, server)
             retry.append(local)
         if retry:
-            body = _bulk_body(retry, opts)
-            results = yield self._req("POST", db_path(self.name) + "/_bulk_docs", None, body)
+            results = yield requests.bulk_docs(self._origin, self.name, retry, opts)
             second = ConflictResolution(retry, results)
             for doc_id in second.resolved:
                 outcome.pending.pop(doc_id, None)
@@ -259,29 +246,17 @@ class Database:
 
     # -- views, _all_docs, _find -----------------------------------------------------------
 
-    def _view_request(self, path: str, opts: dict[str, Any]) -> Request:
-        if "keys" in opts:
-            keys = opts.pop("keys")
-            if not isinstance(keys, (list, tuple)):
-                raise TypeError("keys must be a list")
-            # keys travel in a POST body: a GET query string has a length limit.
-            request = self._req("POST", path, opts, encode_json({"keys": list(keys)}),
-                                idempotent=True)
-        else:
-            request = self._req("GET", path, opts)
-        return replace(request, stream=True)
-
     def _rows(self, request: Request, wrap: Any, build: Any, on_row: OnRow, on_rows: OnRows,
-              callback: Callback) -> Any:
+              freeze_gc: bool, callback: Callback) -> Any:
         if on_row is None and on_rows is None:
             # View rows are kept raw and wrapped when read (build_view); docs are wrapped now.
-            consumer: Any = Keep(keep_raw if build is build_view else wrap, build)
+            consumer: Any = Keep(keep_raw if build is build_view else wrap, build, freeze_gc)
         else:
             consumer = Each(wrap, build, on_row, on_rows)
-        return self.couch._invoke(_stream(request, consumer), callback)
+        return self._runner.run(_stream(request, consumer), callback)
 
     def view(self, name: str, *, on_row: OnRow = None, on_rows: OnRows = None,
-             callback: Callback = None, **opts: Any) -> Any:
+             freeze_gc: bool = False, callback: Callback = None, **opts: Any) -> Any:
         """Query view ``"ddoc/view"`` (or ``"_all_docs"``). Returns a
         :class:`~corduroy2.api.views.ViewResult`.
 
@@ -291,22 +266,18 @@ class Database:
         ``update_seq``, ``sorted``, ``conflicts``, ``attachments``...); keys are JSON-encoded
         and ``keys`` is sent by POST. Rows are parsed as they arrive: with ``on_row=fn`` each
         row is handed to ``fn`` at once (``on_rows=fn``: a list per received chunk) and none is
-        kept, so memory stays flat whatever the number of rows.
+        kept, so memory stays flat whatever the number of rows. ``freeze_gc=True`` spares a
+        large buffered result most of the cyclic collector's work (see
+        :class:`~corduroy2.api.views.Keep` for what that costs).
         """
-        request = self._view_request(_view_path(self.name, name), opts)
-        return self._rows(request, wrap_row, build_view, on_row, on_rows, callback)
+        request = requests.view(self._origin, self.name, name, opts)
+        return self._rows(request, wrap_row, build_view, on_row, on_rows, freeze_gc, callback)
 
     def all_docs(self, *, on_row: OnRow = None, on_rows: OnRows = None,
-                 callback: Callback = None, **opts: Any) -> Any:
+                 freeze_gc: bool = False, callback: Callback = None, **opts: Any) -> Any:
         """``_all_docs``, with the options and streaming of :meth:`view`."""
-        return self.view("_all_docs", on_row=on_row, on_rows=on_rows, callback=callback, **opts)
-
-    def _find_request(self, selector: Any, opts: dict[str, Any]) -> Request:
-        if not isinstance(selector, dict):
-            raise TypeError(f"selector must be a dict, not {type(selector).__name__}")
-        body = {"selector": selector, **{k: v for k, v in opts.items() if v is not None}}
-        return replace(self._req("POST", db_path(self.name) + "/_find", None, encode_json(body),
-                                 idempotent=True), stream=True)
+        return self.view("_all_docs", on_row=on_row, on_rows=on_rows, freeze_gc=freeze_gc,
+                         callback=callback, **opts)
 
     def find(self, selector: dict[str, Any], *, on_row: OnRow = None, on_rows: OnRows = None,
              callback: Callback = None, **opts: Any) -> Any:
@@ -314,15 +285,15 @@ class Database:
         ``bookmark``, ``execution_stats``, ``r``, ``conflicts``, ``update``, ``stable``.
         Returns a :class:`~corduroy2.api.views.FindResult` (docs, ``bookmark``, ``warning``);
         ``on_row``/``on_rows`` stream the docs as in :meth:`view`."""
-        request = self._find_request(selector, opts)
-        return self._rows(request, Document, build_find, on_row, on_rows, callback)
+        request = requests.find(self._origin, self.name, selector, opts)
+        return self._rows(request, Document, build_find, on_row, on_rows, False, callback)
 
     def iter_view(self, name: str, *, high_water: int = 1000, **opts: Any) -> Any:
         """Iterate a view's rows as they arrive (``async for``; a plain ``for`` in blocking
         mode). At most about ``high_water`` rows wait in memory: the transport is paused while
         the reader is behind."""
-        request = self._view_request(_view_path(self.name, name), opts)
-        return self.couch._iterate(request, wrap_row, high_water)
+        request = requests.view(self._origin, self.name, name, opts)
+        return self.couch.front_door.iterate(self.couch.sender, request, wrap_row, high_water)
 
     def iter_all_docs(self, *, high_water: int = 1000, **opts: Any) -> Any:
         """:meth:`iter_view` over ``_all_docs``."""
@@ -331,9 +302,10 @@ class Database:
     def iter_find(self, selector: dict[str, Any], *, high_water: int = 1000,
                   **opts: Any) -> Any:
         """Iterate the docs of a Mango query as they arrive (see :meth:`iter_view`)."""
-        return self.couch._iterate(self._find_request(selector, opts), Document, high_water)
+        request = requests.find(self._origin, self.name, selector, opts)
+        return self.couch.front_door.iterate(self.couch.sender, request, Document, high_water)
 
-    def pages(self, name: str, page_size: int = 100, **opts: Any) -> Pages:
+    def pages(self, name: str, page_size: int = 100, **opts: Any) -> Any:
         """Page through a view (or ``"_all_docs"``) by key, never with ``skip``: each page asks
         for ``page_size + 1`` rows and the extra row's key and id start the next page. An
         iterator of :class:`~corduroy2.api.views.ViewResult` pages (``async for``; ``for`` in
@@ -343,7 +315,7 @@ class Database:
             raise ValueError(f"page_size must be a positive int, got {page_size!r}")
         if "keys" in opts or "skip" in opts:
             raise ValueError("pages() pages by key: 'keys' and 'skip' cannot be used")
-        path = _view_path(self.name, name)
+        requests.view_path(self.name, name)  # check the name now
         limit = opts.pop("limit", None)
         by_docid = name != "_all_docs"
 
@@ -352,8 +324,8 @@ class Database:
                 raise StopAsyncIteration
             want = page_size if limit is None else min(page_size, limit - state.get("seen", 0))
             query = {**opts, **state.get("next", {}), "limit": want + 1}
-            result: ViewResult = yield Stream(self._view_request(path, query),
-                                              Keep(keep_raw, build_view))
+            request = requests.view(self._origin, self.name, name, query)
+            result: ViewResult = yield Stream(request, Keep(keep_raw, build_view))
             assert isinstance(result.rows, Rows)
             rows = result.rows.raw  # the extra row is dropped from the page itself
             if len(rows) > want:
@@ -376,15 +348,15 @@ class Database:
                 raise StopAsyncIteration
             return result
 
-        return Pages(self.couch, fetch)
+        return self.couch.front_door.pages(self._runner, fetch)
 
-    def find_pages(self, selector: dict[str, Any], page_size: int = 100, **opts: Any) -> Pages:
+    def find_pages(self, selector: dict[str, Any], page_size: int = 100, **opts: Any) -> Any:
         """Page through a Mango query by ``bookmark``; an iterator of
         :class:`~corduroy2.api.views.FindResult` pages, fetched when asked for. Ends at the
         first page shorter than ``page_size`` (or without a bookmark)."""
         if not isinstance(page_size, int) or page_size < 1:
             raise ValueError(f"page_size must be a positive int, got {page_size!r}")
-        self._find_request(selector, opts)  # check the arguments now
+        requests.find(self._origin, self.name, selector, opts)  # check the arguments now
 
         limit = opts.pop("limit", None)
 
@@ -394,8 +366,8 @@ class Database:
             seen = state.get("seen", 0)
             want = page_size if limit is None else min(page_size, limit - seen)
             query = {**opts, "limit": want, "bookmark": state.get("bookmark")}
-            result: FindResult = yield Stream(self._find_request(selector, query),
-                                              Keep(Document, build_find))
+            request = requests.find(self._origin, self.name, selector, query)
+            result: FindResult = yield Stream(request, Keep(Document, build_find))
             state["seen"] = seen + len(result.docs)
             if len(result.docs) < want or not result.bookmark or (
                     limit is not None and state["seen"] >= limit):
@@ -405,7 +377,7 @@ class Database:
                 raise StopAsyncIteration
             return result
 
-        return Pages(self.couch, fetch)
+        return self.couch.front_door.pages(self._runner, fetch)
 
     # -- changes ------------------------------------------------------------------------------
 
@@ -428,7 +400,7 @@ class Database:
         handed over as soon as that many are in: memory stays bounded). Without a callback use
         :meth:`iter_changes` or :meth:`follow`.
         """
-        request = changes_request(self, opts)
+        request = requests.changes(self._origin, self.name, with_heartbeat(opts))
         feed = opts.get("feed", "normal")
         if feed in ("continuous", "eventsource"):
             if callback is None:
@@ -436,9 +408,9 @@ class Database:
                     f"feed={feed!r} needs callback=fn(seq, changes); or use iter_changes() "
                     "to iterate, or follow() for a feed that reconnects"
                 )
-            return self.couch._feed(self, request, feed, callback, latency, max_batch,
-                                    opts.get("since"), on_error)
-        return self.couch._invoke(_stream(request, Keep(_identity, _changes_result)), callback)
+            return self.couch.front_door.feed(self, request, feed, callback, latency,
+                                              max_batch, opts.get("since"), on_error)
+        return self._runner.run(_stream(request, Keep(_identity, _changes_result)), callback)
 
     def iter_changes(self, *, high_water: int = 1000, **opts: Any) -> Any:
         """Iterate a continuous (or eventsource) feed's changes as they arrive: ``async for``
@@ -448,9 +420,9 @@ class Database:
         feed = opts["feed"]
         if feed not in ("continuous", "eventsource"):
             raise ValueError("iter_changes() reads a continuous or eventsource feed")
-        request = changes_request(self, opts)
-        return self.couch._iterate(
-            request, _identity, high_water,
+        request = requests.changes(self._origin, self.name, with_heartbeat(opts))
+        return self.couch.front_door.iterate(
+            self.couch.sender, request, _identity, high_water,
             lambda req, consumer, done: ChangesSink(req, consumer, done, feed),
         )
 
@@ -462,7 +434,7 @@ class Database:
 
         Async front doors return the running follower (``await follower.stop()``); in blocking
         mode call its ``run()``, which returns after ``stop()``."""
-        return self.couch._follower(self, handler, **kwargs)
+        return self.couch.front_door.follower(self, handler, **kwargs)
 
     # -- Mango indexes ------------------------------------------------------------------------
 
@@ -471,38 +443,25 @@ class Database:
                      callback: Callback = None, **opts: Any) -> Any:
         """Create a Mango index on ``fields`` (``["a", {"b": "desc"}]``); returns CouchDB's
         ``{"result": "created"|"exists", "id", "name"}``."""
-        index: dict[str, Any] = {"fields": list(fields)}
-        if partial_filter_selector is not None:
-            index["partial_filter_selector"] = partial_filter_selector
-        body = {"index": index, "type": type, **opts}
-        if ddoc is not None:
-            body["ddoc"] = _ddoc_name(ddoc)
-        if name is not None:
-            body["name"] = name
-        request = self._req("POST", db_path(self.name) + "/_index", None, encode_json(body))
-        return self.couch._simple(request, callback)
+        request = requests.create_index(self._origin, self.name, fields, ddoc, name, type,
+                                        partial_filter_selector, opts)
+        return self._runner.call(request, callback)
 
     def indexes(self, *, callback: Callback = None) -> Any:
         """The database's Mango indexes (a list, ``_all_docs``'s special index included)."""
-        request = self._req("GET", db_path(self.name) + "/_index")
-        return self.couch._simple(request, callback, lambda reply: reply["indexes"])
+        request = requests.indexes(self._origin, self.name)
+        return self._runner.call(request, callback, lambda reply: reply["indexes"])
 
     def delete_index(self, ddoc: str, name: str, *, type: str = "json",
                      callback: Callback = None) -> Any:
         """Delete index ``name`` of design doc ``ddoc`` (with or without ``_design/``)."""
-        # "_design/x" travels as one segment, _design%2Fx: CouchDB accepts it, and it is the
-        # only form some servers (pouchdb-server) route correctly.
-        path = (db_path(self.name) + "/_index/" + quote("_design/" + _ddoc_name(ddoc), safe="")
-                + "/" + quote(type, safe="") + "/" + quote(name, safe=""))
-        return self.couch._simple(self._req("DELETE", path), callback)
+        request = requests.delete_index(self._origin, self.name, ddoc, name, type)
+        return self._runner.call(request, callback)
 
     def explain(self, selector: dict[str, Any], *, callback: Callback = None, **opts: Any) -> Any:
         """How CouchDB would run a Mango query (which index, which range)."""
-        if not isinstance(selector, dict):
-            raise TypeError(f"selector must be a dict, not {type(selector).__name__}")
-        body = encode_json({"selector": selector, **opts})
-        request = self._req("POST", db_path(self.name) + "/_explain", None, body, idempotent=True)
-        return self.couch._simple(request, callback)
+        request = requests.explain(self._origin, self.name, selector, opts)
+        return self._runner.call(request, callback)
 
     # -- more documents -----------------------------------------------------------------------
 
@@ -511,65 +470,27 @@ class Database:
         reply ``{"ok", "id", "rev"}``. ``ValueError`` when the id or rev is missing (CouchDB
         would answer 409; some servers would delete whatever revision is current)."""
         doc = _as_doc(doc, "document")
-        doc_id = validate_doc_id(doc.get("_id"))
-        rev = doc.get("_rev")
-        if not rev:
-            raise ValueError(f"document {doc_id!r} has no _rev: fetch it before deleting")
-        request = self._req("DELETE", doc_path(self.name, doc_id), {"rev": rev})
-        return self.couch._simple(request, callback)
+        request = requests.delete_doc(self._origin, self.name, doc.get("_id"), doc.get("_rev"))
+        return self._runner.call(request, callback)
 
     def copy(self, source: Any, dest: Any, *, callback: Callback = None) -> Any:
         """Copy document ``source`` (an id or a doc) to ``dest`` (an id, or a doc whose
         ``_rev`` allows overwriting an existing one). Returns the new revision, or None when
         the server does not report it. ``Conflict`` if ``dest`` exists and no rev is given."""
-        query: dict[str, Any] = {}
+        src_id: Any
+        dest_id: Any
         if isinstance(source, str):
-            src_id = validate_doc_id(source)
+            src_id, src_rev = source, None
         else:
             src = _as_doc(source, "copy source")
-            src_id = validate_doc_id(src.get("_id"))
-            if src.get("_rev"):
-                query["rev"] = src["_rev"]
+            src_id, src_rev = src.get("_id"), src.get("_rev")
         if isinstance(dest, str):
-            destination = validate_doc_id(dest)
-            dest_rev = None
+            dest_id, dest_rev = dest, None
         else:
             dst = _as_doc(dest, "copy destination")
-            destination = validate_doc_id(dst.get("_id"))
-            dest_rev = dst.get("_rev")
-        # The Destination header is a doc id, not a path: only characters a header cannot carry
-        # are escaped, and ?rev= names the revision being overwritten.
-        header = encode_query({"rev": dest_rev})
-        header = _header_id(destination) + header
-        request = self._req(
-            "COPY", doc_path(self.name, src_id), query, headers=(("Destination", header),)
-        )
-        return self.couch._simple(request, callback, lambda reply: reply.get("rev"))
-
-
-def _view_path(db: str, name: str) -> str:
-    """``"ddoc/view"`` -> ``/db/_design/ddoc/_view/view``; ``"_all_docs"`` stays a path."""
-    if not isinstance(name, str):
-        raise TypeError(f"view name must be a str like 'ddoc/view', not {type(name).__name__}")
-    if name == "_all_docs":
-        return db_path(db) + "/_all_docs"
-    ddoc, sep, view = name.partition("/")
-    if not sep or not ddoc or not view or "/" in view:
-        raise ValueError(f"view name must look like 'ddoc/view', got {name!r}")
-    return doc_path(db, "_design/" + ddoc) + "/_view/" + quote(view, safe="")
-
-
-def _bulk_body(docs: list[dict[str, Any]], opts: dict[str, Any]) -> bytes:
-    """``{"docs": [...], **opts}``: CouchDB reads ``_bulk_docs`` options (``new_edits``) from
-    the body. Each doc was already checked by ``encode_json``, so they are joined as bytes."""
-    head = encode_json(opts)[:-1] + b"," if opts else b"{"
-    return head + b'"docs":[' + b",".join(encode_json(d) for d in docs) + b"]}"
-
-
-def _ddoc_name(ddoc: str) -> str:
-    if not isinstance(ddoc, str) or not ddoc:
-        raise ValueError(f"design document name must be a non-empty str, got {ddoc!r}")
-    return ddoc[len("_design/"):] if ddoc.startswith("_design/") else ddoc
+            dest_id, dest_rev = dst.get("_id"), dst.get("_rev")
+        request = requests.copy_doc(self._origin, self.name, src_id, src_rev, dest_id, dest_rev)
+        return self._runner.call(request, callback, lambda reply: reply.get("rev"))
 
 
 def _adopt(doc: dict[str, Any], merged: dict[str, Any], server: dict[str, Any]) -> None:
@@ -581,10 +502,6 @@ def _adopt(doc: dict[str, Any], merged: dict[str, Any], server: dict[str, Any]) 
         doc.update(merged)
         doc["_id"] = doc_id
     doc["_rev"] = server["_rev"]
-
-
-def _header_id(doc_id: str) -> str:
-    return quote(doc_id, safe="/:@!$&'()*+,;=-._~")
 
 
 def _stream(request: Request, consumer: Any) -> Op[Any]:

@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..backend import Cancel, Outcome, Transfer
 from ..errors import Conflict, HTTPError, NotFound
-from ..protocol.requests import encode_json
-from ..protocol.urls import doc_path
+from ..protocol import requests
 from .calls import Op
-from .changes import ChangesSink, changes_request
+from .changes import ChangesSink
+from .status import Status
 
 if TYPE_CHECKING:
     from .database import Database
@@ -85,6 +85,9 @@ class ChangesFollower:
             if name in opts:
                 raise TypeError(f"follow() does not take {name!r}")
         self.db = db
+        self._sender = db.couch.sender
+        self._backend = db.couch.backend
+        self._runner = db.couch.runner
         self.seq = since
         self.running = False
         self.connections = 0
@@ -119,11 +122,6 @@ class ChangesFollower:
         state = "running" if self.running else "stopped"
         return f"<ChangesFollower {self.db.name!r} {state} seq={self.seq!r}>"
 
-    @property
-    def _backend(self) -> Any:
-        # The Sender: the Couch's credentials (cookie renewal included) on every request.
-        return self.db.couch._sender
-
     # -- starting and connecting --------------------------------------------------------------
 
     def start(self) -> ChangesFollower:
@@ -134,25 +132,37 @@ class ChangesFollower:
         if self._ckpt_id is None:
             self._connect()
         else:
-            self.db.couch._invoke(self._load_checkpoint(), self._checkpoint_loaded)
+            self._runner.run(self._load_checkpoint(), self._checkpoint_loaded)
         return self
 
     def _load_checkpoint(self) -> Op[Any]:
         assert self._ckpt_id is not None
         try:
-            doc = yield self.db._req("GET", doc_path(self.db.name, self._ckpt_id))
+            doc = yield requests.get_doc(self.db.couch.origin, self.db.name, self._ckpt_id)
         except NotFound:
             return None
         self._ckpt_rev = doc.get("_rev")
         return doc.get("seq")
 
-    def _checkpoint_loaded(self, seq: Any, status: Any) -> None:
-        if not status.ok:
-            self._fail(status.exception)
+    def _checkpoint_loaded(self, seq: Any, status: Status) -> None:
+        error = status.exception
+        if isinstance(error, HTTPError) and error.status in FATAL_STATUSES:
+            self._fail(error)
+            return
+        if error is not None:  # a broken connection or a busy server: try again later
+            log.info("corduroy2: loading checkpoint %s failed (%s); trying again",
+                     self._ckpt_id, error)
+            self._attempt += 1
+            self._timer = self._backend.call_later(self._delay(), self._reload_checkpoint)
             return
         if seq is not None:
             self.seq = self._ckpt_seq = seq
         self._connect()
+
+    def _reload_checkpoint(self) -> None:
+        self._timer = None
+        if not self._stopping:
+            self._runner.run(self._load_checkpoint(), self._checkpoint_loaded)
 
     def _connect(self) -> None:
         self._timer = None
@@ -163,10 +173,11 @@ class ChangesFollower:
         self._end_seq = None
         opts = {**self._opts, "feed": "continuous", "since": self.seq,
                 "heartbeat": int(self._heartbeat * 1000)}
-        request = replace(changes_request(self.db, opts), idle_timeout=self._stall)
+        request = replace(requests.changes(self.db.couch.origin, self.db.name, opts),
+                          idle_timeout=self._stall)
         sink = ChangesSink(request, self, self._feed_ended, "continuous", beat=self._beat)
         self.connections += 1
-        self._transfer = self._backend.send(request, sink)
+        self._transfer = self._sender.send(request, sink)
         if not sink._over:
             sink.transfer = self._transfer
 
@@ -247,12 +258,15 @@ class ChangesFollower:
                 self._fail(exc)
                 return
             self._busy = True
-            if not self._backend.when_done(result, lambda o, c=change: self._handled(c, o)):
+            if not self._backend.when_done(result, self._handler_done(change)):
                 self._handled(change, Outcome(value=result))
         if not self._queue and not self._busy and self._transfer is None and self.running \
                 and not self._stopping and self._timer is None:
             self._adopt_end_seq()
             self._reconnect_after(self._delay() if self._attempt > 1 else 0.0)
+
+    def _handler_done(self, change: dict[str, Any]) -> Callable[[Outcome], None]:
+        return lambda outcome: self._handled(change, outcome)
 
     def _handled(self, change: dict[str, Any], outcome: Outcome) -> None:
         self._busy = False
@@ -279,21 +293,21 @@ class ChangesFollower:
 
     def _write_checkpoint(self) -> None:
         self._ckpt_writing = True
-        self.db.couch._invoke(self._put_checkpoint(self.seq), self._checkpoint_written)
+        self._runner.run(self._put_checkpoint(self.seq), self._checkpoint_written)
 
     def _put_checkpoint(self, seq: Any) -> Op[Any]:
         assert self._ckpt_id is not None
-        path = doc_path(self.db.name, self._ckpt_id)
+        origin, db = self.db.couch.origin, self.db.name
         for _ in range(3):
-            doc: dict[str, Any] = {"seq": seq}
+            doc: dict[str, Any] = {"_id": self._ckpt_id, "seq": seq}
             if self._ckpt_rev:
                 doc["_rev"] = self._ckpt_rev
             try:
-                reply = yield self.db._req("PUT", path, None, encode_json(doc))
+                reply = yield requests.put_doc(origin, db, doc)
             except Conflict:
                 # Someone else (an earlier run of this follower?) wrote it: take its rev.
                 try:
-                    current = yield self.db._req("GET", path)
+                    current = yield requests.get_doc(origin, db, self._ckpt_id)
                     self._ckpt_rev = current.get("_rev")
                 except NotFound:
                     self._ckpt_rev = None
@@ -302,7 +316,7 @@ class ChangesFollower:
             return seq
         raise Conflict(409, "conflict", f"could not write checkpoint {self._ckpt_id}")
 
-    def _checkpoint_written(self, seq: Any, status: Any) -> None:
+    def _checkpoint_written(self, seq: Any, status: Status) -> None:
         self._ckpt_writing = False
         if status.ok:
             self._ckpt_seq = seq

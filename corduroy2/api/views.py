@@ -13,10 +13,12 @@ import gc
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, overload
 
-from ..backend import Backend, Outcome, Transfer
+from ..backend import Outcome, Transfer
+from ..pipeline.exchange import Sender
 from ..protocol.requests import Request
-from .calls import RowSink
+from .calls import Op, Runner
 from .documents import Document
+from .sinks import Finished, RowSink
 
 __all__ = ["Row", "ViewResult", "FindResult", "RowIterator", "Pages", "Keep", "Each"]
 
@@ -158,30 +160,33 @@ class FindResult:
 
 
 Wrap = Callable[[Any], Any]  # raw row -> Row or Document
-MakeSink = Callable[[Request, Any, Any], RowSink]  # (request, consumer, done) -> sink
+MakeSink = Callable[[Request, Any, Finished], RowSink]  # (request, consumer, done) -> sink
 Build = Callable[[list[Any], dict[str, Any]], Any]  # rows, fields -> result
 
 
 class Keep:
     """Consumer that keeps every row, for the buffered result.
 
-    Building many rows is dominated by CPython's cyclic collector, which rescans every row
+    With ``freeze_gc`` (asked for by the caller: ``db.view(..., freeze_gc=True)``), building
+    many rows is spared most of CPython's cyclic collector, which otherwise rescans every row
     already kept each time it runs (reference/transports.md: more than parsing and transport
     together). Once ``FREEZE_AFTER`` rows are kept, ``gc.freeze()`` after each batch moves what
-    exists into the permanent generation, which the collector skips; ``gc.unfreeze()`` at the
-    end hands everything back to the oldest generation. Both are O(1) list splices. The cost is
-    that cyclic garbage made elsewhere meanwhile waits until the end of the view to be collected
-    (reference counting still frees the rest at once).
+    exists into the permanent generation, which the collector skips. At the end
+    ``gc.unfreeze()`` hands it back, but only if nothing was frozen before this view began: the
+    application's own ``gc.freeze()`` (a pre-fork server's) is never undone. The freeze is
+    process-wide, so meanwhile cyclic garbage made elsewhere waits for the end of the view to
+    be collected (reference counting still frees the rest at once).
     """
 
     FREEZE_AFTER = 10_000
 
-    __slots__ = ("_wrap", "_build", "_rows", "_frozen", "__weakref__")
+    __slots__ = ("_wrap", "_build", "_rows", "_freeze", "_thaw_at_end", "__weakref__")
 
-    def __init__(self, wrap: Wrap, build: Build) -> None:
+    def __init__(self, wrap: Wrap, build: Build, freeze_gc: bool = False) -> None:
         self._wrap, self._build = wrap, build
         self._rows: list[Any] = []
-        self._frozen = False
+        self._freeze = freeze_gc
+        self._thaw_at_end = False
 
     def header(self, fields: dict[str, Any]) -> None:
         return None  # End carries the header fields again
@@ -189,17 +194,18 @@ class Keep:
     def rows(self, rows: list[Any]) -> None:
         kept = self._rows
         kept.extend(map(self._wrap, rows))
-        if len(kept) >= self.FREEZE_AFTER:
+        if self._freeze and len(kept) >= self.FREEZE_AFTER:
+            if not self._thaw_at_end and gc.get_freeze_count() == 0:
+                self._thaw_at_end = True  # nothing of anyone else's is frozen
             gc.freeze()
-            self._frozen = True
 
     def end(self, fields: dict[str, Any]) -> Any:
         self._thaw()
         return self._build(self._rows, fields)
 
     def _thaw(self) -> None:
-        if self._frozen:
-            self._frozen = False
+        if self._thaw_at_end:
+            self._thaw_at_end = False
             gc.unfreeze()
 
     def __del__(self) -> None:
@@ -242,12 +248,12 @@ class RowIterator:
     ``close()`` (or ``async with``) aborts the request when the reader stops early.
     """
 
-    def __init__(self, backend: Backend, request: Request, wrap: Wrap,
+    def __init__(self, sender: Sender, request: Request, wrap: Wrap,
                  high_water: int = 1000, make_sink: MakeSink = RowSink) -> None:
         if high_water < 1:
             raise ValueError("high_water must be at least 1")
         self._make_sink = make_sink
-        self._backend = backend
+        self._sender = sender
         self._request = request
         self._wrap = wrap
         self._high = high_water
@@ -290,7 +296,7 @@ class RowIterator:
 
     def _start(self) -> None:
         sink = self._make_sink(self._request, self, self._finished)
-        self._transfer = self._backend.send(self._request, sink)
+        self._transfer = self._sender.send(self._request, sink)
         sink.transfer = self._transfer
 
     def _deliver(self, done: Callable[[Outcome], None]) -> None:
@@ -319,7 +325,7 @@ class RowIterator:
     def __anext__(self) -> Any:
         if self._transfer is None and not self._ended:
             self._start()
-        return self._backend.run(self._next)
+        return self._sender.backend.run(self._next)
 
     def cancel(self) -> None:
         """Part of the cancel-handle contract: a cancelled ``__anext__`` stops the iteration."""
@@ -344,11 +350,11 @@ class RowIterator:
 
 class Pages:
     """An iterator of result pages that fetches each page only when asked: ``async for page in
-    ...`` (each ``__anext__`` is the backend's promise), or ``for page in ...`` in blocking
-    mode."""
+    ...``, each ``__anext__`` the backend's promise. (Blocking mode has its own, a plain
+    iterator.)"""
 
-    def __init__(self, couch: Any, fetch: Callable[[dict[str, Any]], Any]) -> None:
-        self._couch = couch
+    def __init__(self, runner: Runner, fetch: Callable[[dict[str, Any]], Op[Any]]) -> None:
+        self._runner = runner
         self._fetch = fetch
         self._state: dict[str, Any] = {}
 
@@ -356,18 +362,7 @@ class Pages:
         return self
 
     def __anext__(self) -> Any:
-        return self._couch._invoke(self._fetch(self._state), None)
-
-    def __iter__(self) -> Pages:
-        if self._couch.backend_name != "blocking":
-            raise TypeError("use 'async for' with an asynchronous Couch")
-        return self
-
-    def __next__(self) -> Any:
-        try:
-            return self.__anext__()
-        except StopAsyncIteration:
-            raise StopIteration from None
+        return self._runner.run(self._fetch(self._state), None)
 
 
 def wrap_row(raw: Any) -> Row:

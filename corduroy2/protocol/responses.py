@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from .. import errors
 
-__all__ = ["Headers", "error_class", "make_error", "decode_json", "check_status"]
+__all__ = ["Headers", "Response", "error_class", "make_error", "decode_json", "check_status"]
 
 
 class Headers(Mapping[str, str]):
@@ -60,6 +61,19 @@ class Headers(Mapping[str, str]):
             for k in self._fields
         }
         return f"Headers({shown!r})"
+
+
+@dataclass(frozen=True)
+class Response:
+    """A whole response, for callers that need more than the decoded body (``raw=True``)."""
+
+    status: int
+    headers: Headers
+    body: bytes
+
+    def json(self) -> Any:
+        """The body decoded as JSON (``DecodeError`` if it is not)."""
+        return decode_json(self.body)
 
 
 _BY_STATUS: dict[int, type[errors.HTTPError]] = {

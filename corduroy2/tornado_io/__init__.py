@@ -13,7 +13,7 @@ from typing import Any
 from tornado import gen
 
 from .. import api
-from ..api.auth import AuthArg
+from ..pipeline.auth import AuthArg
 from ..backend import Backend, TransportOptions
 from .backend import HAS_CURL, TornadoBackend
 

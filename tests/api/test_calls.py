@@ -12,9 +12,10 @@ import pytest
 
 from corduroy2 import errors
 from corduroy2.api import ConflictResolution, Couch, Database, Document, PendingDoc, Status
-from corduroy2.api.calls import _Call
+from corduroy2.api.calls import Call
 from corduroy2.api.database import UUID_BATCH
-from corduroy2.api.retry import Retry, Sender
+from corduroy2.pipeline.exchange import Sender
+from corduroy2.pipeline.retry import Retry
 from corduroy2.backend import Outcome
 from corduroy2.protocol.requests import Request
 
@@ -720,12 +721,12 @@ def test_one_api_object_serves_both_styles() -> None:
 # -- a call's retries over a transport that replies at once ------------------------------------
 
 
-def _started_503_then_200() -> tuple[RecordingBackend, _Call, list[Outcome]]:
+def _started_503_then_200() -> tuple[RecordingBackend, Call, list[Outcome]]:
     """A call answered 503 at once (the recording backend replies inside send()), waiting to
     retry: the backend runs call_later only when told to."""
     backend = RecordingBackend([Reply(503, {"error": "unavailable"}), Reply(200, {"ok": True})])
     sender = Sender(backend, URL, None, Retry(attempts=3, base=0.01, cap=0.01))
-    call = _Call(sender, Request("GET", f"{URL}/db/x"))
+    call = Call(sender, Request("GET", f"{URL}/db/x"))
     outcomes: list[Outcome] = []
     call.start(outcomes.append)
     assert outcomes == [] and len(backend.requests) == 1
@@ -806,7 +807,7 @@ def test_database_from_a_url_string() -> None:
     assert db.couch.url == "http://h:5984"
     assert "pw" not in repr(db)
     db.info()
-    request = db.couch._backend.requests[0]  # type: ignore[attr-defined]
+    request = db.couch.backend.requests[0]  # type: ignore[attr-defined]
     assert request.url == "http://h:5984/a%2Fb"
     assert RecordingBackend.header(request, "Authorization") == basic("admin", "pw")
     other = RecordingDatabase("http://h:5984/prefix", "mydb")

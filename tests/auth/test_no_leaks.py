@@ -53,8 +53,8 @@ class Evidence:
 
     def watch(self, couch: Any) -> Any:
         """Record every Request ``couch``'s backend sends (they carry the credentials)."""
-        self._recorded.append(record_requests(couch._backend))
-        self.objects += [couch, couch._sender, couch._auth, couch._retry]
+        self._recorded.append(record_requests(couch.backend))
+        self.objects += [couch, couch.sender, couch._auth, couch._retry]
         return couch
 
     async def call(self, run: Runner, fn: Any, *args: Any) -> Any:
@@ -149,8 +149,8 @@ async def test_no_secret_in_logs_reprs_or_errors(run: Runner, fault: FaultServer
     for couch in (basic, in_url, wrong):
         db = couch.database("basic")
         ev.objects.append(db)
-        await ev.call(run, db.couch._simple, couch._request("GET", "/basic"), None)
-    assert isinstance(await ev.call(run, basic._simple, basic._request("GET", "/busy"), None),
+        await ev.call(run, db.couch.runner.call, couch.origin.request("GET", "/basic"), None)
+    assert isinstance(await ev.call(run, basic.runner.call, basic.origin.request("GET", "/busy"), None),
                       CouchError)
     assert isinstance(await ev.call(run, dead.info), CouchError)
     ev.objects.append(dead.database("x"))
@@ -160,13 +160,13 @@ async def test_no_secret_in_logs_reprs_or_errors(run: Runner, fault: FaultServer
     # Cookie sessions: login, use, expiry (401 and a re-login), logout, a wrong password.
     cookie = ev.watch(run.couch(fault.url, CookieAuth(USER, PASSWORD), retry=QUICK))
     assert (await ev.call(run, cookie.login))["ok"] is True
-    await ev.call(run, cookie._simple, cookie._request("GET", "/cookie"), None)
+    await ev.call(run, cookie.runner.call, cookie.origin.request("GET", "/cookie"), None)
     sessions.expire()
-    await ev.call(run, cookie._simple, cookie._request("GET", "/cookie"), None)
+    await ev.call(run, cookie.runner.call, cookie.origin.request("GET", "/cookie"), None)
     assert sessions.logins == 2
     await ev.call(run, cookie.session)
     await ev.call(run, cookie.logout)
-    assert isinstance(await ev.call(run, cookie._simple, cookie._request("GET", "/cookie"), None),
+    assert isinstance(await ev.call(run, cookie.runner.call, cookie.origin.request("GET", "/cookie"), None),
                       CouchError)
     bad_cookie = ev.watch(run.couch(fault.url, CookieAuth(USER, "nope" + PASSWORD)))
     assert isinstance(await ev.call(run, bad_cookie.login), CouchError)
@@ -185,7 +185,7 @@ async def test_no_secret_in_logs_reprs_or_errors(run: Runner, fault: FaultServer
     proxy_bad = ev.watch(run.couch(fault.url, ProxyAuth(USER, ["a"], "other-secret")))
     for couch, path in [(jwt, "/bearer"), (jwt_source, "/bearer"), (jwt_bad, "/bearer"),
                         (jwt_broken, "/bearer"), (proxy, "/proxy"), (proxy_bad, "/proxy")]:
-        await ev.call(run, couch._simple, couch._request("GET", path), None)
+        await ev.call(run, couch.runner.call, couch.origin.request("GET", path), None)
     handle = jwt.with_options(auth=CookieAuth(USER, PASSWORD), timeout=5)
     ev.objects += [handle, handle.database("x")]
 
@@ -216,7 +216,7 @@ def test_provider_reprs() -> None:
 
 
 def test_bad_auth_argument_error_does_not_show_it() -> None:
-    from corduroy2.api.auth import as_auth
+    from corduroy2.pipeline.auth import as_auth
 
     with pytest.raises(TypeError) as info:
         as_auth((USER, PASSWORD, "extra"))

@@ -21,7 +21,7 @@ from ..conftest import LOOP, Server
 
 
 def _put(admin: Any, path: str, body: Any) -> Any:
-    return admin._simple(admin._request("PUT", path, body=encode_json(body)), None)
+    return admin.runner.call(admin.origin.request("PUT", path, body=encode_json(body)), None)
 
 
 class Users:

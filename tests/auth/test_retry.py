@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from corduroy2 import (ConnectError, ResponseCut, Retry, ServerError, TooManyRequests)
-from corduroy2.api.retry import is_idempotent, retry_after
+from corduroy2.pipeline.retry import is_idempotent, retry_after
 from corduroy2.protocol.requests import Request
 
 from ..support.faultserver import FaultServer, Reply

@@ -144,7 +144,7 @@ async def test_with_options_auth_shares_the_transport(run: Runner, fault: FaultS
     sessions.protect("GET", "/")
     couch = run.couch(fault.url)
     as_bob = couch.with_options(auth=CookieAuth("bob", "pw"))
-    assert as_bob._backend is couch._backend
+    assert as_bob.backend is couch.backend
     assert await run.call(as_bob.info) == {"ok": True}
     with pytest.raises(Unauthorized):
         await run.call(couch.info)  # the original handle is still anonymous
@@ -276,7 +276,7 @@ def test_set_cookie_parsing() -> None:
     import time as _time
     from email.utils import formatdate
 
-    from corduroy2.api.auth import _parse_set_cookie
+    from corduroy2.pipeline.auth import _parse_set_cookie
 
     assert _parse_set_cookie("AuthSession=abc; Version=1; Path=/; HttpOnly") == ("abc", None)
     assert _parse_set_cookie("AuthSession=abc; Max-Age=600; Path=/") == ("abc", 600.0)
@@ -296,7 +296,7 @@ def test_jwt_lifetime_from_exp() -> None:
     import json
     import time as _time
 
-    from corduroy2.api.auth import _jwt_lifetime
+    from corduroy2.pipeline.auth import _jwt_lifetime
 
     def jwt(claims: dict[str, Any]) -> str:
         part = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
@@ -315,7 +315,7 @@ async def test_cleared_cookie_means_a_new_login(run: Runner, fault: FaultServer)
                                         headers={"Set-Cookie": "AuthSession=; Version=1; Path=/"}))
     couch = run.couch(fault.url, CookieAuth("bob", "pw"))
     await run.call(couch.info)
-    await run.call(couch._simple, couch._request("GET", "/bye"), None)
+    await run.call(couch.runner.call, couch.origin.request("GET", "/bye"), None)
     await run.call(couch.info)
     assert sessions.logins == 2
     assert [Sessions.cookie(r) for r in fault.received("GET", "/")] == ["c1", "c2"]

@@ -231,7 +231,7 @@ async def test_request_override_and_single_error(h: Harness, fault: WatchedFault
     couch = h.couch(**{"request_timeout" if which == "timeout" else which: 30.0})
     request = Request("GET", fault.url + "/db/_all_docs", stream=True, **{which: LIMIT})
     sink = _Recorder()
-    took = await _send(h, couch._backend, request, sink)
+    took = await _send(h, couch.backend, request, sink)
     assert LIMIT - 0.1 < took < LIMIT + LATE, f"Timeout after {took:.2f}s"
     kinds = [k for k, _ in sink.events]
     assert kinds[0] == "start" and kinds[-1] == "error" and "end" not in kinds, kinds
@@ -252,7 +252,7 @@ async def test_idle_timeout_not_counted_while_paused(h: Harness,
     couch = h.couch(idle_timeout=0.25)
     request = Request("GET", fault.url + "/db/_all_docs", stream=True)
     sink = _Recorder(pause_for=0.7)
-    await _send(h, couch._backend, request, sink)
+    await _send(h, couch.backend, request, sink)
     assert sink.ends() == [("end", None)], sink.events
     assert b"".join(v for k, v in sink.events if k == "data") == body
 
@@ -268,8 +268,8 @@ async def test_timed_out_in_the_queue_is_never_sent(h: Harness,
     couch = h.couch(max_connections=1)
     slow, queued = _Recorder(), _Recorder()
     await asyncio.sleep(0)
-    couch._backend.send(Request("GET", fault.url + "/slow"), slow)
-    took = await _send(h, couch._backend, Request("GET", fault.url + "/", idle_timeout=LIMIT),
+    couch.backend.send(Request("GET", fault.url + "/slow"), slow)
+    took = await _send(h, couch.backend, Request("GET", fault.url + "/", idle_timeout=LIMIT),
                        queued)
     assert LIMIT - 0.1 < took < LIMIT + LATE
     assert [k for k, _ in queued.events] == ["error"]

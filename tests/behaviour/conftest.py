@@ -209,4 +209,4 @@ def db(c: Client, dbname: str) -> Any:
 
 def record_requests(couch: Any) -> list[Any]:
     """Record every request ``couch`` sends from now on (its backend's entry points wrapped)."""
-    return recording.record_requests(couch._backend)
+    return recording.record_requests(couch.backend)

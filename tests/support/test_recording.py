@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from corduroy2.api import Couch
-from corduroy2.api.retry import Retry
+from corduroy2.pipeline.retry import Retry
 
 from ..api.recording import RecordingBackend, Reply
 from .recording import record_requests

@@ -13,12 +13,12 @@ Pass one as ``Couch(url, auth=...)``, or per handle with ``couch.with_options(au
 Fixed credentials (Basic, proxy, a fixed JWT) are put on each request when it is built, so every
 code path that sends a :class:`~corduroy2.protocol.requests.Request` is authenticated.
 Credentials that change (a cookie, a JWT from a callable) are added as the request goes out, by
-the handle's :class:`~corduroy2.api.retry.Sender`, which also renews them.
+the handle's :class:`~corduroy2.pipeline.exchange.Sender`, which also renews them.
 
 Renewal is **single-flight**: the first call that finds the credentials missing, expired or
-refused starts one renewal (itself an operation run by the driver, so it works on every
-backend), and every call that needs credentials meanwhile waits for that one renewal and is
-then retried once. A provider instance holds the session: share it between handles of one
+refused starts one renewal (a login sent through the same pipeline, without this provider, or
+a call to the token source), and every call that needs credentials meanwhile waits for that one
+renewal and is then sent again once. A provider instance holds the session: share it between handles of one
 server (``with_options`` does), not between servers.
 
 Secrets live in private attributes; ``repr``/``str`` show at most the user name.
@@ -35,24 +35,37 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Protocol, Union
 
 import orjson
 
-from ..backend import Cancel, Outcome
+from ..backend import Cancel, Collector, Outcome, Sink
 from ..errors import CouchError, DecodeError
 from ..protocol.requests import JSON_HEADERS, Request, encode_json
-from ..protocol.responses import check_status
-from .calls import Op, Raw, Wait, _Run
-
-if TYPE_CHECKING:
-    from .retry import Sender
+from ..protocol.responses import Headers, Response, check_status
 
 __all__ = ["Auth", "AuthArg", "BasicAuth", "CookieAuth", "ProxyAuth", "JWTAuth", "as_auth"]
 
 log = logging.getLogger("corduroy2")
 
 HeaderList = tuple[tuple[str, str], ...]
+
+
+class Sender(Protocol):
+    """What a provider needs from the pipeline to renew its credentials (the
+    :class:`~corduroy2.pipeline.exchange.Sender` is one): the server, a sender without this
+    provider for the login, and a way to wait for a promise the token source returns."""
+
+    url: str
+    base_headers: HeaderList
+
+    @property
+    def bare(self) -> Sender: ...
+
+    def send(self, request: Request, sink: Sink) -> Cancel: ...
+
+    def when_done(self, value: Any, done: Callable[[Outcome], None]) -> bool: ...
+
 #: What ``auth=`` accepts.
 AuthArg = Union["Auth", tuple[str, str], None]
 #: What a :class:`JWTAuth` token source may return.
@@ -256,8 +269,8 @@ class _Renewable(Auth):
     def _header(self, value: str) -> tuple[str, str]:
         raise NotImplementedError
 
-    def _renewal_op(self, sender: Sender) -> Op[Any]:
-        """The operation that obtains fresh credentials (and installs them)."""
+    def _obtain(self, sender: Sender, done: Callable[[Outcome], None]) -> None:
+        """Obtain fresh credentials and install them; then ``done(outcome)``, once."""
         raise NotImplementedError
 
     def _install(self, value: str | None, lifetime: float | None) -> None:
@@ -309,9 +322,7 @@ class _Renewable(Auth):
                 log.info("corduroy2: renewing %r failed: %s", self, outcome.error)
             flight.finish(outcome)
 
-        # The renewal runs without this provider (its request carries its own credentials), and
-        # with the sender's retry policy: a refused connection is retried as for any call.
-        _Run(sender.bare, self._renewal_op(sender)).start(landed)
+        self._obtain(sender, landed)
 
 
 class CookieAuth(_Renewable):
@@ -339,20 +350,35 @@ class CookieAuth(_Renewable):
     def _header(self, value: str) -> tuple[str, str]:
         return ("Cookie", f"AuthSession={value}")
 
-    def _renewal_op(self, sender: Sender) -> Op[Any]:
+    def _obtain(self, sender: Sender, done: Callable[[Outcome], None]) -> None:
         body = encode_json({"name": self._user, "password": self._password})
         request = Request(
             "POST", sender.url + "/_session", sender.base_headers + JSON_HEADERS, body,
             idempotent=True,  # logging in twice is harmless
         )
         log.info("corduroy2: logging in to %s as %r", sender.url, self._user)
-        response = yield Raw(request)
-        where = {"method": request.method, "url": request.url}
-        check_status(response.status, response.headers, response.body, **where)
-        if not self._take_cookie(response.headers, login=True):
-            raise DecodeError(f"the login answered without an AuthSession cookie "
-                              f"({request.method} {request.url})")
-        return response  # whole, for login(): its status is the call's Status.code
+
+        def replied(status: int | None, headers: Headers | None, body: bytes,
+                    error: CouchError | None) -> None:
+            if error is not None:
+                done(Outcome(error=error))
+                return
+            assert status is not None and headers is not None
+            where = {"method": request.method, "url": request.url}
+            try:
+                check_status(status, headers, body, **where)
+                if not self._take_cookie(headers, login=True):
+                    raise DecodeError(f"the login answered without an AuthSession cookie "
+                                      f"({request.method} {request.url})")
+            except CouchError as exc:
+                done(Outcome(error=exc))
+                return
+            # The whole response, for login(): its status is the call's Status.code.
+            done(Outcome(value=Response(status, headers, body)))
+
+        # Without this provider (the login carries its own credentials), with the retry
+        # policy: a refused connection is retried as for any call.
+        sender.bare.send(request, Collector(replied))
 
     def _adopt(self, headers: Mapping[str, str]) -> None:
         if "set-cookie" in headers and not self._stopped:
@@ -438,36 +464,36 @@ class JWTAuth(_Renewable):
     def _header(self, value: str) -> tuple[str, str]:
         return ("Authorization", f"Bearer {value}")
 
-    def _renewal_op(self, sender: Sender) -> Op[Any]:
+    def _obtain(self, sender: Sender, done: Callable[[Outcome], None]) -> None:
         assert self._source is not None
         log.info("corduroy2: fetching a JWT from %r", self._source)
+
+        def settled(outcome: Outcome) -> None:
+            token, error = outcome.value, outcome.error
+            if error is None and (not isinstance(token, str) or not token):
+                error = CouchError(f"the JWT source returned {type(token).__name__}, "
+                                   "not a token")
+            elif error is not None and not isinstance(error, CouchError):
+                error = _source_failed(error)
+            if error is None:
+                self._install(token, _jwt_lifetime(token))
+            done(Outcome(error=error))
+
         try:
             value = self._source()
-            token = yield Wait(lambda done: _settle(sender, value, done))
-        except CouchError:
-            raise
         except Exception as exc:
-            # Reported as a CouchError (sinks expect one); the message names only the type, as
-            # the exception's own text could quote the token. __cause__ keeps the original.
-            raise CouchError(f"the JWT source failed: {type(exc).__name__}") from exc
-        if not isinstance(token, str) or not token:
-            raise CouchError(f"the JWT source returned {type(token).__name__}, not a token")
-        self._install(token, _jwt_lifetime(token))
-        return None
+            done(Outcome(error=_source_failed(exc)))
+            return
+        if not sender.when_done(value, settled):
+            settled(Outcome(value=value))
 
 
-def _settle(sender: Sender, value: Any, done: Callable[[Outcome], None]) -> Cancel:
-    if not sender.when_done(value, done):
-        done(Outcome(value=value))
-    return _NOTHING
-
-
-class _Nothing:
-    def cancel(self) -> None:
-        return None
-
-
-_NOTHING = _Nothing()
+def _source_failed(exc: BaseException) -> CouchError:
+    """Reported as a CouchError (sinks expect one); the message names only the type, as the
+    exception's own text could quote the token. ``__cause__`` keeps the original."""
+    error = CouchError(f"the JWT source failed: {type(exc).__name__}")
+    error.__cause__ = exc
+    return error
 
 
 def _jwt_lifetime(token: str) -> float | None:

@@ -1,0 +1,134 @@
+"""Sinks that parse a streamed row body as it arrives and hand the rows to a consumer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ..backend import StopTransfer, Transfer
+from ..errors import CouchError, DecodeError, ResponseCut
+from ..protocol.requests import Request
+from ..protocol.responses import Headers, make_error
+from ..protocol.rows import NEED_DATA, End, Header, RowStream
+
+__all__ = ["RowConsumer", "RowSink", "Finished"]
+
+# The headers of "no response yet". Headers are read-only, so one empty instance serves all.
+_NO_HEADERS = Headers()
+
+#: ``finished(value, error, status, headers)``: how a streamed body ended.
+Finished = Callable[[Any, "BaseException | None", int, Headers], None]
+
+
+class RowConsumer(Protocol):
+    """Receives a streamed row body as it is parsed; :meth:`end` gives the operation's value."""
+
+    def header(self, fields: dict[str, Any]) -> None: ...
+
+    def rows(self, rows: list[Any]) -> None: ...
+
+    def end(self, fields: dict[str, Any]) -> Any: ...
+
+
+class RowSink:
+    """A sink that parses a row-bearing body with :class:`RowStream` as chunks arrive.
+
+    Error replies (>= 400) are collected whole and mapped. A failure while parsing (bad JSON, an
+    error member mid-stream, the consumer raising) cancels the transfer: the rest of the body is
+    unwanted, and the connection must not be reused half-read.
+    """
+
+    __slots__ = ("_consumer", "_done", "_request", "transfer", "_parser", "_status",
+                 "_headers", "_error_chunks", "_end", "_over")
+
+    def __init__(self, request: Request, consumer: RowConsumer,
+                 done: Finished) -> None:
+        self._request = request
+        self._consumer = consumer
+        self._done = done
+        self.transfer: Transfer | None = None
+        self._parser: RowStream | None = None
+        self._status = 0
+        self._headers = _NO_HEADERS
+        self._error_chunks: list[bytes] = []
+        self._end: dict[str, Any] | None = None
+        self._over = False
+
+    def on_start(self, status: int, headers: Headers) -> None:
+        self._status, self._headers = status, headers
+        if status < 400:
+            self._parser = RowStream(status=status, headers=headers)
+
+    def on_data(self, chunk: bytes) -> None:
+        if self._over:
+            return
+        if self._parser is None:
+            self._error_chunks.append(chunk)
+            return
+        try:
+            self._parser.receive_data(chunk)
+            self._drain(self._parser)
+        except StopTransfer:
+            raise
+        except Exception as exc:
+            self._fail(exc)
+
+    def _drain(self, parser: RowStream) -> None:
+        consumer = self._consumer
+        while True:
+            rows = parser.rows_ready()
+            if rows:
+                consumer.rows(rows)
+                continue
+            event = parser.next_event()
+            if event is NEED_DATA:
+                return
+            if isinstance(event, Header):
+                consumer.header(event.fields)
+            elif isinstance(event, End):
+                self._end = event.fields
+                return
+            else:  # a row that rows_ready() left for next_event()
+                consumer.rows([event.value])  # type: ignore[union-attr]
+
+    def _fail(self, exc: BaseException) -> None:
+        self._over = True
+        self._done(None, exc, self._status, self._headers)
+        if self.transfer is not None:
+            self.transfer.cancel()
+        else:
+            raise StopTransfer() from exc  # a synchronous backend: stop reading now
+
+    def on_end(self) -> None:
+        if self._over:
+            return
+        request = self._request
+        if self._parser is None:
+            self._over = True
+            error = make_error(self._status, self._headers, b"".join(self._error_chunks),
+                               method=request.method, url=request.url)
+            self._done(None, error, self._status, self._headers)
+            return
+        try:
+            self._parser.receive_data(b"")
+            try:
+                self._drain(self._parser)
+            except ResponseCut as cut:
+                # The transport saw the whole body by its framing: JSON that stops short is a
+                # malformed reply, not a cut connection (which arrives through on_error).
+                raise DecodeError(f"response body is incomplete JSON: {cut}") from cut
+            if self._end is None:
+                raise ResponseCut("response body ended early", method=request.method,
+                                  url=request.url)
+            value = self._consumer.end(self._end)
+        except Exception as exc:
+            self._over = True  # the body is complete: nothing to abort
+            self._done(None, exc, self._status, self._headers)
+            return
+        self._over = True
+        self._done(value, None, self._status, self._headers)
+
+    def on_error(self, exc: CouchError) -> None:
+        if not self._over:
+            self._over = True
+            self._done(None, exc, self._status, self._headers)

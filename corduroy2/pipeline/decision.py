@@ -1,0 +1,104 @@
+"""What to do once an attempt has ended: one pure function, :func:`decide`.
+
+An attempt ends with a reply (a status and headers) or with a transport error. The exchange
+(:mod:`corduroy2.pipeline.exchange`) asks :func:`decide` and does what it answers:
+
+* :data:`DELIVER`: the reply is final; the caller gets it, whatever its status (the API maps
+  an error status to its exception).
+* :data:`FAIL`: the transport error is final; the caller gets it.
+* :data:`RENEW`: a 401 that fresh credentials may cure: renew them (single-flight), then send
+  again. Done at most once per request.
+* :class:`RetryAfter`: send again after ``delay`` seconds.
+
+Nothing here does IO or keeps state: the table in ``tests/core/test_decision.py`` is the spec.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from ..errors import ConnectError, CouchError, Timeout, TransportError
+from ..protocol.requests import Request
+from .retry import Retry, retry_after
+
+__all__ = ["Decision", "Final", "RetryAfter", "DELIVER", "FAIL", "RENEW", "decide"]
+
+
+class Final:
+    """A decision without a parameter: :data:`DELIVER`, :data:`FAIL` or :data:`RENEW`."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+DELIVER = Final("DELIVER")
+FAIL = Final("FAIL")
+RENEW = Final("RENEW")
+
+
+@dataclass(frozen=True)
+class RetryAfter:
+    """Send the request again after ``delay`` seconds."""
+
+    delay: float
+
+
+Decision = Final | RetryAfter
+
+
+def decide(
+    request: Request,
+    status: int | None,
+    headers: Mapping[str, str] | None,
+    error: CouchError | None,
+    *,
+    policy: Retry | None,
+    retries: int,
+    elapsed: float,
+    renewable: bool,
+    jitter: Callable[[], float] = random.random,
+) -> Decision:
+    """What to do after an attempt of ``request`` that ended with ``error`` (a transport
+    failure) or else with ``status``/``headers``.
+
+    ``policy``: the retry policy (None: never retry). ``retries``: retries made so far.
+    ``elapsed``: seconds since the first attempt. ``renewable``: a 401 may be cured by renewing
+    the credentials (the handle's auth can renew and has not yet done so for this request).
+    """
+    if error is None:
+        assert status is not None
+        if status < 400:
+            return DELIVER
+        if status == 401 and renewable:
+            return RENEW
+    delay = _retry_delay(request, status, headers, error, policy, retries, jitter)
+    if delay is None or (policy is not None and elapsed + delay > policy.deadline):
+        return FAIL if error is not None else DELIVER
+    return RetryAfter(delay)
+
+
+def _retry_delay(request: Request, status: int | None, headers: Mapping[str, str] | None,
+                 error: CouchError | None, policy: Retry | None, retries: int,
+                 jitter: Callable[[], float]) -> float | None:
+    """The delay the policy asks for before another attempt, or None for no retry."""
+    if policy is None or retries + 1 >= policy.attempts:
+        return None
+    if error is not None:
+        if isinstance(error, Timeout) or not isinstance(error, TransportError):
+            return None
+        # No connection was made, so the request never reached the server: it may be sent
+        # again whatever its method. Other failures may come after the server applied it.
+        if not isinstance(error, ConnectError) and not policy.allows(request):
+            return None
+        return policy.backoff(retries + 1, jitter)
+    if status in policy.statuses and policy.allows(request):
+        asked = retry_after(headers)
+        return min(asked, policy.cap) if asked is not None else policy.backoff(retries + 1, jitter)
+    return None

@@ -1,0 +1,317 @@
+"""The way out: every request of a ``Couch`` handle goes through its :class:`Sender`.
+
+For one request, an :class:`Exchange`
+
+1. adds the credentials that change (a cookie, a JWT), first waiting for a renewal under way;
+2. sends the request once (an *attempt*) through the backend, as that attempt's sink;
+3. shows the reply's headers to the auth provider (a refreshed cookie);
+4. asks :func:`~corduroy2.pipeline.decision.decide` what the attempt's end means and does it:
+   deliver the reply to the caller's sink, fail with the transport error, renew the credentials
+   then send again, or wait then send again.
+
+A reply that may still be retried is held until that is decided. A streamed reply that will not
+be retried goes to the caller's sink as it arrives, and is then never retried: its consumer has
+seen bytes. Each attempt is logged at DEBUG on the ``corduroy2`` logger (method, URL, status,
+duration; never headers), retries and renewals at INFO.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from ..backend import Backend, Cancel, Outcome, Sink, Start, StopTransfer, Transfer
+from ..errors import CouchError, TransportError
+from ..protocol.requests import Request
+from ..protocol.responses import Headers
+from .auth import Auth, HeaderList, _Flight
+from .decision import DELIVER, FAIL, RENEW, Decision, RetryAfter, decide
+from .retry import Retry
+
+__all__ = ["Sender", "Exchange"]
+
+log = logging.getLogger("corduroy2")
+
+
+class Sender:
+    """A handle's way out: its backend, auth provider and retry policy. Handles made by
+    ``with_options`` have their own Sender over the same backend."""
+
+    def __init__(self, backend: Backend, url: str, auth: Auth | None, retry: Retry | None,
+                 base_headers: HeaderList = ()) -> None:
+        self.backend = backend
+        self.url = url
+        self.auth = auth
+        self.retry = retry
+        #: Headers every request carries whatever the auth (Accept, User-Agent): for the
+        #: requests the auth provider builds itself (the login).
+        self.base_headers = base_headers
+        self._bare: Sender | None = None
+
+    @property
+    def bare(self) -> Sender:
+        """This sender without auth: for the requests that carry their own credentials."""
+        if self.auth is None:
+            return self
+        if self._bare is None:
+            self._bare = Sender(self.backend, self.url, None, self.retry, self.base_headers)
+        return self._bare
+
+    def send(self, request: Request, sink: Sink) -> Exchange:
+        """Send ``request`` with this handle's credentials and retries; the final reply goes
+        to ``sink``. Returns the exchange, a transfer handle (cancel, pause, resume)."""
+        return Exchange(self, request, sink).start()
+
+    def when_done(self, value: Any, done: Callable[[Outcome], None]) -> bool:
+        return self.backend.when_done(value, done)
+
+    def __repr__(self) -> str:
+        return f"<Sender {self.url} auth={self.auth!r} retry={self.retry!r}>"
+
+
+class Exchange:
+    """One request through a :class:`Sender`, its final reply to ``sink``; the handle its
+    caller cancels, pauses and resumes.
+
+    Its steps (:meth:`_attempt`, :meth:`_attempted`, and what they wait for) run one after the
+    other from :meth:`_step`'s loop. A synchronous backend (blocking) delivers a reply inside
+    ``send()``: the step that follows is then queued, not called, so any number of retries
+    never recurses.
+    """
+
+    def __init__(self, sender: Sender, request: Request, sink: Sink) -> None:
+        self._sender = sender
+        self._request = request
+        self._sink = sink
+        self._first = time.monotonic()  # the retry deadline counts from the first attempt
+        self._retries = 0
+        self._renewed = False  # credentials renewed after a 401 (at most once)
+        self._fresh = False  # a renewal was just waited for (see Auth._ready)
+        self._generation = 0  # of the credentials the attempt was sent with
+        self._current: Cancel | None = None  # what is under way: an attempt or a wait
+        self._transfer: Transfer | None = None  # the attempt under way
+        self._paused = False
+        self._over = False
+        self._next: Callable[[], None] | None = None
+        self._running = False
+        self._reset_attempt()
+
+    def start(self) -> Exchange:
+        self._step(self._attempt)
+        return self
+
+    # -- the handle ------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        if self._over:
+            return
+        self._over = True
+        if self._current is not None:
+            self._current.cancel()
+
+    def pause(self) -> None:
+        self._paused = True
+        if self._transfer is not None:
+            self._transfer.pause()
+
+    def resume(self) -> None:
+        self._paused = False
+        if self._transfer is not None:
+            self._transfer.resume()
+
+    # -- running the steps -----------------------------------------------------------------
+
+    def _step(self, step: Callable[[], None]) -> None:
+        """Run ``step`` now, or after the step under way when called from inside it."""
+        self._next = step
+        if self._running:
+            return
+        self._running = True
+        try:
+            while self._next is not None and not self._over:
+                step, self._next = self._next, None
+                step()
+        except BaseException:
+            self._over = True
+            raise
+        finally:
+            self._running = False
+
+    def _wait(self, start: Start, then: Callable[[Outcome], None]) -> None:
+        """Begin what ``start`` begins; ``then(outcome)`` is the next step once it is done."""
+        self._current = start(lambda outcome: self._step(lambda: then(outcome)))
+
+    def _finish(self) -> None:
+        """The exchange is over: nothing more runs, and it lets go of what leads back to it."""
+        self._over = True
+        self._current = self._transfer = self._next = None
+
+    # -- the steps -------------------------------------------------------------------------
+
+    def _attempt(self) -> None:
+        """Send the request once, with the credentials (after a renewal under way)."""
+        request = self._request
+        auth = self._sender.auth
+        if auth is not None and auth.dynamic:
+            ready = auth._ready(self._sender, fresh=self._fresh)
+            self._fresh = False
+            if isinstance(ready, _Flight):
+                self._wait(ready.join, self._renewal_ended)
+                return
+            headers, self._generation = ready
+            if headers:
+                request = replace(request, headers=request.headers + headers)
+        self._reset_attempt()
+        self._in_flight = True
+        transfer = self._sender.backend.send(request, self)
+        if self._in_flight:  # not answered inside send(): this is what cancel() stops
+            self._current = self._transfer = transfer
+            if self._paused:
+                transfer.pause()
+
+    def _attempted(self) -> None:
+        """The attempt has ended: deliver, fail, renew or retry."""
+        self._current = self._transfer = None
+        if log.isEnabledFor(logging.DEBUG):
+            self._log_attempt()
+        if self._forwarded:  # the caller's sink has had the reply as it came
+            self._finish()
+            if self._error is None:
+                self._sink.on_end()
+            else:
+                self._sink.on_error(self._error)
+            return
+        decision = self._decide()
+        if decision is DELIVER:
+            self._finish()
+            self._deliver()
+        elif decision is FAIL:
+            assert self._error is not None
+            self._fail(self._error)
+        elif decision is RENEW:
+            self._renew()
+        else:
+            assert isinstance(decision, RetryAfter)
+            self._retry(decision.delay)
+
+    def _decide(self) -> Decision:
+        auth = self._sender.auth
+        return decide(
+            self._request, self._status, self._headers, self._error,
+            policy=self._sender.retry,
+            retries=self._retries,
+            elapsed=time.monotonic() - self._first,
+            renewable=auth is not None and not self._renewed and auth.renewable(),
+        )
+
+    def _renew(self) -> None:
+        auth = self._sender.auth
+        assert auth is not None
+        self._renewed = True
+        log.info("corduroy2: %s %s answered 401: renewing the credentials of %r and sending "
+                 "it again", self._request.method, self._request.url, auth)
+        flight = auth._renew(self._sender, self._generation)
+        if flight is None:  # renewed by another request meanwhile: send again
+            self._attempt()
+        else:
+            self._wait(flight.join, self._renewal_ended)
+
+    def _renewal_ended(self, outcome: Outcome) -> None:
+        if outcome.error is not None:
+            self._fail(_couch_error(outcome.error))
+            return
+        self._fresh = True
+        self._attempt()
+
+    def _retry(self, delay: float) -> None:
+        self._retries += 1
+        policy = self._sender.retry
+        assert policy is not None
+        log.info("corduroy2: %s %s: %s; retry %d of %d in %.3f s", self._request.method,
+                 self._request.url, self._describe(), self._retries, policy.attempts - 1, delay)
+        backend = self._sender.backend
+
+        def sleep(done: Callable[[Outcome], None]) -> Cancel:
+            return backend.call_later(delay, lambda: done(_SLEPT))
+
+        self._wait(sleep, lambda _: self._attempt())
+
+    # -- the sink of the current attempt ---------------------------------------------------
+
+    def _reset_attempt(self) -> None:
+        self._in_flight = False
+        self._status: int | None = None
+        self._headers: Headers | None = None
+        self._error: CouchError | None = None
+        self._chunks: list[bytes] = []
+        self._forwarded = False
+        self._began = time.monotonic()
+
+    def on_start(self, status: int, headers: Headers) -> None:
+        self._status, self._headers = status, headers
+        auth = self._sender.auth
+        if auth is not None:
+            auth._adopt(headers)
+        if self._request.stream and self._decide() is DELIVER:
+            self._forwarded = True
+            self._sink.on_start(status, headers)
+
+    def on_data(self, chunk: bytes) -> None:
+        if self._forwarded:
+            self._sink.on_data(chunk)
+        else:
+            self._chunks.append(chunk)
+
+    def on_end(self) -> None:
+        self._in_flight = False
+        self._step(self._attempted)
+
+    def on_error(self, exc: CouchError) -> None:
+        self._in_flight = False
+        self._error = exc
+        self._step(self._attempted)
+
+    # -- the end ---------------------------------------------------------------------------
+
+    def _deliver(self) -> None:
+        """Give the held reply to the caller's sink, as it was received."""
+        assert self._status is not None and self._headers is not None
+        sink = self._sink
+        try:
+            sink.on_start(self._status, self._headers)
+            for chunk in self._chunks:
+                sink.on_data(chunk)
+            sink.on_end()
+        except StopTransfer:
+            pass  # the sink gave up on a body that had already arrived whole
+
+    def _fail(self, error: CouchError) -> None:
+        self._finish()
+        self._sink.on_error(error)
+
+    def _log_attempt(self) -> None:
+        log.debug("corduroy2: %s %s -> %s (%.1f ms)", self._request.method, self._request.url,
+                  self._describe(), (time.monotonic() - self._began) * 1000)
+
+    def _describe(self) -> str:
+        error = self._error
+        if error is not None:
+            # A TransportError's text without the "(METHOD url)" the log line already has.
+            text = error.args[0] if isinstance(error, TransportError) and error.args else error
+            return f"{type(error).__name__}: {text}"
+        return str(self._status)
+
+
+# What a retry's sleep reports when it is over.
+_SLEPT = Outcome()
+
+
+def _couch_error(error: BaseException) -> CouchError:
+    if isinstance(error, CouchError):
+        return error
+    wrapped = CouchError(f"could not get credentials: {type(error).__name__}")
+    wrapped.__cause__ = error
+    return wrapped
