@@ -3,13 +3,22 @@
 The reactor is imported on first use, not at import time, so that importing
 ``corduroy2.twisted_io`` does not install the default reactor before the application installs
 the one it wants (asyncio, epoll...).
+
+Twisted's TLS (``twisted.internet.ssl``, hence pyOpenSSL and service_identity) is imported only
+for an HTTPS request, or when the ``Couch`` is given TLS settings: plain HTTP works without the
+``twisted[tls]`` extra. (``twisted.web.client`` itself still imports pyOpenSSL when it is
+installed; it does without otherwise.)
+
+Only Twisted's public API is used here; the few repairs it needs are in ``_repairs.py``.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 from twisted.internet import defer, error as ierror
@@ -17,8 +26,7 @@ from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web import client as web_client
-from twisted.web._newclient import (
-    RequestNotSent,
+from twisted.web.client import (
     RequestTransmissionFailed,
     ResponseDone,
     ResponseFailed,
@@ -35,6 +43,7 @@ from ..backend import (
 from ..errors import ConnectError, CouchError, ResponseCut, Timeout, TransportError
 from ..protocol.requests import Request, check_headers
 from ..protocol.responses import Headers
+from . import _repairs
 
 __all__ = ["TwistedBackend"]
 
@@ -65,6 +74,25 @@ class _BytesProducer:
         return None
 
 
+class MissingTLS(ImportError):
+    """Twisted's TLS support (pyOpenSSL, service_identity) is not installed."""
+
+
+def _twisted_ssl() -> ModuleType:
+    """``twisted.internet.ssl``, imported when TLS is first needed, so that plain HTTP works
+    without pyOpenSSL; if it is missing, an error that says which extra to install."""
+    try:
+        return importlib.import_module("twisted.internet.ssl")
+    except ImportError as exc:
+        raise MissingTLS(f"HTTPS on Twisted needs the twisted[tls] extra (pyOpenSSL, "
+                         f"service_identity), which is not installed (no module "
+                         f"{exc.name or exc!r}): pip install 'twisted[tls]'") from exc
+
+
+def _is_https(url: str) -> bool:
+    return url[:6].lower() == "https:"
+
+
 @implementer(IPolicyForHTTPS)
 class _TLSPolicy:
     """How every HTTPS connection of one backend is made: verified against the system's CAs or
@@ -73,46 +101,57 @@ class _TLSPolicy:
     explicit ``verify_tls=False`` opt-out, without any certificate check."""
 
     def __init__(self, options: TransportOptions) -> None:
-        from twisted.internet import ssl as tssl
-
         self._verify = options.verify_tls
-        self._trust: Any = None
-        if options.ca_file:
-            with open(options.ca_file, "rb") as f:
-                certs = [tssl.Certificate.loadPEM(pem) for pem in _pem_blocks(f.read())]
-            if not certs:
-                raise ValueError(f"no PEM certificate in ca_file {options.ca_file!r}")
-            self._trust = tssl.trustRootFromCertificates(certs)
-        # The client certificate (then its chain) and key, as ``cryptography`` objects: what
-        # pyOpenSSL takes without deprecation warnings.
+        self._trust: Any = None  # None: the system's CAs
         self._client: dict[str, Any] = {}
-        if options.cert_file:
-            from cryptography import x509
-            from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-            with open(options.cert_file, "rb") as f:
-                cert_pem = f.read()
-            key_pem = cert_pem
-            if options.key_file:
-                with open(options.key_file, "rb") as f:
-                    key_pem = f.read()
-            chain = x509.load_pem_x509_certificates(cert_pem)
-            key = load_pem_private_key(key_pem, password=None)
-            if key.public_key() != chain[0].public_key():
-                raise ValueError(f"key_file does not match cert_file {options.cert_file!r}")
-            self._client = {"certificate": chain[0], "privateKey": key}
-            if chain[1:]:
-                self._client["extraCertChain"] = chain[1:]
+        if options.custom_tls:
+            # Settings the user gave are loaded now, so that a bad file, or a missing
+            # pyOpenSSL, fails when the Couch is made rather than at the first request.
+            ssl = _twisted_ssl()
+            if options.ca_file:
+                self._trust = _trust_root(ssl, options.ca_file)
+            if options.cert_file:
+                self._client = _client_certificate(options.cert_file, options.key_file)
         if not self._verify:
             warn_unverified()
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        from twisted.internet import ssl as tssl
-
+        ssl = _twisted_ssl()
         if not self._verify:
-            return tssl.CertificateOptions(verify=False, **self._client)
-        return tssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._trust,
-                                        extraCertificateOptions=dict(self._client))
+            return ssl.CertificateOptions(verify=False, **self._client)
+        return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._trust,
+                                       extraCertificateOptions=dict(self._client))
+
+
+def _trust_root(ssl: ModuleType, ca_file: str) -> Any:
+    """Every certificate of the PEM bundle ``ca_file``, as the CAs to trust."""
+    with open(ca_file, "rb") as f:
+        certs = [ssl.Certificate.loadPEM(pem) for pem in _pem_blocks(f.read())]
+    if not certs:
+        raise ValueError(f"no PEM certificate in ca_file {ca_file!r}")
+    return ssl.trustRootFromCertificates(certs)
+
+
+def _client_certificate(cert_file: str, key_file: str | None) -> dict[str, Any]:
+    """``CertificateOptions`` arguments presenting the client certificate (then its chain) and
+    key, as ``cryptography`` objects: what pyOpenSSL takes without deprecation warnings."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    with open(cert_file, "rb") as f:
+        cert_pem = f.read()
+    key_pem = cert_pem
+    if key_file:
+        with open(key_file, "rb") as f:
+            key_pem = f.read()
+    chain = x509.load_pem_x509_certificates(cert_pem)
+    key = load_pem_private_key(key_pem, password=None)
+    if key.public_key() != chain[0].public_key():
+        raise ValueError(f"key_file does not match cert_file {cert_file!r}")
+    client: dict[str, Any] = {"certificate": chain[0], "privateKey": key}
+    if chain[1:]:
+        client["extraCertChain"] = chain[1:]
+    return client
 
 
 def _pem_blocks(data: bytes) -> list[bytes]:
@@ -224,21 +263,14 @@ class _Exchange(Protocol):
             self.sink.on_error(exc)
 
     def _abort(self) -> None:
-        # Before the response: cancelling the request Deferred aborts the connection. During
-        # the body: stopProducing on the body transport aborts it. Either way it is not reused.
+        # The connection of an abandoned exchange is dropped, never reused: its response may
+        # still be on the way. Before the response, cancelling the request Deferred does that.
         if self.requesting is not None:
             self.requesting.cancel()
         elif self.delivering:
             self.abandon = True  # dataReceived raises once the sink returns
         elif self.transport is not None:
-            # stopProducing() only starts a graceful close, and the pool could hand the closing
-            # connection to the next request; abort the TCP connection itself when we can
-            # (the body transport is a TransportProxyProducer around it).
-            tcp = getattr(self.transport, "_producer", None)
-            if tcp is not None and hasattr(tcp, "abortConnection"):
-                tcp.abortConnection()
-            else:
-                self.transport.stopProducing()
+            _repairs.abort_body(self.transport)
 
     def _timed_out(self, which: str) -> None:
         if which == "idle":
@@ -308,7 +340,8 @@ class TwistedBackend(Backend):
         # The last request headers converted, and their Twisted form: a Couch sends the same
         # ones again and again, and Agent copies them before adding its own.
         self._headers: tuple[tuple[tuple[str, str], ...], TwistedHeaders] = ((), TwistedHeaders())
-        # Made now, so that bad certificate files fail when the Couch is made.
+        # Made now, so that the TLS settings given (a bad certificate file, or pyOpenSSL
+        # missing) fail when the Couch is made.
         self._tls = _TLSPolicy(self.options)
 
     @property
@@ -335,18 +368,15 @@ class TwistedBackend(Backend):
         exchange = _Exchange(request, sink, self.reactor,
                              request.timeout or self.options.request_timeout,
                              request.idle_timeout or self.options.idle_timeout)
-        fields, headers = self._headers
-        if fields != request.headers:
-            try:
-                check_headers(request.headers)  # Twisted would make a line break a space
-            except ValueError as exc:
-                exchange._end(TransportError(f"request not sent: {exc}", method=request.method,
-                                             url=request.url))
-                return exchange
-            fields, headers = request.headers, TwistedHeaders()
-            for name, value in fields:
-                headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
-            self._headers = (fields, headers)
+        try:
+            headers = self._twisted_headers(request)
+            if _is_https(request.url):
+                # Checked here: without TLS support, Agent.request would raise out of send()
+                # instead of failing this exchange.
+                _twisted_ssl()
+        except (ValueError, MissingTLS) as exc:
+            exchange._end(_refusal(exc, request))
+            return exchange
         producer = None if request.body is None else _BytesProducer(request.body)
         requesting = self._get_agent().request(
             request.method.encode("ascii"), request.url.encode("ascii"), headers, producer
@@ -355,9 +385,25 @@ class TwistedBackend(Backend):
         requesting.addCallbacks(exchange.got_response, exchange.request_failed)
         return exchange
 
+    def _twisted_headers(self, request: Request) -> TwistedHeaders:
+        """The request's headers for Agent; ValueError if one could not be sent as it is."""
+        fields, headers = self._headers
+        if fields != request.headers:
+            check_headers(request.headers)  # Twisted would make a line break a space
+            fields, headers = request.headers, TwistedHeaders()
+            for name, value in fields:
+                headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+            self._headers = (fields, headers)
+        return headers
+
     def run(self, start: Start) -> defer.Deferred[Any]:
         handle: list[Cancel] = []
-        deferred: defer.Deferred[Any] = defer.Deferred(lambda _: handle[0].cancel() if handle else None)
+
+        def cancel(_: defer.Deferred[Any]) -> None:
+            if handle:
+                handle[0].cancel()
+
+        deferred: defer.Deferred[Any] = defer.Deferred(cancel)
 
         def done(outcome: Outcome) -> None:
             if deferred.called:  # cancelled by the caller
@@ -396,6 +442,19 @@ class TwistedBackend(Backend):
         return pool.closeCachedConnections()
 
 
+def _refusal(exc: Exception, request: Request) -> CouchError:
+    """The error for a request refused before it was sent: a header that cannot be sent as it
+    is (ValueError), or HTTPS without Twisted's TLS support (MissingTLS)."""
+    where: dict[str, str] = {"method": request.method, "url": request.url}
+    err: CouchError
+    if isinstance(exc, MissingTLS):
+        err = ConnectError(f"cannot connect: {exc}", **where)
+    else:
+        err = TransportError(f"request not sent: {exc}", **where)
+    err.__cause__ = exc
+    return err
+
+
 def _reasons(failure: Failure) -> list[Failure]:
     """The underlying failures of Twisted's wrapper exceptions, or the failure itself."""
     value = failure.value
@@ -422,7 +481,7 @@ def _map_failure(failure: Failure, request: Request) -> CouchError:
         err = ConnectError(f"cannot connect: {text}", **where)
     elif isinstance(failure.value, (ResponseNeverReceived, ResponseFailed)):
         err = ResponseCut(f"connection lost before the response was complete: {text}", **where)
-    elif isinstance(failure.value, (RequestTransmissionFailed, RequestNotSent)):
+    elif isinstance(failure.value, (RequestTransmissionFailed, *_repairs.not_sent_errors())):
         err = TransportError(f"request could not be sent: {text}", **where)
     elif isinstance(failure.value, ierror.ConnectionLost):
         err = ResponseCut(f"connection lost: {text}", **where)
