@@ -185,3 +185,122 @@ def test_check_headers_refuses_what_cannot_be_sent_without_showing_it(
     with pytest.raises(ValueError, match=problem) as info:
         check_headers((("Accept", "application/json"),) + fields)
     assert "s3cret" not in str(info.value)
+
+
+# -- builders per endpoint ----------------------------------------------------------------------
+
+from corduroy2.protocol import requests as rq  # noqa: E402
+from corduroy2.protocol.requests import Origin  # noqa: E402
+
+BASE = (("Accept", "application/json"),)
+ORIGIN = Origin("http://h:5984", BASE, timeout=30.0, idle_timeout=5.0)
+H = "http://h:5984"
+
+# (name, built request, method, url, body (None: no body), idempotent, stream)
+BUILDERS: list[tuple[str, Any, str, str, Any, Any, bool]] = [
+    ("info", lambda: rq.server_info(ORIGIN), "GET", f"{H}/", None, None, False),
+    ("all_dbs", lambda: rq.all_dbs(ORIGIN, {"limit": 2}), "GET", f"{H}/_all_dbs?limit=2", None,
+     None, False),
+    ("uuids", lambda: rq.uuids(ORIGIN, 3), "GET", f"{H}/_uuids?count=3", None, None, False),
+    ("session", lambda: rq.session(ORIGIN), "GET", f"{H}/_session", None, None, False),
+    ("end_session", lambda: rq.end_session(ORIGIN, None), "DELETE", f"{H}/_session", None,
+     True, False),
+    ("db_info", lambda: rq.db_info(ORIGIN, "a/b"), "GET", f"{H}/a%2Fb", None, None, False),
+    ("db_head", lambda: rq.db_head(ORIGIN, "db"), "HEAD", f"{H}/db", None, None, False),
+    ("create_db", lambda: rq.create_db(ORIGIN, "db", {"q": 2}), "PUT", f"{H}/db?q=2", b"",
+     None, False),
+    ("delete_db", lambda: rq.delete_db(ORIGIN, "db"), "DELETE", f"{H}/db", None, None, False),
+    ("design_info", lambda: rq.design_info(ORIGIN, "db", "_design/d"), "GET",
+     f"{H}/db/_design/d/_info", None, None, False),
+    ("get_doc", lambda: rq.get_doc(ORIGIN, "db", "a/b", {"rev": "1-x"}), "GET",
+     f"{H}/db/a%2Fb?rev=1-x", None, None, False),
+    ("get_doc design", lambda: rq.get_doc(ORIGIN, "db", "_design/d"), "GET",
+     f"{H}/db/_design/d", None, None, False),
+    ("get_docs", lambda: rq.get_docs(ORIGIN, "db", ["a", "b"]), "POST",
+     f"{H}/db/_all_docs?include_docs=true", {"keys": ["a", "b"]}, True, False),
+    ("put_doc", lambda: rq.put_doc(ORIGIN, "db", {"_id": "x", "v": 1}, {"batch": "ok"}), "PUT",
+     f"{H}/db/x?batch=ok", {"_id": "x", "v": 1}, None, False),
+    ("delete_doc", lambda: rq.delete_doc(ORIGIN, "db", "x", "2-y"), "DELETE",
+     f"{H}/db/x?rev=2-y", None, None, False),
+    ("copy_doc", lambda: rq.copy_doc(ORIGIN, "db", "a", "1-a", "b c", "3-b"), "COPY",
+     f"{H}/db/a?rev=1-a", None, None, False),
+    ("bulk_docs", lambda: rq.bulk_docs(ORIGIN, "db", [{"_id": "a"}], {"new_edits": False}),
+     "POST", f"{H}/db/_bulk_docs", {"new_edits": False, "docs": [{"_id": "a"}]}, None, False),
+    ("view", lambda: rq.view(ORIGIN, "db", "d/v", {"key": "k", "limit": 1}), "GET",
+     f"{H}/db/_design/d/_view/v?key=%22k%22&limit=1", None, None, True),
+    ("view keys", lambda: rq.view(ORIGIN, "db", "d/v", {"keys": [1, 2]}), "POST",
+     f"{H}/db/_design/d/_view/v", {"keys": [1, 2]}, True, True),
+    ("all_docs", lambda: rq.view(ORIGIN, "db", "_all_docs", {}), "GET", f"{H}/db/_all_docs",
+     None, None, True),
+    ("find", lambda: rq.find(ORIGIN, "db", {"a": 1}, {"limit": 2, "bookmark": None}), "POST",
+     f"{H}/db/_find", {"selector": {"a": 1}, "limit": 2}, True, True),
+    ("explain", lambda: rq.explain(ORIGIN, "db", {"a": 1}, {}), "POST", f"{H}/db/_explain",
+     {"selector": {"a": 1}}, True, False),
+    ("create_index", lambda: rq.create_index(ORIGIN, "db", ["a"], "_design/i", "n", "json",
+                                             None, {}), "POST", f"{H}/db/_index",
+     {"index": {"fields": ["a"]}, "type": "json", "ddoc": "i", "name": "n"}, None, False),
+    ("indexes", lambda: rq.indexes(ORIGIN, "db"), "GET", f"{H}/db/_index", None, None, False),
+    ("delete_index", lambda: rq.delete_index(ORIGIN, "db", "i", "n", "json"), "DELETE",
+     f"{H}/db/_index/_design%2Fi/json/n", None, None, False),
+    ("changes", lambda: rq.changes(ORIGIN, "db", {"since": "3-a", "limit": 1}), "GET",
+     f"{H}/db/_changes?since=3-a&limit=1&feed=normal", None, None, True),
+    ("changes doc_ids", lambda: rq.changes(ORIGIN, "db", {"doc_ids": ["a"]}), "POST",
+     f"{H}/db/_changes?feed=normal&filter=_doc_ids", {"doc_ids": ["a"]}, None, True),
+    ("changes selector", lambda: rq.changes(ORIGIN, "db", {"selector": {"a": 1},
+                                                            "feed": "continuous"}),
+     "POST", f"{H}/db/_changes?feed=continuous&filter=_selector", {"selector": {"a": 1}},
+     None, True),
+]
+
+
+@pytest.mark.parametrize("build, method, url, body, idempotent, stream",
+                         [row[1:] for row in BUILDERS], ids=[row[0] for row in BUILDERS])
+def test_builder(build: Any, method: str, url: str, body: Any, idempotent: Any,
+                 stream: bool) -> None:
+    request = build()
+    assert (request.method, request.url, request.idempotent, request.stream) == (
+        method, url, idempotent, stream)
+    if body is None or body == b"":
+        assert request.body == body
+        assert ("Content-Type", "application/json") not in request.headers
+    else:
+        assert orjson.loads(request.body) == body
+        assert ("Content-Type", "application/json") in request.headers
+    assert request.headers[:len(BASE)] == BASE
+    assert (request.timeout, request.idle_timeout) == (30.0, 5.0)
+
+
+def test_copy_destination_header_is_an_id_with_the_rev_overwritten() -> None:
+    request = rq.copy_doc(ORIGIN, "db", "a", None, "b c/d", "3-b")
+    assert dict(request.headers)["Destination"] == "b%20c/d?rev=3-b"
+    assert request.url == f"{H}/db/a"
+
+
+def test_end_session_ends_the_given_cookie() -> None:
+    request = rq.end_session(ORIGIN, "abc")
+    assert ("Cookie", "AuthSession=abc") in request.headers
+
+
+BAD: list[tuple[str, Any, type[Exception]]] = [
+    ("uuids 0", lambda: rq.uuids(ORIGIN, 0), ValueError),
+    ("uuids bool", lambda: rq.uuids(ORIGIN, True), ValueError),
+    ("db name", lambda: rq.db_info(ORIGIN, "Bad"), ValueError),
+    ("doc id None", lambda: rq.get_doc(ORIGIN, "db", None), ValueError),  # type: ignore[arg-type]
+    ("put without _id", lambda: rq.put_doc(ORIGIN, "db", {"a": 1}), ValueError),
+    ("put NaN", lambda: rq.put_doc(ORIGIN, "db", {"_id": "a", "v": NAN}), ValueError),
+    ("delete without rev", lambda: rq.delete_doc(ORIGIN, "db", "a", None), ValueError),
+    ("view name", lambda: rq.view(ORIGIN, "db", "noslash", {}), ValueError),
+    ("view keys not a list", lambda: rq.view(ORIGIN, "db", "d/v", {"keys": "k"}), TypeError),
+    ("find selector", lambda: rq.find(ORIGIN, "db", "x", {}), TypeError),
+    ("ddoc name", lambda: rq.design_info(ORIGIN, "db", ""), ValueError),
+    ("feed", lambda: rq.changes(ORIGIN, "db", {"feed": "x"}), ValueError),
+    ("doc_ids", lambda: rq.changes(ORIGIN, "db", {"doc_ids": "a"}), TypeError),
+    ("since", lambda: rq.changes(ORIGIN, "db", {"since": 1.5}), TypeError),
+]
+
+
+@pytest.mark.parametrize("build, error", [row[1:] for row in BAD], ids=[row[0] for row in BAD])
+def test_builder_refuses_bad_arguments_before_anything_is_sent(build: Any,
+                                                               error: type[Exception]) -> None:
+    with pytest.raises(error):
+        build()
