@@ -9,10 +9,13 @@ the client. nginx cannot send a static file chunked, which is why it is not used
 Each measurement runs in a fresh process, so its peak RSS is its own:
 
 * ``raw``: the same transport downloads the body, then one ``orjson.loads`` (the baseline);
-* ``kept``: ``db.view(...)``, every row kept as a ``Row``;
+* ``kept``: ``db.view(...)``, every row kept as a ``Row`` (default GC settings);
+* ``frozen``: ``db.view(..., freeze_gc=True)``, the same, with the collector told to skip the
+  rows already kept (``gc.freeze``, which corduroy2 uses only when asked);
 * ``dropped``: ``db.view(..., on_rows=...)``, rows counted and dropped.
 
-Targets (issue 4): kept in <= 0.6x the raw time (default GC settings), dropped in <= 60 MB.
+Targets (issue 4): kept in <= 0.6x the raw time (with ``freeze_gc=True`` since issue 14 made
+the freeze opt-in), dropped in <= 60 MB.
 
     python -m bench rows [--rows N] [--repeats K] [--only tornado-curl,...]
 """
@@ -212,8 +215,8 @@ def measure(backend: str, mode: str, url: str, rows: int) -> dict[str, Any]:
             from corduroy2.twisted_io import Couch
             couch = Couch(url)
         db = couch.database("db")
-        if mode == "kept":
-            result = db.view("d/v")
+        if mode in ("kept", "frozen"):
+            result = db.view("d/v", freeze_gc=mode == "frozen")
             result = await (result.asFuture(loop) if backend == "twisted" else result)
             return len(result.rows)
         result = db.view("d/v", on_rows=count)
@@ -249,8 +252,8 @@ def measure(backend: str, mode: str, url: str, rows: int) -> dict[str, Any]:
             return len(orjson.loads(conn.getresponse().read())["rows"])
         from corduroy2.blocking import Couch
         db = Couch(url).database("db")
-        if mode == "kept":
-            return len(db.view("d/v").rows)
+        if mode in ("kept", "frozen"):
+            return len(db.view("d/v", freeze_gc=mode == "frozen").rows)
         db.view("d/v", on_rows=count)
         return counted[0]
 
@@ -279,15 +282,17 @@ def main(argv: list[str]) -> int:
     with replay(lambda path: build_body(args.rows, path), "corduroy2-bench-rows-") as (url, size):
         print(f"{args.rows:,} rows, {size / 1e6:.1f} MB of JSON (chunked as CouchDB chunks it, "
               f"<=1490-byte chunks), {os.cpu_count()} CPUs, median of {args.repeats}")
-        print(f"{'backend':<15}{'raw s':>8}{'kept s':>8}{'kept/raw':>9}{'rows/s kept':>13}"
-              f"{'dropped s':>10}{'raw MB':>8}{'kept MB':>8}{'dropped MB':>11}")
+        print(f"{'backend':<15}{'raw s':>8}{'kept s':>8}{'kept/raw':>9}{'frozen s':>9}"
+              f"{'frozen/raw':>11}{'dropped s':>10}{'raw MB':>8}{'kept MB':>8}"
+              f"{'dropped MB':>11}")
         for backend in args.only.split(","):
-            results = interleaved("bench.rows", backend, ["raw", "kept", "dropped"],
+            results = interleaved("bench.rows", backend, ["raw", "kept", "frozen", "dropped"],
                                   args.repeats, url, args.rows)
             med = {m: statistics.median(r["seconds"] for r in rs) for m, rs in results.items()}
             rss = {m: max(r["rss_mb"] for r in rs) for m, rs in results.items()}
             print(f"{backend:<15}{med['raw']:>8.2f}{med['kept']:>8.2f}"
-                  f"{med['kept'] / med['raw']:>9.2f}{args.rows / med['kept']:>13,.0f}"
+                  f"{med['kept'] / med['raw']:>9.2f}{med['frozen']:>9.2f}"
+                  f"{med['frozen'] / med['raw']:>11.2f}"
                   f"{med['dropped']:>10.2f}{rss['raw']:>8.0f}{rss['kept']:>8.0f}"
                   f"{rss['dropped']:>11.0f}", flush=True)
     return 0
