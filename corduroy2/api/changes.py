@@ -19,7 +19,7 @@ from ..protocol.requests import Request
 from ..protocol.responses import Headers
 from .sinks import Finished, RowConsumer, RowSink
 
-__all__ = ["HEARTBEAT_MS", "with_heartbeat", "ChangesSink", "ChangesFeed"]
+__all__ = ["HEARTBEAT_MS", "with_heartbeat", "longpoll_timeout", "ChangesSink", "ChangesFeed"]
 
 log = logging.getLogger("corduroy2")
 
@@ -36,18 +36,42 @@ def with_heartbeat(opts: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
+#: CouchDB's default longpoll timeout (``[chttpd] changes_timeout``), and the grace given to a
+#: server past it before a longpoll is given up on.
+LONGPOLL_DEFAULT_MS = 60_000
+LONGPOLL_GRACE = 60.0
+
+
+def longpoll_timeout(opts: dict[str, Any]) -> float:
+    """The time a longpoll may take in all: the ``timeout`` asked of the server (or its
+    default) and a grace. Heartbeats keep a longpoll from going idle, so without this bound a
+    server that ignores ``timeout`` (pouchdb-server does) would hold the call forever."""
+    asked = opts.get("timeout")
+    if not isinstance(asked, (int, float)) or isinstance(asked, bool):
+        asked = LONGPOLL_DEFAULT_MS
+    return asked / 1000 + LONGPOLL_GRACE
+
+
 class ChangesSink(RowSink):
     """A :class:`~corduroy2.api.calls.RowSink` for streamed feeds: changes reach the consumer
     per received chunk; a ``last_seq`` line (or the server closing the feed) ends it, and
-    ``consumer.end`` gets ``{"last_seq": ..., "pending": ...}``."""
+    ``consumer.end`` gets ``{"last_seq": ..., "pending": ...}``.
 
-    __slots__ = ("_feed", "beat")
+    With ``limit``, a server that sends more changes than asked for (pouchdb-server ignores
+    ``limit`` on a continuous feed) is cut off after ``limit`` of them, as if it had ended the
+    feed there: ``last_seq`` is then the last delivered change's seq and ``pending`` None. A
+    server that honours ``limit`` ends the feed itself, with its own ``last_seq`` line.
+    """
+
+    __slots__ = ("_feed", "beat", "_left", "_last_seq")
 
     def __init__(self, request: Request, consumer: RowConsumer, done: Finished, feed: str,
-                 beat: Callable[[], None] | None = None) -> None:
+                 beat: Callable[[], None] | None = None, limit: int | None = None) -> None:
         super().__init__(request, consumer, done)
         self._feed = feed
         self.beat = beat
+        self._left = limit
+        self._last_seq: Any = None
 
     def on_start(self, status: int, headers: Headers) -> None:
         self._status, self._headers = status, headers
@@ -62,7 +86,7 @@ class ChangesSink(RowSink):
         try:
             changes = parser.changes_in(chunk)  # type: ignore[attr-defined]
             if changes:  # the usual chunk: only changes, and nothing left to parse
-                self._consumer.rows(changes)
+                self._hand_over(changes)
             else:
                 self._drain(parser)
         except StopTransfer:
@@ -71,12 +95,11 @@ class ChangesSink(RowSink):
             self._fail(exc)
 
     def _drain(self, parser: Any) -> None:
-        consumer = self._consumer
-        while True:
+        while not self._over:
             changes = parser.changes_ready()
             if changes:
-                consumer.rows(changes)
-                if parser.idle():  # the usual end of a chunk: one check, not two more calls
+                self._hand_over(changes)
+                if parser.idle():  # the usual end of a chunk
                     return
                 continue
             event = parser.next_event()
@@ -89,7 +112,37 @@ class ChangesSink(RowSink):
                 self._end = {"last_seq": event.last_seq, "pending": event.pending}
                 return
             else:
-                consumer.rows([event.value])
+                self._hand_over([event.value])
+
+    def _hand_over(self, changes: list[dict[str, Any]]) -> None:
+        left = self._left
+        if left is None:
+            self._consumer.rows(changes)
+            return
+        if len(changes) > left:  # more than the limit: the server ignored it
+            if left:
+                self._consumer.rows(changes[:left])
+                self._last_seq = changes[left - 1].get("seq", self._last_seq)
+            self._end_early({"last_seq": self._last_seq, "pending": None})
+            return
+        self._left = left - len(changes)
+        if changes:
+            self._consumer.rows(changes)
+            self._last_seq = changes[-1].get("seq", self._last_seq)
+
+    def _end_early(self, fields: dict[str, Any]) -> None:
+        """End the feed here, as if the server had: the consumer's end, then the transfer
+        dropped (the rest of the body is unwanted)."""
+        self._over = True
+        try:
+            value, error = self._consumer.end(fields), None
+        except Exception as exc:
+            value, error = None, exc
+        self._done(value, error, self._status, self._headers)
+        if self.transfer is not None:
+            self.transfer.cancel()
+        else:
+            raise StopTransfer()  # a synchronous backend: stop reading now
 
 
 class ChangesFeed:
@@ -105,7 +158,8 @@ class ChangesFeed:
     def __init__(self, db_name: str, sender: Sender, request: Request, feed: str,
                  callback: Callable[[Any, list[dict[str, Any]]], Any],
                  latency: float, max_batch: int, since: Any,
-                 on_error: Callable[[BaseException], Any] | None) -> None:
+                 on_error: Callable[[BaseException], Any] | None,
+                 limit: int | None = None) -> None:
         if latency < 0:
             raise ValueError("latency must be >= 0")
         if type(max_batch) is not int or max_batch < 1:
@@ -121,6 +175,7 @@ class ChangesFeed:
         self._latency = latency
         self._max_batch = max_batch
         self._on_error = on_error
+        self._limit = limit
         self._batch: list[dict[str, Any]] = []
         self._timer: Cancel | None = None
         self._transfer: Transfer | None = None
@@ -132,7 +187,7 @@ class ChangesFeed:
 
     def start(self) -> ChangesFeed:
         self.listening = True
-        sink = ChangesSink(self._request, self, self._finished, self._feed)
+        sink = ChangesSink(self._request, self, self._finished, self._feed, limit=self._limit)
         self._transfer = self._sender.send(self._request, sink)
         sink.transfer = self._transfer
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote
 
@@ -11,7 +12,7 @@ from ..protocol import requests
 from ..protocol.requests import Request, encode_json
 from ..protocol.urls import validate_db_name, validate_doc_id
 from .calls import Op, Stream
-from .changes import ChangesSink, with_heartbeat
+from .changes import ChangesSink, longpoll_timeout, with_heartbeat
 from .documents import ConflictResolution, Document
 from .views import (
     Each,
@@ -409,7 +410,10 @@ class Database:
                     "to iterate, or follow() for a feed that reconnects"
                 )
             return self.couch.front_door.feed(self, request, feed, callback, latency,
-                                              max_batch, opts.get("since"), on_error)
+                                              max_batch, opts.get("since"), on_error,
+                                              _limit(opts))
+        if feed == "longpoll" and request.timeout is None:
+            request = replace(request, timeout=longpoll_timeout(opts))
         return self._runner.run(_stream(request, Keep(_identity, _changes_result)), callback)
 
     def iter_changes(self, *, high_water: int = 1000, **opts: Any) -> Any:
@@ -423,7 +427,8 @@ class Database:
         request = requests.changes(self._origin, self.name, with_heartbeat(opts))
         return self.couch.front_door.iterate(
             self.couch.sender, request, _identity, high_water,
-            lambda req, consumer, done: ChangesSink(req, consumer, done, feed),
+            lambda req, consumer, done: ChangesSink(req, consumer, done, feed,
+                                                    limit=_limit(opts)),
         )
 
     def follow(self, handler: Callable[[dict[str, Any]], Any], **kwargs: Any) -> Any:
@@ -507,6 +512,11 @@ def _adopt(doc: dict[str, Any], merged: dict[str, Any], server: dict[str, Any]) 
 def _stream(request: Request, consumer: Any) -> Op[Any]:
     result = yield Stream(request, consumer)
     return result
+
+
+def _limit(opts: dict[str, Any]) -> int | None:
+    limit = opts.get("limit")
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
 
 
 def _identity(value: Any) -> Any:

@@ -35,7 +35,8 @@ class FrontDoor(Protocol):
 
     def feed(self, db: Database, request: Request, feed: str, callback: FeedCallback,
              latency: float, max_batch: int, since: Any,
-             on_error: Callable[[BaseException], Any] | None) -> ChangesFeed:
+             on_error: Callable[[BaseException], Any] | None,
+             limit: int | None = None) -> ChangesFeed:
         """corduroy's callback feed, started."""
 
     def follower(self, db: Database, handler: Callable[[dict[str, Any]], Any],
@@ -55,9 +56,10 @@ class EventLoopDoor:
 
     def feed(self, db: Database, request: Request, feed: str, callback: FeedCallback,
              latency: float, max_batch: int, since: Any,
-             on_error: Callable[[BaseException], Any] | None) -> ChangesFeed:
+             on_error: Callable[[BaseException], Any] | None,
+             limit: int | None = None) -> ChangesFeed:
         return ChangesFeed(db.name, db.couch.sender, request, feed, callback, latency,
-                           max_batch, since, on_error).start()
+                           max_batch, since, on_error, limit).start()
 
     def follower(self, db: Database, handler: Callable[[dict[str, Any]], Any],
                  **kwargs: Any) -> ChangesFollower:

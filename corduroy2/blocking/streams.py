@@ -118,8 +118,8 @@ class ThreadedChangesFeed(ChangesFeed):
         return self
 
     def _read(self) -> None:
-        sink = ChangesSink(self._request, self, self._finished, self._feed,
-                                       beat=self._beat)
+        sink = ChangesSink(self._request, self, self._finished, self._feed, beat=self._beat,
+                           limit=self._limit)
         self._sender.send(self._request, sink)
 
     def _beat(self) -> None:
@@ -235,9 +235,10 @@ class BlockingDoor:
     def feed(self, db: Any, request: Request, feed: str,
              callback: Callable[[Any, list[dict[str, Any]]], Any], latency: float,
              max_batch: int, since: Any,
-             on_error: Callable[[BaseException], Any] | None) -> ThreadedChangesFeed:
+             on_error: Callable[[BaseException], Any] | None,
+             limit: int | None = None) -> ThreadedChangesFeed:
         return ThreadedChangesFeed(db.name, db.couch.sender, request, feed, callback, latency,
-                                   max_batch, since, on_error).start()
+                                   max_batch, since, on_error, limit).start()
 
     def follower(self, db: Any, handler: Callable[[dict[str, Any]], Any],
                  **kwargs: Any) -> BlockingFollower:

@@ -812,3 +812,50 @@ def test_database_from_a_url_string() -> None:
     assert RecordingBackend.header(request, "Authorization") == basic("admin", "pw")
     other = RecordingDatabase("http://h:5984/prefix", "mydb")
     assert (other.couch.url, other.name) == ("http://h:5984/prefix", "mydb")
+
+
+# -- default time limits -----------------------------------------------------------------------
+
+
+def test_a_couch_has_connect_and_idle_timeouts_by_default() -> None:
+    from corduroy2.api.couch import CONNECT_TIMEOUT, IDLE_TIMEOUT
+    from corduroy2.blocking import Couch as BlockingCouch
+
+    options = BlockingCouch(URL).backend.options
+    assert (options.connect_timeout, options.idle_timeout) == (CONNECT_TIMEOUT, IDLE_TIMEOUT)
+    assert CONNECT_TIMEOUT and IDLE_TIMEOUT and options.request_timeout is None
+
+
+@pytest.mark.parametrize("feed", ["longpoll", "continuous", "eventsource"])
+def test_waiting_feeds_ask_for_a_heartbeat_inside_the_idle_timeout(feed: str) -> None:
+    from corduroy2.api.changes import HEARTBEAT_MS
+    from corduroy2.api.couch import IDLE_TIMEOUT
+
+    assert HEARTBEAT_MS / 1000 < IDLE_TIMEOUT
+    db, backend = make_db(Reply(200, {"results": [], "last_seq": "1"}),
+                          Reply(200, {"results": [], "last_seq": "1"}))
+    if feed == "longpoll":
+        db.changes(feed=feed)
+    else:
+        db.changes(feed=feed, callback=lambda seq, changes: None).stop()
+    assert f"heartbeat={HEARTBEAT_MS}" in backend.requests[0].url
+    db.changes(feed="normal")
+    assert "heartbeat" not in backend.requests[1].url
+
+
+def test_a_given_heartbeat_is_kept() -> None:
+    db, backend = make_db(Reply(200, {"results": [], "last_seq": "1"}))
+    db.changes(feed="longpoll", heartbeat=500)
+    assert "heartbeat=500" in backend.requests[0].url
+
+
+@pytest.mark.parametrize("timeout_ms, bound", [(None, 120.0), (100, 60.1), (5000, 65.0)])
+def test_a_longpoll_is_bounded_even_if_the_server_ignores_its_timeout(
+        timeout_ms: int | None, bound: float) -> None:
+    db, backend = make_db(Reply(200, {"results": [], "last_seq": "1"}),
+                          Reply(200, {"results": [], "last_seq": "1"}))
+    opts = {} if timeout_ms is None else {"timeout": timeout_ms}
+    db.changes(feed="longpoll", **opts)
+    assert backend.requests[0].timeout == pytest.approx(bound)
+    db.with_options(timeout=7.0).changes(feed="longpoll")  # the handle's own bound wins
+    assert backend.requests[1].timeout == 7.0

@@ -584,3 +584,33 @@ async def test_iter_changes_eventsource(couch: Any, dbname: str, adb: Any,
     assert ids_of(items) == ["a", "b", "c"]
     assert [ch["seq"] for ch in items] == [ch["seq"] for ch in expected]
     assert more == []
+
+
+async def test_iter_changes_limit_holds_even_when_the_server_ignores_it(
+        couch: Any, dbname: str, adb: Any) -> None:
+    # CouchDB ends the feed after `limit` changes itself; pouchdb-server ignores `limit` on a
+    # continuous feed, and corduroy2 ends it there: either way the iteration ends by itself.
+    write_in_order(adb, ["a", "b", "c", "d", "e"])
+    db = couch.database(dbname)
+    items, fields, more = await drain(couch, lambda: db.iter_changes(since=0, limit=3,
+                                                                     heartbeat=200))
+    assert len(items) == 3 and len(set(ids_of(items))) == 3
+    assert more == []
+    assert fields["last_seq"] is not None
+    rest = await in_thread(lambda: adb.changes(since=fields["last_seq"]))
+    assert sorted(ids_of(items) + ids_of(rest["results"])) == ["a", "b", "c", "d", "e"]
+
+
+async def test_callback_feed_limit_holds_even_when_the_server_ignores_it(
+        couch: Any, dbname: str, adb: Any) -> None:
+    write_in_order(adb, ["a", "b", "c"])
+    db = couch.database(dbname)
+    calls = Calls()
+    feed = db.changes(feed="continuous", callback=calls, since=0, limit=2, heartbeat=200)
+    try:
+        await until(lambda: not listening(feed), timeout=10)
+        assert len(calls.ids()) == 2
+        assert feed.seq == calls.changes()[-1]["seq"]
+        assert feed.last_seq is not None
+    finally:
+        feed.stop()
