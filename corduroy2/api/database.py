@@ -190,7 +190,7 @@ class Database:
                 merged = merge(doc, Document(server))
                 if merged is None:
                     raise conflict
-                _adopt(doc, merged, server)
+                _merge_into(doc, merged, server)
                 continue
             if "rev" in reply:  # absent for batch=ok on CouchDB 3
                 doc["_rev"] = reply["rev"]
@@ -234,7 +234,7 @@ class Database:
                 merged = merge(local, Document(server))
                 if merged is None:
                     continue
-                _adopt(local, merged, server)
+                _merge_into(local, merged, server)
             retry.append(local)
         if retry:
             results = yield requests.bulk_docs(self._origin, self.name, retry, opts)
@@ -498,7 +498,7 @@ class Database:
         return self._runner.call(request, callback, lambda reply: reply.get("rev"))
 
 
-def _adopt(doc: dict[str, Any], merged: dict[str, Any], server: dict[str, Any]) -> None:
+def _merge_into(doc: dict[str, Any], merged: dict[str, Any], server: dict[str, Any]) -> None:
     """Make the caller's ``doc`` the merge result, on top of the server's revision. The id is
     kept even when ``merge`` built a new dict without it."""
     if merged is not doc:

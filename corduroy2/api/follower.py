@@ -222,7 +222,7 @@ class ChangesFollower:
         if error is not None:
             log.info("corduroy2: changes feed of %r broke (%s); reconnecting", self.db.name, error)
         if not self._busy and not self._queue:
-            self._adopt_end_seq()
+            self._resume_after_end_seq()
         self._attempt += 1
         delay = 0.0 if error is None and self._attempt == 1 else self._delay()
         self._reconnect_after(delay)
@@ -238,7 +238,7 @@ class ChangesFollower:
             return  # _pump reconnects once the changes already received are handled
         self._timer = self._backend.call_later(delay, self._connect)
 
-    def _adopt_end_seq(self) -> None:
+    def _resume_after_end_seq(self) -> None:
         # Everything up to last_seq was delivered or filtered out by the server: resume after it.
         if self._end_seq is not None:
             self.seq = self._end_seq
@@ -262,7 +262,7 @@ class ChangesFollower:
                 self._handled(change, Outcome(value=result))
         if not self._queue and not self._busy and self._transfer is None and self.running \
                 and not self._stopping and self._timer is None:
-            self._adopt_end_seq()
+            self._resume_after_end_seq()
             self._reconnect_after(self._delay() if self._attempt > 1 else 0.0)
 
     def _handler_done(self, change: dict[str, Any]) -> Callable[[Outcome], None]:

@@ -111,7 +111,7 @@ class Auth:
         """Whether a 401 may be cured by renewing (and retrying once)."""
         return False
 
-    def _adopt(self, headers: Mapping[str, str]) -> None:
+    def _observe(self, headers: Mapping[str, str]) -> None:
         """See every response's headers (a refreshed session cookie)."""
         return None
 
@@ -380,7 +380,7 @@ class CookieAuth(_Renewable):
         # policy: a refused connection is retried as for any call.
         sender.bare.send(request, Collector(replied))
 
-    def _adopt(self, headers: Mapping[str, str]) -> None:
+    def _observe(self, headers: Mapping[str, str]) -> None:
         if "set-cookie" in headers and not self._stopped:
             self._take_cookie(headers, login=False)
 

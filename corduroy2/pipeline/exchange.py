@@ -254,7 +254,7 @@ class Exchange:
         self._status, self._headers = status, headers
         auth = self._sender.auth
         if auth is not None:
-            auth._adopt(headers)
+            auth._observe(headers)
         if self._request.stream and self._decide() is DELIVER:
             self._forwarded = True
             self._sink.on_start(status, headers)
