@@ -164,7 +164,7 @@ def _pem_blocks(data: bytes) -> list[bytes]:
     return blocks
 
 
-class _Exchange(Protocol):
+class _Transfer(Protocol):
     """One request: its Deferred, then its body, then exactly one sink end call."""
 
     def __init__(self, request: Request, sink: Sink, reactor: IReactorTime,
@@ -263,7 +263,7 @@ class _Exchange(Protocol):
             self.sink.on_error(exc)
 
     def _abort(self) -> None:
-        # The connection of an abandoned exchange is dropped, never reused: its response may
+        # The connection of an abandoned transfer is dropped, never reused: its response may
         # still be on the way. Before the response, cancelling the request Deferred does that.
         if self.requesting is not None:
             self.requesting.cancel()
@@ -365,25 +365,25 @@ class TwistedBackend(Backend):
         return self._agent
 
     def send(self, request: Request, sink: Sink) -> Transfer:
-        exchange = _Exchange(request, sink, self.reactor,
+        transfer = _Transfer(request, sink, self.reactor,
                              request.timeout or self.options.request_timeout,
                              request.idle_timeout or self.options.idle_timeout)
         try:
             headers = self._twisted_headers(request)
             if _is_https(request.url):
                 # Checked here: without TLS support, Agent.request would raise out of send()
-                # instead of failing this exchange.
+                # instead of failing this transfer.
                 _twisted_ssl()
         except (ValueError, MissingTLS) as exc:
-            exchange._end(_refusal(exc, request))
-            return exchange
+            transfer._end(_refusal(exc, request))
+            return transfer
         producer = None if request.body is None else _BytesProducer(request.body)
         requesting = self._get_agent().request(
             request.method.encode("ascii"), request.url.encode("ascii"), headers, producer
         )
-        exchange.requesting = requesting
-        requesting.addCallbacks(exchange.got_response, exchange.request_failed)
-        return exchange
+        transfer.requesting = requesting
+        requesting.addCallbacks(transfer.got_response, transfer.request_failed)
+        return transfer
 
     def _twisted_headers(self, request: Request) -> TwistedHeaders:
         """The request's headers for Agent; ValueError if one could not be sent as it is."""
