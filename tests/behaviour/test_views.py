@@ -246,7 +246,8 @@ async def test_unicode_keys(c: Client, db: Any, adb: Any) -> None:
         got = await c.call(db.view, "t/by_k", key=value)
         assert keys(got) == [value]
     assert keys(await c.call(db.view, "t/by_k", startkey="é", endkey="Ω")) == ["é", "ø", "Ω"]
-    assert keys(await c.call(db.view, "t/by_k", keys=["日本語", "ø"])) == ["日本語", "ø"]
+    # with keys, each key's rows come in shard-merge order, not the caller's (couchdb3.md)
+    assert sorted(keys(await c.call(db.view, "t/by_k", keys=["日本語", "ø"]))) == ["ø", "日本語"]
 
 
 async def test_update_seq(c: Client, db: Any, seeded: Any, server: Server) -> None:
