@@ -82,6 +82,15 @@ class Exchange:
     never recurses.
     """
 
+    # The state of the attempt under way, set by _reset_attempt() when it begins.
+    _in_flight: bool
+    _status: int | None
+    _headers: Headers | None
+    _error: CouchError | None
+    _chunks: list[bytes]
+    _forwarded: bool
+    _began: float
+
     def __init__(self, sender: Sender, request: Request, sink: Sink) -> None:
         self._sender = sender
         self._request = request
@@ -97,7 +106,6 @@ class Exchange:
         self._over = False
         self._next: Callable[[], None] | None = None
         self._running = False
-        self._reset_attempt()
 
     def start(self) -> Exchange:
         self._step(self._attempt)
@@ -126,14 +134,16 @@ class Exchange:
 
     def _step(self, step: Callable[[], None]) -> None:
         """Run ``step`` now, or after the step under way when called from inside it."""
-        self._next = step
         if self._running:
+            self._next = step
             return
         self._running = True
         try:
-            while self._next is not None and not self._over:
-                step, self._next = self._next, None
-                step()
+            next_step: Callable[[], None] | None = step
+            while next_step is not None and not self._over:
+                self._next = None
+                next_step()
+                next_step = self._next
         except BaseException:
             self._over = True
             raise
@@ -243,10 +253,10 @@ class Exchange:
 
     def _reset_attempt(self) -> None:
         self._in_flight = False
-        self._status: int | None = None
-        self._headers: Headers | None = None
-        self._error: CouchError | None = None
-        self._chunks: list[bytes] = []
+        self._status = None
+        self._headers = None
+        self._error = None
+        self._chunks = []
         self._forwarded = False
         self._began = time.monotonic()
 

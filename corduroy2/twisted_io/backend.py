@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -180,21 +181,36 @@ class _Transfer(Protocol):
         self.timeout = timeout
         self.idle_timeout = idle_timeout
         self.timer: IDelayedCall | None = None
-        # Silence allowed from the server, from the start of the request: reset by the
-        # response's start and by every piece of its body; stopped while paused (the silence
-        # is then ours).
+        # Silence allowed from the server, from the start of the request until the end of the
+        # body; not counted while paused (the silence is then ours). Hearing from the server
+        # only notes the time: the one timer, when it fires, sees whether the silence really
+        # lasted and otherwise waits for the rest. Resetting a reactor timer on every piece
+        # cost 12% of a small GET's instructions on asyncioreactor (bench get --instructions,
+        # twisted c=1: 11.6% overhead with resets, 5.x% with this).
         self.idle_timer: IDelayedCall | None = None
+        self.heard_at = 0.0
         if timeout:
             self.timer = reactor.callLater(timeout, self._timed_out, "request")
-        self._heard()
+        if idle_timeout:
+            self._watch_idle(idle_timeout)
 
     def _heard(self) -> None:
-        if not self.idle_timeout or self.finished or self.paused:
+        self.heard_at = time.monotonic()
+
+    def _watch_idle(self, delay: float) -> None:
+        self._heard()
+        self.idle_timer = self.reactor.callLater(delay, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self.idle_timer = None
+        if self.finished or self.paused:
             return
-        if self.idle_timer is not None and self.idle_timer.active():
-            self.idle_timer.reset(self.idle_timeout)
+        assert self.idle_timeout is not None
+        left = self.heard_at + self.idle_timeout - time.monotonic()
+        if left > 0:
+            self.idle_timer = self.reactor.callLater(left, self._idle_check)
         else:
-            self.idle_timer = self.reactor.callLater(self.idle_timeout, self._timed_out, "idle")
+            self._timed_out("idle")
 
     def _stop_timers(self) -> None:
         for timer in (self.timer, self.idle_timer):
@@ -274,7 +290,6 @@ class _Transfer(Protocol):
 
     def _timed_out(self, which: str) -> None:
         if which == "idle":
-            self.idle_timer = None
             message = f"no data for {self.idle_timeout:g} s (idle_timeout)"
         else:
             self.timer = None
@@ -304,7 +319,8 @@ class _Transfer(Protocol):
         if self.paused:
             self.paused = False
             if not self.finished:
-                self._heard()
+                if self.idle_timeout:  # the silence starts now
+                    self._watch_idle(self.idle_timeout)
                 if self.transport is not None:
                     self.transport.resumeProducing()
 
