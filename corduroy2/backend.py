@@ -8,10 +8,6 @@ small as gidgethub's adapter:
   ``on_end()`` or ``on_error(exc)``. Native exceptions are mapped to corduroy2's
   :class:`~corduroy2.errors.TransportError` subclasses inside ``send``, so nothing
   framework-specific ever reaches the API layer. It returns a :class:`Cancel` handle.
-* :meth:`Backend.fetch` is ``send`` for a reply wanted whole (most calls): ``reply(status,
-  headers, body, error)`` once. The base class builds it over ``send`` with a collecting sink
-  (like treq's ``content``); a backend that holds the body whole anyway overrides it, which
-  spares a call per piece of every reply.
 * :meth:`Backend.run` turns a callback-driven operation into the framework's native result
   (a Tornado/asyncio ``Future``, a Twisted ``Deferred``, or, for blocking, the value itself):
   Futures are built once over a callback hook, as in Tornado's ``httpclient.py``.
@@ -51,7 +47,7 @@ class Sink(Protocol):
     def on_error(self, exc: CouchError) -> None: ...
 
 
-#: ``reply(status, headers, body, error)``: a whole reply (:meth:`Backend.fetch`). ``error`` is
+#: ``reply(status, headers, body, error)``: a whole reply (:class:`Collector`). ``error`` is
 #: set when the exchange failed; ``status`` and ``headers`` are then those of the response that
 #: had begun, if any (None otherwise), and ``body`` is empty.
 Reply = Callable[[int | None, Headers | None, bytes, CouchError | None], None]
@@ -169,10 +165,6 @@ class Backend(ABC):
     def send(self, request: Request, sink: Sink) -> Transfer:
         """Start ``request``; report the response to ``sink``."""
 
-    def fetch(self, request: Request, reply: Reply) -> Transfer:
-        """Start ``request`` (not streamed) and give its reply whole to ``reply``, once."""
-        return self.send(request, Collector(reply))
-
     @abstractmethod
     def run(self, start: Start) -> Any:
         """Run an operation and return its result in this framework's native form."""
@@ -194,8 +186,8 @@ class Backend(ABC):
 
 
 class Collector:
-    """A sink that gathers a reply and gives it whole to ``reply``: the default
-    :meth:`Backend.fetch`, and a backend's own for a streamed request given to ``fetch``."""
+    """A sink that gathers a reply and gives it whole to ``reply`` (like treq's ``content``):
+    for whoever wants a reply whole (a login)."""
 
     __slots__ = ("_reply", "_status", "_headers", "_chunks")
 

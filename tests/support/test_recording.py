@@ -11,8 +11,8 @@ from .recording import record_requests
 URL = "http://127.0.0.1:5984"
 
 
-def test_a_fetch_through_the_default_send_is_recorded_once() -> None:
-    backend = RecordingBackend([Reply(200, {"ok": True})])  # no fetch of its own: Backend's
+def test_a_request_is_recorded_once() -> None:
+    backend = RecordingBackend([Reply(200, {"ok": True})])
     sent = record_requests(backend)
     assert Couch(URL, backend=backend, retry=False).info() == {"ok": True}
     assert [r.url for r in sent] == [URL + "/"]
