@@ -103,8 +103,7 @@ class BlockingBackend(Backend):
         budget = _Budget(request.timeout or options.request_timeout,
                          request.idle_timeout or options.idle_timeout, options.connect_timeout)
         try:
-            lines = _header_lines(request)  # before anything is sent
-            origin, target = _locate(request.url)
+            origin, target, lines = _prepare(request)
             conn, response = self._ask(request, origin, target, lines, budget)
         except CouchError as exc:
             sink.on_error(exc)
@@ -229,31 +228,29 @@ class BlockingBackend(Backend):
 # -- the steps of one request --------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=32)
-def _lines(fields: tuple[tuple[str, str], ...]) -> bytes:
-    check_headers(fields)
-    return b"\r\n".join(f"{name}: {value}".encode("latin-1") for name, value in fields)
-
-
-def _header_lines(request: Request) -> bytes:
-    """The request's header lines, as :func:`~._repairs.put_header_lines` takes them; each
-    header set is checked and encoded once (a Couch sends the same few again and again).
-    TransportError if a header cannot be sent: the message names it, never its value (it may
-    be a credential)."""
+def _prepare(request: Request) -> tuple[_Origin, str, bytes]:
+    """What sending ``request`` takes, before anything is sent: its server, its target (path
+    and query) and its header lines (for :func:`~._repairs.put_header_lines`). TransportError
+    if a header cannot be sent: the message names it, never its value (it may be a
+    credential)."""
     try:
-        return _lines(request.headers)
+        lines = _header_lines(request.headers)
     except ValueError as exc:
         raise TransportError(f"request not sent: {exc}", **_where(request)) from exc
-
-
-def _locate(url: str) -> tuple[_Origin, str]:
-    """The server of ``url`` and the request target (path and query)."""
     # Our URLs are built from a base URL that urlsplit accepted and quoted paths and queries
     # (no fragment, no whitespace), so the target is all that follows the origin.
+    url = request.url
     slash = url.find("/", url.find("//") + 2)
     if slash < 0:
-        return _origin(url), "/"
-    return _origin(url[:slash]), url[slash:]
+        return _origin(url), "/", lines
+    return _origin(url[:slash]), url[slash:], lines
+
+
+@functools.lru_cache(maxsize=32)
+def _header_lines(fields: tuple[tuple[str, str], ...]) -> bytes:
+    """Checked and encoded once per header set: a Couch sends the same few again and again."""
+    check_headers(fields)
+    return b"\r\n".join(f"{name}: {value}".encode("latin-1") for name, value in fields)
 
 
 @functools.lru_cache(maxsize=32)
