@@ -97,8 +97,9 @@ class BlockingBackend(Backend):
     def send(self, request: Request, sink: Sink) -> Transfer:
         """Perform ``request``: the sink has had the response, or the error, when this returns.
         A sink that raises :class:`StopTransfer` ends the transfer: the connection is dropped
-        and the sink hears nothing more. Any other exception of the sink's propagates, after
-        the connection is dropped (its body is unread)."""
+        and the sink hears nothing more. Whatever else a sink raises propagates once the
+        connection is dropped, except a CouchError, which goes to its ``on_error`` as the
+        transport's own do."""
         options = self.options
         budget = _Budget(request.timeout or options.request_timeout,
                          request.idle_timeout or options.idle_timeout, options.connect_timeout)
@@ -115,7 +116,7 @@ class BlockingBackend(Backend):
             elif body := _read_whole(request, conn, response, budget):
                 sink.on_data(body)
         except StopTransfer:
-            conn.close()  # the rest of the body is unwanted
+            conn.close()  # the rest of the body is unread: the connection cannot go on
             return _FINISHED_TRANSFER
         except CouchError as exc:
             conn.close()
