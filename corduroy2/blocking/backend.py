@@ -18,6 +18,10 @@ keep-alive timeout raced our request).
 Thread safe: a request holds its connection for its duration, and the pool takes no lock.
 Under gevent's monkey-patching the sockets and sleeps are gevent's, so requests from several
 greenlets interleave.
+
+The few fast paths were measured with ``python -m bench get --only blocking --instructions``
+(callgrind; a document GET from nginx at c=1: ~500,000 instructions per request in all, 455,000
+for raw http.client); each one's comment gives what going without it costs.
 """
 
 from __future__ import annotations
@@ -249,14 +253,16 @@ def _prepare(request: Request) -> tuple[_Origin, str, bytes]:
 
 @functools.lru_cache(maxsize=32)
 def _header_lines(fields: tuple[tuple[str, str], ...]) -> bytes:
-    """Checked and encoded once per header set: a Couch sends the same few again and again."""
+    """Checked and encoded once per header set: a Couch sends the same few again and again
+    (checking and encoding them on every request: +15,500 instructions per request)."""
     check_headers(fields)
     return b"\r\n".join(f"{name}: {value}".encode("latin-1") for name, value in fields)
 
 
 @functools.lru_cache(maxsize=32)
 def _origin(prefix: str) -> _Origin:
-    """The server named by ``prefix``, a URL up to its path (a Couch talks to one)."""
+    """The server named by ``prefix``, a URL up to its path. Cached: a Couch talks to one
+    server (parsing it on every request: +18,600 instructions per request)."""
     parts = urlsplit(prefix)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return _Origin(parts.scheme, parts.hostname or "", port, parts.netloc)
@@ -349,7 +355,9 @@ def _read_rest(request: Request, conn: http.client.HTTPConnection,
 
 class _Fields:
     """A response's header fields, taken from http.client's message when first iterated:
-    :class:`Headers` reads them on first use, and most responses' headers are never read."""
+    :class:`Headers` reads them on first use, and most responses' headers are never read
+    (``getheaders()`` on every response, which runs the email package's header policy over
+    each field: +21,200 instructions per request)."""
 
     __slots__ = ("_message",)
 
@@ -449,7 +457,8 @@ class _Budget:
             timeout = self._wait(None)
         sock = conn.sock  # None once http.client has closed a will_close reply
         # settimeout() is a system call each time (it sets the socket's blocking mode), and
-        # without a deadline the timeout is the same for every request on a connection.
+        # without a deadline the timeout is the same for every request on a connection (an
+        # ioctl per request: +1,800 instructions and ~0.4 µs).
         if sock is not None and sock.gettimeout() != timeout:
             sock.settimeout(timeout)
 
