@@ -4,8 +4,9 @@
 
 No event loop and no framework: :mod:`~corduroy2.blocking.backend` is stdlib ``http.client``;
 iterators and feeds read on threads (:mod:`~corduroy2.blocking.streams`). Under gevent's
-monkey-patching the sockets, threads and sleeps are gevent's, so calls from several greenlets
-interleave.
+monkey-patching (``gevent.monkey.patch_all()`` first, before corduroy2 is imported, as gevent
+asks) the sockets, threads, locks and sleeps are gevent's, so calls from several greenlets
+interleave, and an iterator's or a feed's reader is a greenlet (tests/backends/test_gevent.py).
 """
 
 from __future__ import annotations

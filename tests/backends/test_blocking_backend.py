@@ -1,0 +1,143 @@
+"""The blocking backend at the adapter contract: ``BlockingBackend.send(request, sink)`` called
+directly (the sink has had everything when it returns), against the fault server.
+
+What the other backends' tests do not pin down for this one: a reply that is not streamed
+arrives as one ``on_data`` (none when empty), a streamed one piece by piece; a timeout's message
+says which limit it hit; a sink's StopTransfer or failure drops the connection.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from corduroy2.backend import StopTransfer, TransportOptions
+from corduroy2.blocking import BlockingBackend
+from corduroy2.errors import CouchError, Timeout
+from corduroy2.protocol.requests import Request
+from corduroy2.protocol.responses import Headers
+
+from ..support.faultserver import FullBacklog, Reply
+from .conftest import WatchedFaultServer
+
+BODY = json.dumps({"rows": [{"id": f"d{i}"} for i in range(40)]}).encode()
+
+
+class Recorder:
+    """A sink that records what it is given; it can raise at a chosen call."""
+
+    def __init__(self, raise_at: str | None = None,
+                 error: BaseException | None = None) -> None:
+        self.events: list[tuple[str, Any]] = []
+        self.raise_at, self.error = raise_at, error
+
+    def _record(self, kind: str, value: Any) -> None:
+        self.events.append((kind, value))
+        if kind == self.raise_at:
+            assert self.error is not None
+            raise self.error
+
+    def on_start(self, status: int, headers: Headers) -> None:
+        self._record("start", status)
+
+    def on_data(self, chunk: bytes) -> None:
+        self._record("data", chunk)
+
+    def on_end(self) -> None:
+        self._record("end", None)
+
+    def on_error(self, exc: CouchError) -> None:
+        self._record("error", exc)
+
+    @property
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.events]
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(value for kind, value in self.events if kind == "data")
+
+
+@pytest.fixture
+def backend() -> Iterator[BlockingBackend]:
+    backend = BlockingBackend(TransportOptions(connect_timeout=2.0, idle_timeout=2.0))
+    yield backend
+    backend.close()
+
+
+def test_blocking_reply_not_streamed_is_one_piece(backend: BlockingBackend,
+                                                  fault: WatchedFaultServer) -> None:
+    fault.add("GET", "/", Reply(body=BODY, writes=[10, 100, 200], delay=0.02))
+    sink = Recorder()
+    backend.send(Request("GET", fault.url + "/"), sink)
+    assert sink.events == [("start", 200), ("data", BODY), ("end", None)]
+
+
+def test_blocking_empty_reply_has_no_data(backend: BlockingBackend,
+                                          fault: WatchedFaultServer) -> None:
+    fault.add("GET", "/", Reply(status=200, body=b""))
+    fault.add("HEAD", "/db", Reply(status=200, headers={"Content-Length": "120"}))
+    for method, path in (("GET", "/"), ("HEAD", "/db")):
+        sink = Recorder()
+        backend.send(Request(method, fault.url + path), sink)
+        assert sink.events == [("start", 200), ("end", None)], method
+
+
+def test_blocking_streamed_reply_comes_in_pieces(backend: BlockingBackend,
+                                                 fault: WatchedFaultServer) -> None:
+    fault.add("GET", "/", Reply(body=BODY, chunked=True, writes=[10, 100, 200], delay=0.05))
+    sink = Recorder()
+    backend.send(Request("GET", fault.url + "/", stream=True), sink)
+    assert sink.kinds[0] == "start" and sink.kinds[-1] == "end"
+    assert sink.kinds.count("data") >= 4 and sink.body == BODY
+
+
+@pytest.mark.parametrize("limit", ["idle_timeout", "request_timeout", "connect_timeout"])
+def test_blocking_timeout_says_which_limit(fault: WatchedFaultServer, limit: str) -> None:
+    fault.add("GET", "/", Reply(body=BODY, stall_before_headers=3.0))
+    options = {"connect_timeout": 2.0, "idle_timeout": 2.0, "request_timeout": None}
+    options[limit] = 0.2
+    backend = BlockingBackend(TransportOptions(**options))  # type: ignore[arg-type]
+    sink = Recorder()
+    with FullBacklog() as unreachable:
+        url = unreachable.url if limit == "connect_timeout" else fault.url
+        backend.send(Request("GET", url + "/"), sink)
+    backend.close()
+    ((kind, exc),) = sink.events
+    assert kind == "error" and type(exc) is Timeout, sink.events
+    doing = "connecting to" if limit == "connect_timeout" else "waiting for the response"
+    assert "0.2 s" in str(exc) and limit in str(exc) and doing in str(exc), str(exc)
+
+
+def test_blocking_stop_transfer_drops_the_connection(backend: BlockingBackend,
+                                                     fault: WatchedFaultServer) -> None:
+    fault.add("GET", "/", Reply(body=BODY, chunked=True, writes=[10, 100], delay=0.05))
+    sink = Recorder(raise_at="data", error=StopTransfer())
+    backend.send(Request("GET", fault.url + "/", stream=True), sink)
+    assert sink.kinds == ["start", "data"]  # nothing after the sink gave up
+    backend.send(Request("GET", fault.url + "/"), Recorder())
+    assert [r.connection for r in fault.requests] == [1, 2]
+
+
+def test_blocking_sink_failure_propagates_and_drops_the_connection(
+        backend: BlockingBackend, fault: WatchedFaultServer) -> None:
+    fault.add("GET", "/", Reply(body=BODY))
+    sink = Recorder(raise_at="start", error=RuntimeError("the sink's own bug"))
+    with pytest.raises(RuntimeError, match="own bug"):
+        backend.send(Request("GET", fault.url + "/"), sink)
+    assert sink.kinds == ["start"]
+    backend.send(Request("GET", fault.url + "/"), Recorder())
+    assert [r.connection for r in fault.requests] == [1, 2]
+
+
+def test_blocking_connection_kept_after_a_whole_reply(backend: BlockingBackend,
+                                                      fault: WatchedFaultServer) -> None:
+    fault.add("GET", "/", Reply(body=BODY, chunked=True, writes=[100]))
+    for stream in (False, True, False):
+        sink = Recorder()
+        backend.send(Request("GET", fault.url + "/", stream=stream), sink)
+        assert sink.kinds[-1] == "end" and sink.body == BODY
+    assert [r.connection for r in fault.requests] == [1, 1, 1]

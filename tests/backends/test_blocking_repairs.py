@@ -1,0 +1,138 @@
+"""The blocking adapter's repairs (``corduroy2/blocking/_repairs.py``), checked against the
+installed ``http.client``.
+
+Each repair reaches past ``http.client``'s public API; these tests assert that what it reaches
+is still there and still does what the repair assumes, and that the repair still makes the
+difference it exists for. A failure here after upgrading Python means: look at the repair
+again (it may have become unnecessary, or need another way in).
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from corduroy2.blocking import _repairs
+
+# -- put_header_lines: HTTPConnection._output ------------------------------------------------
+
+
+class _Capture:
+    """A stand-in socket that keeps what is sent."""
+
+    def __init__(self) -> None:
+        self.sent = b""
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += data
+
+
+def _request_bytes(add_headers: Callable[[http.client.HTTPConnection], None]) -> bytes:
+    conn = http.client.HTTPConnection("127.0.0.1", 5984)
+    capture = _Capture()
+    conn.sock = capture  # type: ignore[assignment]
+    conn.putrequest("GET", "/db/doc")
+    add_headers(conn)
+    conn.endheaders()
+    return capture.sent
+
+
+HEADERS = [("Accept", "application/json"), ("User-Agent", "corduroy2/0 (Python)"),
+           ("Cookie", "AuthSession=abc: def")]
+LINES = b"\r\n".join(f"{name}: {value}".encode("latin-1") for name, value in HEADERS)
+
+
+def _one_by_one(conn: http.client.HTTPConnection) -> None:
+    for name, value in HEADERS:
+        conn.putheader(name, value)
+
+
+def test_blocking_put_header_lines_is_still_http_client_output() -> None:
+    """The repair is in use: ``_output`` is still there (else the fallback would be)."""
+    output = http.client.HTTPConnection._output  # type: ignore[attr-defined]
+    assert _repairs.put_header_lines is output
+
+
+@pytest.mark.parametrize("way", ["repair", "fallback"])
+def test_blocking_put_header_lines_writes_what_putheader_writes(way: str) -> None:
+    put = _repairs.put_header_lines if way == "repair" else _repairs._put_header_lines
+    expected = _request_bytes(_one_by_one)
+    assert expected.count(b"\r\n") == 3 + len(HEADERS) + 1  # request line, Host, Accept-Encoding
+    assert _request_bytes(lambda conn: put(conn, LINES)) == expected
+
+
+# -- StreamResponse: HTTPResponse.fp made by sock.makefile("rb") -----------------------------
+
+CHUNK = 60_000  # more than makefile()'s 8 KiB buffer, less than the repair's 64 KiB
+
+
+@pytest.fixture
+def chunked_reply() -> Iterator[socket.socket]:
+    """The client end of a connection whose server end has sent a whole chunked reply: one
+    CHUNK-byte chunk."""
+    client, server = socket.socketpair()
+    server.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   + b"%x\r\n" % CHUNK + b"x" * CHUNK + b"\r\n0\r\n\r\n")
+    try:
+        yield client
+    finally:
+        client.close()
+        server.close()
+
+
+def _first_read(response_class: type[http.client.HTTPResponse], sock: socket.socket) -> int:
+    response = response_class(sock, method="GET")
+    response.begin()
+    first = len(response.read1(256 * 1024))
+    rest = response.read()
+    assert first + len(rest) == CHUNK
+    return first
+
+
+def test_blocking_stream_response_reads_a_big_chunk_at_once(chunked_reply: socket.socket) -> None:
+    assert _first_read(_repairs.StreamResponse, chunked_reply) == CHUNK
+
+
+def test_blocking_plain_response_still_splits_a_big_chunk(chunked_reply: socket.socket) -> None:
+    """What the repair is for: without it ``read1`` stops where makefile()'s 8 KiB buffer ends
+    (if this fails, http.client buffers more itself and the repair may go)."""
+    assert _first_read(http.client.HTTPResponse, chunked_reply) <= 8192
+
+
+def test_blocking_stream_response_replaces_the_reader_made_in_init() -> None:
+    """``HTTPResponse.__init__`` still makes ``fp`` with ``sock.makefile("rb")``: the repair
+    closes that reader and makes its own with a buffer size."""
+    calls: list[tuple[object, ...]] = []
+    readers: list[_Reader] = []
+
+    class Sock:
+        def makefile(self, *args: object) -> _Reader:
+            calls.append(args)
+            readers.append(_Reader())
+            return readers[-1]
+
+    response = _repairs.StreamResponse(Sock(), method="GET")  # type: ignore[arg-type]
+    assert calls == [("rb",), ("rb", _repairs.STREAM_BUFFER)]
+    assert readers[0].closed and response.fp is readers[1] and not readers[1].closed
+
+
+class _Reader:
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_blocking_getresponse_builds_the_response_class(chunked_reply: socket.socket) -> None:
+    """``HTTPConnection.getresponse()`` builds its response with ``self.response_class``."""
+    conn = http.client.HTTPConnection("127.0.0.1", 5984)
+    conn.sock = chunked_reply
+    conn.putrequest("GET", "/")
+    conn.endheaders()
+    conn.response_class = _repairs.StreamResponse
+    response = conn.getresponse()
+    assert type(response) is _repairs.StreamResponse
+    assert len(response.read()) == CHUNK
