@@ -82,30 +82,33 @@ class Exchange:
     never recurses.
     """
 
-    # The state of the attempt under way, set by _reset_attempt() when it begins.
-    _in_flight: bool
-    _status: int | None
-    _headers: Headers | None
-    _error: CouchError | None
-    _chunks: list[bytes]
-    _forwarded: bool
-    _began: float
+    # The exchange's state starts from these class-level values: a request (one per call)
+    # sets only what differs.
+    _attempts = 0
+    _retries = 0
+    _renewed = False  # credentials renewed after a 401 (at most once)
+    _fresh = False  # a renewal was just waited for (see Auth._ready)
+    _generation = 0  # of the credentials the attempt was sent with
+    _current: Cancel | None = None  # what is under way: an attempt or a wait
+    _transfer: Transfer | None = None  # the attempt under way
+    _paused = False
+    _over = False
+    _next: Callable[[], None] | None = None
+    _running = False
+    # The attempt under way: how its reply has gone so far (_new_attempt() puts these back).
+    _in_flight = False
+    _status: int | None = None
+    _headers: Headers | None = None
+    _error: CouchError | None = None
+    _chunks: list[bytes] | None = None  # the held body, made at its first piece
+    _forwarded = False
+    _began = 0.0
 
     def __init__(self, sender: Sender, request: Request, sink: Sink) -> None:
         self._sender = sender
         self._request = request
         self._sink = sink
         self._first = time.monotonic()  # the retry deadline counts from the first attempt
-        self._retries = 0
-        self._renewed = False  # credentials renewed after a 401 (at most once)
-        self._fresh = False  # a renewal was just waited for (see Auth._ready)
-        self._generation = 0  # of the credentials the attempt was sent with
-        self._current: Cancel | None = None  # what is under way: an attempt or a wait
-        self._transfer: Transfer | None = None  # the attempt under way
-        self._paused = False
-        self._over = False
-        self._next: Callable[[], None] | None = None
-        self._running = False
 
     def start(self) -> Exchange:
         self._step(self._attempt)
@@ -174,7 +177,10 @@ class Exchange:
             headers, self._generation = ready
             if headers:
                 request = replace(request, headers=request.headers + headers)
-        self._reset_attempt()
+        if self._attempts:
+            self._new_attempt()
+        self._attempts += 1
+        self._began = time.monotonic()
         self._in_flight = True
         transfer = self._sender.backend.send(request, self)
         if self._in_flight:  # not answered inside send(): this is what cancel() stops
@@ -251,14 +257,10 @@ class Exchange:
 
     # -- the sink of the current attempt ---------------------------------------------------
 
-    def _reset_attempt(self) -> None:
-        self._in_flight = False
-        self._status = None
-        self._headers = None
-        self._error = None
-        self._chunks = []
+    def _new_attempt(self) -> None:
+        """Put back the attempt state the last attempt changed."""
+        self._status = self._headers = self._error = self._chunks = None
         self._forwarded = False
-        self._began = time.monotonic()
 
     def on_start(self, status: int, headers: Headers) -> None:
         self._status, self._headers = status, headers
@@ -272,6 +274,8 @@ class Exchange:
     def on_data(self, chunk: bytes) -> None:
         if self._forwarded:
             self._sink.on_data(chunk)
+        elif self._chunks is None:
+            self._chunks = [chunk]
         else:
             self._chunks.append(chunk)
 
@@ -292,7 +296,7 @@ class Exchange:
         sink = self._sink
         try:
             sink.on_start(self._status, self._headers)
-            for chunk in self._chunks:
+            for chunk in self._chunks or ():
                 sink.on_data(chunk)
             sink.on_end()
         except StopTransfer:
