@@ -152,8 +152,8 @@ def measure(backend: str, mode: str, url: str, changes: int) -> dict[str, Any]:
             conn = http.client.HTTPConnection(parts.hostname, parts.port)
             # The read buffer corduroy2's blocking backend gives streams (64 KiB, not 8 KiB):
             # the same transport, set up the same way.
-            from corduroy2.blocking import _StreamResponse
-            conn.response_class = _StreamResponse
+            from corduroy2.blocking._repairs import StreamResponse
+            conn.response_class = StreamResponse
             conn.request("GET", PATH)
             response = conn.getresponse()
             while chunk := response.read1(256 * 1024):
