@@ -5,10 +5,11 @@ implementation class is instantiated directly with ``force_instance=True``. The 
 lazily on the first request, on the loop that is current then (Tornado binds a client to the
 IOLoop it was made on), and made again if the caller moves to another loop.
 
-A request is one ``AsyncHTTPClient.fetch(request, raise_error=False)``: its Future gives the
-response whatever its status, and fails only when the exchange failed. What Tornado has no
-public API for (aborting one request, a reset after the headers on the simple client) is
-repaired in ``_repairs.py``, the only module that touches Tornado's internals.
+A request is one ``AsyncHTTPClient.fetch(request, raise_error=False)``, reported by the client's
+callback rather than the Future (``_repairs.fetch``, a measured fast path): the response comes
+whatever its status; code 599 is a failed exchange. What Tornado has no public API for
+(aborting one request, a reset after the headers on the simple client) is repaired in
+``_repairs.py``, the only module that touches Tornado's internals.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from ..backend import (
 from ..errors import ConnectError, CouchError, ResponseCut, Timeout, TransportError
 from ..protocol.requests import Request, check_headers
 from ..protocol.responses import Headers
-from ._repairs import CurlRun, SimpleClient, abandon_with
+from ._repairs import CurlRun, SimpleClient, abandon_with, fetch
 
 try:
     import pycurl
@@ -108,9 +109,9 @@ class _IdleWatch:
 
 class _Transfer:
     """One request: its handle for the caller (cancel, pause, resume) and its delivery to the
-    sink, from Tornado's callbacks and the fetch's Future.
+    sink, from Tornado's callbacks.
 
-    A plain request gets its response whole from the Future: ``on_start``, one ``on_data``
+    A plain request gets its response whole at the end of the fetch: ``on_start``, one ``on_data``
     with the body if it is not empty, then ``on_end``. A streamed one is delivered as it comes,
     from ``header_callback`` lines and ``streaming_callback`` chunks. A plain request under an
     idle timeout has its body gathered from ``streaming_callback`` too, so that each piece
@@ -211,15 +212,13 @@ class _Transfer:
         self._curl = CurlRun(client, curl)
         self.abort = self._curl.abort
 
-    def fetched(self, future: Future[HTTPResponse]) -> None:
-        """The fetch's end: its response (any status), or the failure of the exchange."""
-        try:
-            response = future.result()
-        except Exception as exc:  # always retrieved, or asyncio logs it when it is freed
-            if not self.cancelled:
-                self.fail(_map_error(exc, self._request))
-            return
+    def fetched(self, response: HTTPResponse) -> None:
+        """The fetch's end: its response, whatever its status; Tornado's code 599 is a failure
+        of the exchange."""
         if self.cancelled:
+            return
+        if response.code == 599 and response.error is not None:
+            self.fail(_map_error(response.error, self._request))
             return
         if self._watch is not None:
             self._watch.stop()
@@ -382,14 +381,12 @@ class TornadoBackend(Backend):
         transfer = _Transfer(request, sink, request.idle_timeout or self.options.idle_timeout)
         try:
             http = self._client()
-            fetching = http.fetch(self._tornado_request(request, transfer, http),
-                                  raise_error=False)
+            fetch(http, self._tornado_request(request, transfer, http), transfer.fetched)
         except (ValueError, RuntimeError, httputil.HTTPInputError) as exc:
             # Refused before sending: a bad header, a closed client.
             transfer.fail(TransportError(f"request not sent: {exc}", method=request.method,
                                          url=request.url))
             return transfer
-        fetching.add_done_callback(transfer.fetched)
         return transfer
 
     def _tornado_request(self, request: Request, transfer: _Transfer,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import socket
+import threading
 import time
 from typing import Any
 
@@ -294,3 +296,83 @@ async def test_tornado_curl_cancel_frees_the_slot_at_once(fault: WatchedFaultSer
         backend.close()
     assert after.kinds() == ["start", "data", "end"]
     assert "end" not in stalled.kinds() and "error" not in stalled.kinds()
+
+
+# -- fetch: fetch(raise_error=False) with a callback (a fast path) -------------------------------
+
+
+def test_tornado_fetch_internals_are_as_assumed() -> None:
+    """_repairs.fetch does what AsyncHTTPClient.fetch does around fetch_impl."""
+    from tornado.httpclient import AsyncHTTPClient, _RequestProxy
+
+    assert _params(AsyncHTTPClient.fetch_impl) == ["self", "request", "callback"]
+    assert _params(_RequestProxy) == ["request", "defaults"]
+    source = inspect.getsource(AsyncHTTPClient.fetch)
+    assert "request.headers = httputil.HTTPHeaders(request.headers)" in source
+    assert "request_proxy = _RequestProxy(request, self.defaults)" in source
+    assert "self.fetch_impl(cast(HTTPRequest, request_proxy), handle_response)" in source
+
+
+CLIENTS = [pytest.param("curl", marks=needs_curl), "simple"]
+
+
+async def _fetched(client: str, request: HTTPRequest) -> HTTPResponse:
+    backend = _backend(client)
+    http = backend._client()
+    responses: list[HTTPResponse] = []
+    try:
+        _repairs.fetch(http, request, responses.append)
+        await _until(lambda: responses, timeout=CALL_TIMEOUT)
+    finally:
+        backend.close()
+    return responses[0]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_tornado_fetch_reports_a_status_and_a_failure(fault: WatchedFaultServer,
+                                                            client: str) -> None:
+    """Any status is a response; a failed exchange is a response with code 599 and its error
+    (what the adapter tells them apart by)."""
+    from .conftest import closed_port
+
+    fault.add("GET", "/missing", Reply.json({"error": "not_found"}, status=404))
+    missing = await _fetched(client, HTTPRequest(fault.url + "/missing"))
+    assert missing.code == 404 and missing.body.startswith(b'{"error"')
+    refused = await _fetched(client, HTTPRequest(f"http://127.0.0.1:{closed_port()}/"))
+    assert refused.code == 599 and refused.error is not None
+
+
+def _answer_once(response: bytes) -> str:
+    """A server for one request that writes ``response`` in one send (so that the client reads
+    the head and the end of the body together); its URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with listener, listener.accept()[0] as conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            conn.sendall(response)
+            conn.recv(1)  # until the client closes
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}/x"
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_tornado_fetch_ends_after_the_header_lines(client: str) -> None:
+    """With a header_callback, the end is reported after every header line, even when the
+    whole response is read at once."""
+    fields = "".join(f"X-Field-{i}: {'v' * 50}\r\n" for i in range(40))
+    url = _answer_once(f"HTTP/1.1 200 OK\r\n{fields}Content-Length: 2\r\n\r\nok".encode())
+    events: list[str] = []
+    request = HTTPRequest(url, header_callback=lambda line: events.append("line"),
+                          streaming_callback=lambda chunk: events.append("chunk"))
+    backend = _backend(client)
+    try:
+        _repairs.fetch(backend._client(), request, lambda response: events.append("end"))
+        await _until(lambda: "end" in events, timeout=CALL_TIMEOUT)
+        await asyncio.sleep(0.05)
+    finally:
+        backend.close()
+    assert events.count("line") == 43 and events[-1] == "end", events
