@@ -18,7 +18,6 @@ import functools
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from tornado import httputil
 from tornado.httpclient import HTTPRequest, HTTPResponse, _RequestProxy
 from tornado.simple_httpclient import SimpleAsyncHTTPClient, _HTTPConnection
 
@@ -163,12 +162,12 @@ def fetch(client: Any, request: HTTPRequest, done: Callable[[HTTPResponse], None
     Future's result or exception given to ``done``), each request costs that loop pass more;
     nothing else changes.
 
-    It does what fetch() does around ``fetch_impl`` (the method each client implements):
-    copies the headers into a new ``HTTPHeaders`` (the clients add to them), and lays the
-    client's defaults under the request with ``_RequestProxy``. The response comes as fetch()
-    gets it: any status; a failed exchange is a response with code 599 and its ``error``.
+    It does what fetch() does around ``fetch_impl`` (the method each client implements): it
+    lays the client's defaults under the request with ``_RequestProxy``. fetch() also copies
+    the request's headers, which the clients add to; here ``request.headers`` must be an
+    ``HTTPHeaders`` of this request's own. The response comes as fetch() gets it: any status;
+    a failed exchange is a response with code 599 and its ``error``.
     """
-    request.headers = httputil.HTTPHeaders(request.headers)
     if request.header_callback is not None:
         # Tornado's curl client queues header lines on the loop but reports the end at once
         # (fetch()'s Future would report it a pass later): the end must come after the lines.
