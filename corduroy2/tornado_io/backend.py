@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
-import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -47,8 +46,6 @@ except ImportError:  # pycurl is optional: the simple client is used without it
     CurlError = None  # type: ignore[assignment,misc]
 
 __all__ = ["TornadoBackend", "HAS_CURL"]
-
-log = logging.getLogger("corduroy2")
 
 HAS_CURL = CurlAsyncHTTPClient is not None
 
@@ -111,15 +108,17 @@ class _Transfer:
     """One request: its handle for the caller (cancel, pause, resume) and its delivery to the
     sink, from Tornado's callbacks.
 
-    A plain request gets its response whole at the end of the fetch: ``on_start``, one ``on_data``
-    with the body if it is not empty, then ``on_end``. A streamed one is delivered as it comes,
-    from ``header_callback`` lines and ``streaming_callback`` chunks. A plain request under an
-    idle timeout has its body gathered from ``streaming_callback`` too, so that each piece
-    counts as progress.
+    A plain request gets its response whole when the fetch ends: ``on_start``, one
+    ``on_data`` with the body if it is not empty, then ``on_end``. A streamed one is delivered
+    as it comes, from ``header_callback`` lines and ``streaming_callback`` chunks. A plain
+    request under an idle timeout has its body gathered from ``streaming_callback`` too, so
+    that each piece counts as progress.
 
-    Cancelling stops all delivery at once and aborts the transport (``abort``, set by the
-    client's repair once the request runs: simple closes the connection; curl ends the
-    transfer). A request cancelled while it waits in the client's queue is never sent.
+    Cancelling stops all delivery at once and aborts the transport through ``abort``, set by
+    the client's repair once the request runs: simple closes the connection; curl ends the
+    transfer. A request cancelled while it waits in the client's queue is never sent. On curl,
+    only streamed and watched requests can be aborted (they alone have a
+    ``prepare_curl_callback``): a cancelled plain one runs to its end, unseen.
 
     Back-pressure: the simple client awaits what ``streaming_callback`` returns before reading
     on, so while paused it is handed a Future that ``resume()`` resolves. The curl transfer is
