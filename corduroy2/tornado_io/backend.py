@@ -4,13 +4,19 @@ Never ``AsyncHTTPClient.configure``: that would change every client of the proce
 implementation class is instantiated directly with ``force_instance=True``. The instance is made
 lazily on the first request, on the loop that is current then (Tornado binds a client to the
 IOLoop it was made on), and made again if the caller moves to another loop.
+
+A request is one ``AsyncHTTPClient.fetch(request, raise_error=False)``, reported by the client's
+callback rather than the Future (``_repairs.fetch``, a measured fast path): the response comes
+whatever its status; code 599 is a failed exchange. What Tornado has no public API for
+(aborting one request, a reset after the headers on the simple client) is repaired in
+``_repairs.py``, the only module that touches Tornado's internals.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import logging
+import functools
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -18,29 +24,18 @@ from typing import Any, TypeVar
 
 from tornado import gen, httputil
 from tornado.concurrent import Future
-from tornado.httpclient import (
-    AsyncHTTPClient,
-    HTTPClientError,
-    HTTPRequest,
-    HTTPResponse,
-    _RequestProxy,
-)
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
-from tornado.simple_httpclient import (
-    HTTPStreamClosedError,
-    HTTPTimeoutError,
-    SimpleAsyncHTTPClient,
-    _HTTPConnection,
-)
+from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError
 
 from ..backend import (
-    Backend, Cancel, Collector, Outcome, Reply, Sink, Start, Transfer, TransportOptions,
-    ssl_context, tls_meaning,
+    Backend, Cancel, Outcome, Sink, Start, TransportOptions, ssl_context, tls_meaning,
 )
 from ..errors import ConnectError, CouchError, ResponseCut, Timeout, TransportError
 from ..protocol.requests import Request, check_headers
 from ..protocol.responses import Headers
+from ._repairs import CurlRun, SimpleClient, abandon_with, fetch
 
 try:
     import pycurl
@@ -51,8 +46,6 @@ except ImportError:  # pycurl is optional: the simple client is used without it
     CurlError = None  # type: ignore[assignment,misc]
 
 __all__ = ["TornadoBackend", "HAS_CURL"]
-
-log = logging.getLogger("corduroy2")
 
 HAS_CURL = CurlAsyncHTTPClient is not None
 
@@ -75,170 +68,228 @@ _CONNECT_ERRNOS = {errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH,
                    errno.EADDRNOTAVAIL, errno.ETIMEDOUT}
 
 
-class _Pending:
-    """Handle for one fetch.
+class _IdleWatch:
+    """Calls ``expired()`` once ``idle`` seconds pass without ``heard()`` (called for every
+    header line and body chunk). Hearing only stamps the time; the timer, when it fires early,
+    re-arms itself for what is left. ``stop()`` ends the watch (while paused, since that silence
+    is the caller's, and at the end); ``start()`` begins it again from now."""
 
-    Tornado has no per-request abort, so cancelling stops all delivery at once and tears the
-    transfer down where it can: simple closes the connection's stream; curl aborts streamed
-    transfers from the progress callback (a buffered curl request runs to its end, unseen).
-
-    Back-pressure: the simple client awaits what ``streaming_callback`` returns before reading
-    on, so a paused transfer hands it a Future that ``resume()`` resolves. For curl, the easy
-    handle is paused with ``curl_easy_pause``; Tornado's own curl buffer only unpauses what it
-    paused itself, and a chunk it had already queued re-applies our pause when it arrives.
-
-    Idle timeout: ``watch`` starts a loop timer that fires after ``idle`` seconds without
-    ``heard()`` (called for every header line and body chunk). Hearing only stamps the time;
-    the timer, when it fires early, re-arms itself for what is left. It stops while paused
-    (that silence is ours) and once cancelled.
-    """
-
-    # Class-level defaults and no __init__ (nor __slots__, which would forbid them): one is
-    # made per request, and a plain GET sets none of these.
-    cancelled = False
-    paused = False
-    curl: Any = None
-    curl_client: Any = None
-    connection: _SimpleConnection | None = None
-    _waiter: Future[None] | None = None
-    _loop: IOLoop | None = None
-    _idle = 0.0
-    _expired: Callable[[], None] | None = None
-    _timer: object | None = None
-    _heard = 0.0
-
-    def watch(self, idle: float, expired: Callable[[], None]) -> None:
-        self._loop, self._idle, self._expired = IOLoop.current(), idle, expired
-        self.heard()
-        self._arm(idle)
-
-    def unwatch(self) -> None:
-        """The fetch has ended: no more idle checks."""
-        self._disarm()
-        self._loop = None
+    def __init__(self, idle: float, expired: Callable[[], None]) -> None:
+        self._loop = IOLoop.current()
+        self.idle = idle
+        self._expired = expired
+        self._timer: object | None = None
+        self._heard = 0.0
+        self.start()
 
     def heard(self) -> None:
-        if self._loop is not None:
-            self._heard = self._loop.time()
+        self._heard = self._loop.time()
 
-    def _arm(self, delay: float) -> None:
-        assert self._loop is not None
-        self._timer = self._loop.call_later(delay, self._check)
+    def start(self) -> None:
+        self.stop()
+        self.heard()
+        self._timer = self._loop.call_later(self.idle, self._check)
 
-    def _disarm(self) -> None:
+    def stop(self) -> None:
         if self._timer is not None:
-            assert self._loop is not None
             self._loop.remove_timeout(self._timer)
             self._timer = None
 
     def _check(self) -> None:
-        assert self._loop is not None and self._expired is not None
-        self._timer = None
-        if self.cancelled or self.paused:
-            return
-        left = self._heard + self._idle - self._loop.time()
+        left = self._heard + self.idle - self._loop.time()
         if left > 0:
-            self._arm(left)
+            self._timer = self._loop.call_later(left, self._check)
         else:
+            self._timer = None
             self._expired()
 
-    def cancel(self) -> None:
+
+class _Transfer:
+    """One request: its handle for the caller (cancel, pause, resume) and its delivery to the
+    sink, from Tornado's callbacks.
+
+    A plain request gets its response whole when the fetch ends: ``on_start``, one
+    ``on_data`` with the body if it is not empty, then ``on_end``. A streamed one is delivered
+    as it comes, from ``header_callback`` lines and ``streaming_callback`` chunks. A plain
+    request under an idle timeout has its body gathered from ``streaming_callback`` too, so
+    that each piece counts as progress.
+
+    Cancelling stops all delivery at once and aborts the transport through ``abort``, set by
+    the client's repair once the request runs: simple closes the connection; curl ends the
+    transfer. A request cancelled while it waits in the client's queue is never sent. On curl,
+    only streamed and watched requests can be aborted (they alone have a
+    ``prepare_curl_callback``): a cancelled plain one runs to its end, unseen.
+
+    Back-pressure: the simple client awaits what ``streaming_callback`` returns before reading
+    on, so while paused it is handed a Future that ``resume()`` resolves. The curl transfer is
+    paused with ``curl_easy_pause``. Tornado's curl buffer unpauses the transfer after pausing
+    it itself (when a megabyte waits in it), which undoes our pause too: a chunk that arrives
+    while we are paused pauses the transfer again.
+    """
+
+    def __init__(self, request: Request, sink: Sink, idle: float | None) -> None:
+        self._request = request
+        self._sink = sink
+        self.cancelled = False
+        self.abort: Callable[[], None] | None = None
+        self._paused = False
+        self._waiter: Future[None] | None = None  # simple client, while paused
+        self._curl: CurlRun | None = None
+        self._watch = _IdleWatch(idle, self._expired) if idle else None
+        self._started = False
+        # Streamed: body chunks that came before the end of the header lines (Tornado's curl
+        # client queues both on the loop separately, so chunks can overtake the lines).
+        self._early: list[bytes] = []
+        self._head = _HeadParser() if request.stream else None
+        # A plain request's body, gathered here when it is watched for idleness.
+        self._body: list[bytes] | None = [] if idle and not request.stream else None
+
+    def callbacks(self, curl_client: Any) -> dict[str, Any]:
+        """The fetch's callbacks: a streamed request's, or those that watch a plain one for
+        idleness (its progress has to be seen); none for a plain request. For the curl client
+        (``curl_client``), a ``prepare_curl_callback`` too, in place of the client's default
+        (_quiet), so that the transfer can be paused and aborted."""
+        if self._request.stream:
+            callbacks: dict[str, Any] = dict(header_callback=self.on_header,
+                                             streaming_callback=self.on_chunk)
+        elif self._body is not None:
+            callbacks = dict(header_callback=self.on_line, streaming_callback=self.on_piece)
+        else:
+            return {}
+        if curl_client is not None:
+            callbacks["prepare_curl_callback"] = functools.partial(self.prepare_curl,
+                                                                   curl_client)
+        return callbacks
+
+    # -- from Tornado --------------------------------------------------------------------
+
+    def on_header(self, line: str) -> None:
+        """``header_callback`` of a streamed request."""
         if self.cancelled:
             return
-        self.cancelled = True
-        self._disarm()
-        self.resume()
-        if self.connection is not None:
-            self.connection.abandon()
-        if self.curl is not None:
-            curl, self.curl = self.curl, None
-            _abort_curl(self.curl_client, curl)
+        self._heard()
+        assert self._head is not None
+        head = self._head.feed(line)
+        if head is not None:
+            self._start(*head)
 
-    def pause(self) -> None:
-        if self.paused or self.cancelled:
-            return
-        self.paused = True
-        self._disarm()
-        if self.curl is not None:
-            try:
-                self.curl.pause(pycurl.PAUSE_RECV)
-            except pycurl.error:
-                pass  # the transfer already ended; its result is on its way
-
-    def resume(self) -> None:
-        if not self.paused:
-            return
-        self.paused = False
-        if self._loop is not None and not self.cancelled:
-            self.heard()  # the silence starts now
-            self._arm(self._idle)
-        if self._waiter is not None:
-            waiter, self._waiter = self._waiter, None
-            if not waiter.done():
-                waiter.set_result(None)
-        if self.curl is not None:
-            try:
-                self.curl.pause(pycurl.PAUSE_CONT)
-            except pycurl.error:
-                pass
-
-    def wait(self) -> Future[None] | None:
-        """For the simple client's streaming_callback: a Future while paused, else None."""
-        if not self.paused or self.curl is not None:
+    def on_chunk(self, chunk: bytes) -> Future[None] | None:
+        """``streaming_callback`` of a streamed request."""
+        if self.cancelled:
+            return None  # being torn down; raising here would only be logged
+        self._heard()
+        if not self._started:
+            self._early.append(chunk)
+            return None
+        self._sink.on_data(chunk)
+        if not self._paused:
+            return None
+        if self._curl is not None:
+            self._curl.pause()
             return None
         if self._waiter is None:
             self._waiter = Future()
         return self._waiter
 
+    def on_piece(self, chunk: bytes) -> None:
+        """``streaming_callback`` of a plain request watched for idleness."""
+        self._heard()
+        assert self._body is not None
+        self._body.append(chunk)
 
-class _SimpleConnection(_HTTPConnection):
-    """Tornado's simple-client connection with two repairs.
+    def on_line(self, line: str) -> None:
+        """``header_callback`` of a plain request watched for idleness."""
+        self._heard()
 
-    * On a connection reset after the headers, Tornado's ``on_connection_close`` re-raises the
-      socket error instead of ending the request, so the fetch never settles; here the error
-      ends the request like any other.
-    * It tells its request's :class:`_Pending` about itself, so cancelling can abandon it
-      (there is no public per-request abort): close the stream, or, while still connecting,
-      end the fetch so that the connection is closed as soon as it is made and the request
-      never sent. A request cancelled while it waited in the client's queue is abandoned as
-      it leaves the queue.
-    """
+    def prepare_curl(self, client: Any, curl: Any) -> None:
+        """``prepare_curl_callback`` of a streamed or watched request (with the client bound)."""
+        if self.cancelled:
+            # Cancelled while queued: Tornado reports the setup error to the fetch (which
+            # nobody awaits any more) and never sends the request.
+            raise _Abandoned()
+        _quiet(curl)
+        self._curl = CurlRun(client, curl)
+        self.abort = self._curl.abort
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        original = getattr(self.request, "request", self.request)  # inside _RequestProxy
-        pending = getattr(original, "corduroy2_pending", None)
-        if isinstance(pending, _Pending):
-            pending.connection = self
-            if pending.cancelled:
-                self.abandon()
-
-    def abandon(self) -> None:
-        stream = getattr(self, "stream", None)
-        if stream is not None:
-            stream.close()  # drop the connection (the simple client never reuses one)
-        elif self.final_callback is not None:
-            # Connecting: Tornado's own timeout path settles the fetch, frees its slot, and
-            # run() closes the stream once the connect completes, before sending anything.
-            self._on_timeout("(cancelled by corduroy2)")
-
-    def on_connection_close(self) -> None:
-        error = self.stream.error
-        if self.final_callback is not None and error is not None:
-            self._handle_exception(type(error), error, error.__traceback__)
+    def fetched(self, response: HTTPResponse) -> None:
+        """The fetch's end: its response, whatever its status; Tornado's code 599 is a failure
+        of the exchange."""
+        if self.cancelled:
             return
-        super().on_connection_close()
+        if response.code == 599 and response.error is not None:
+            self.fail(_map_error(response.error, self._request))
+            return
+        if self._watch is not None:
+            self._watch.stop()
+        if not self._started:
+            self._start(response.code, Headers(response.headers.get_all()))
+            if not self._request.stream:
+                body = b"".join(self._body) if self._body is not None else response.body
+                if body:
+                    self._sink.on_data(body)
+        self._sink.on_end()
 
+    def fail(self, error: CouchError) -> None:
+        """The one way a failure reaches the sink: the transfer is cancelled first, so that
+        nothing more is delivered and the transport is torn down if it still runs."""
+        self.cancel()
+        self._sink.on_error(error)
 
-class _SimpleClient(SimpleAsyncHTTPClient):
-    def _connection_class(self) -> type:
-        return _SimpleConnection
+    def _expired(self) -> None:
+        assert self._watch is not None
+        request = self._request
+        self.fail(Timeout(f"no data for {self._watch.idle:g} s (idle_timeout)",
+                          method=request.method, url=request.url))
+
+    def _heard(self) -> None:
+        if self._watch is not None:
+            self._watch.heard()
+
+    def _start(self, status: int, headers: Headers) -> None:
+        self._started = True
+        self._sink.on_start(status, headers)
+        early, self._early = self._early, []
+        for chunk in early:
+            self._sink.on_data(chunk)
+
+    # -- for the caller (Transfer) -------------------------------------------------------
+
+    def cancel(self) -> None:
+        if self.cancelled:
+            return
+        self.cancelled = True
+        if self._watch is not None:
+            self._watch.stop()
+        self.resume()
+        if self.abort is not None:
+            self.abort()
+
+    def pause(self) -> None:
+        if self._paused or self.cancelled:
+            return
+        self._paused = True
+        if self._watch is not None:
+            self._watch.stop()
+        if self._curl is not None:
+            self._curl.pause()
+
+    def resume(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        if self._watch is not None and not self.cancelled:
+            self._watch.start()  # the silence starts now
+        if self._waiter is not None:
+            waiter, self._waiter = self._waiter, None
+            if not waiter.done():
+                waiter.set_result(None)
+        if self._curl is not None:
+            self._curl.resume()
 
 
 class _CallFuture(Future[T]):
-    """The Future of a call: cancelling it cancels the call. An override of ``cancel`` (which
-    asyncio's tasks and ``wait_for`` call too), rather than a done-callback watching for
-    cancellation, which had to be added and removed again on every call."""
+    """The Future of a call: cancelling it cancels the call, whoever cancels it (the caller,
+    or asyncio's tasks and ``wait_for``, which call ``cancel`` too)."""
 
     call: Cancel | None = None
 
@@ -281,26 +332,21 @@ class TornadoBackend(Backend):
         if client == "curl" and not HAS_CURL:
             raise ImportError("client='curl' needs pycurl: pip install corduroy2[curl]")
         self.client = client
-        self._curl = client == "curl"  # asked on every request: a bool, not a string compare
+        self._curl = client == "curl"
         self._http: AsyncHTTPClient | None = None
-        # The asyncio loop _http was made on. IOLoop.current() is IOLoop's for asyncio's running
-        # loop, so comparing the asyncio loops (a C call; asyncio exports it for event loops)
-        # tells on every request, without it, whether _http is still the one to use.
-        self._asyncio_loop: asyncio.AbstractEventLoop | None = None
-        # The last request header set, and its checked plain form (None: a repeated name).
-        self._last_headers: tuple[tuple[tuple[str, str], ...], dict[str, str] | None] = ((), None)
-        self._loop: IOLoop | None = None
+        self._loop: IOLoop | None = None  # the loop _http is bound to
         # Custom TLS settings are checked now, so that bad certificate files fail when the Couch
         # is made. The simple client uses this context (else Tornado's default, which verifies
         # the same way); curl is given the same settings as options (it does its own TLS).
         self._ssl = ssl_context(self.options) if self.options.custom_tls else None
 
-    def _get_http(self) -> AsyncHTTPClient:
+    def _client(self) -> AsyncHTTPClient:
+        """This Couch's client for the current loop (made again when the loop changes)."""
         loop = IOLoop.current()
         if self._http is None or self._loop is not loop:
             if self._http is not None:
                 self._http.close()
-            cls = CurlAsyncHTTPClient if self._curl else _SimpleClient
+            cls = CurlAsyncHTTPClient if self._curl else SimpleClient
             self._http = cls(
                 force_instance=True,
                 max_clients=self.options.max_connections,
@@ -308,12 +354,11 @@ class TornadoBackend(Backend):
                 defaults=self._defaults(),
             )
             self._loop = loop
-            self._asyncio_loop = loop.asyncio_loop  # type: ignore[attr-defined]
         return self._http
 
     def _defaults(self) -> dict[str, Any]:
         """What every request of this client is sent with (requests leave these unset, and
-        the client fills them in: the same for each request, passed once)."""
+        the client fills them in)."""
         opts = self.options
         defaults: dict[str, Any] = dict(
             connect_timeout=opts.connect_timeout or 0,
@@ -331,156 +376,34 @@ class TornadoBackend(Backend):
             defaults["ssl_options"] = self._ssl
         return defaults
 
-    def _headers(self, fields: tuple[tuple[str, str], ...]) -> httputil.HTTPHeaders:
-        """A new HTTPHeaders for each request (curl's setup adds to it). A Couch sends the same
-        headers again and again: the last set is checked once, then copied without checks."""
-        last, plain = self._last_headers
-        if fields == last and plain is not None:
-            return httputil.HTTPHeaders(plain)
-        check_headers(fields)  # ValueError, which does not show the value (Tornado's would)
-        headers = _headers(fields)
-        # Only when no name repeats can a dict hold them all.
-        self._last_headers = (fields, dict(headers) if len(headers) == len(fields) else None)
-        return headers
-
-    def _callbacks(self, request: Request, pending: _Pending, sink: Sink | None,
-                   started: list[bool], collected: list[bytes] | None) -> dict[str, Any]:
-        """The callbacks of a request whose body is streamed: a streamed request (to ``sink``),
-        or a buffered one watched for idleness (its progress has to be seen), whose body is
-        gathered in ``collected``."""
-        kwargs: dict[str, Any] = {}
-        if request.stream:
-            assert sink is not None
-            # Tornado's curl client can deliver body chunks before the header lines (both are
-            # queued on the loop separately), so chunks wait here until the headers are in.
-            early: list[bytes] = []
-            parser = _HeaderParser(sink, started, early)
-            watched = bool(request.idle_timeout or self.options.idle_timeout)
-
-            def on_chunk(chunk: bytes) -> Future[None] | None:
-                # Called for every chunk of a feed: two calls are spared when they do nothing.
-                if pending.cancelled:
-                    return None  # being torn down; raising here would only be logged
-                if watched:
-                    pending.heard()
-                if not started[0]:
-                    early.append(chunk)
-                    return None
-                sink.on_data(chunk)
-                return pending.wait() if pending.paused else None
-
-            def on_header(line: str) -> None:
-                if not pending.cancelled:
-                    pending.heard()
-                    parser.feed(line)
-
-            kwargs["header_callback"] = on_header
-            kwargs["streaming_callback"] = on_chunk
-        else:
-            assert collected is not None
-
-            def on_piece(chunk: bytes) -> None:
-                pending.heard()
-                collected.append(chunk)
-
-            kwargs["header_callback"] = lambda _: pending.heard()
-            kwargs["streaming_callback"] = on_piece
-        if self._curl:
-            # In place of the default (_quiet): also aborts the transfer once cancelled.
-            kwargs["prepare_curl_callback"] = _abort_when(pending, self._get_http())
-        return kwargs
-
-    def send(self, request: Request, sink: Sink) -> Transfer:
-        return self._exchange(request, None, sink)
-
-    def _exchange(self, request: Request, reply: Reply | None,
-                  sink: Sink | None = None) -> Transfer:
-        """One request: its reply whole to ``reply`` (fetch: Tornado has it whole anyway), or
-        to ``sink`` (send)."""
-        if reply is not None and request.stream:  # fetched whole all the same
-            sink, reply = Collector(reply), None
-        pending = _Pending()
-        started = [False]
-        idle = request.idle_timeout or self.options.idle_timeout
-        collected: list[bytes] | None = [] if idle and not request.stream else None
+    def send(self, request: Request, sink: Sink) -> _Transfer:
+        transfer = _Transfer(request, sink, request.idle_timeout or self.options.idle_timeout)
         try:
-            http = self._http
-            # None when no loop runs: _get_http() then does what IOLoop.current() does there.
-            if http is None or asyncio._get_running_loop() is not self._asyncio_loop:
-                http = self._get_http()
-            callbacks = (self._callbacks(request, pending, sink, started, collected)
-                         if request.stream or collected is not None else _PLAIN)
-            # The settings common to all requests are the client's defaults (_defaults).
-            tornado_request = HTTPRequest(
-                request.url,
-                method=request.method,
-                headers=self._headers(request.headers),
-                body=request.body,
-                # 0 = no limit for both clients; Tornado's own default (20 s) would cut feeds.
-                request_timeout=request.timeout or self.options.request_timeout or 0,
-                **callbacks,
-            )
-        except (ValueError, RuntimeError) as exc:
-            # Tornado rejects some requests before sending (bad header characters, closed client).
-            _fail(reply, sink, TransportError(f"request not sent: {exc}", method=request.method,
-                                              url=request.url))
-            return pending
+            http = self._client()
+            fetch(http, self._tornado_request(request, transfer, http), transfer.fetched)
+        except (ValueError, RuntimeError, httputil.HTTPInputError) as exc:
+            # Refused before sending: a bad header, a closed client.
+            transfer.fail(TransportError(f"request not sent: {exc}", method=request.method,
+                                         url=request.url))
+            return transfer
+        return transfer
 
-        if not self._curl:  # for _SimpleConnection
-            tornado_request.corduroy2_pending = pending  # type: ignore[attr-defined]
-        if idle:
-            def expired() -> None:
-                # Nothing more reaches the sink once cancelled; the transfer is torn down (simple:
-                # its stream closed now; curl: aborted by the progress callback within a second).
-                pending.cancel()
-                _fail(reply, sink, Timeout(f"no data for {idle:g} s (idle_timeout)",
-                                           method=request.method, url=request.url))
-
-            # Armed before the fetch starts: curl reports a request it cannot set up at once.
-            pending.watch(idle, expired)
-
-        def finished(response: HTTPResponse) -> None:
-            if pending.curl is not None:
-                pending.curl = None  # Tornado reuses the easy handle for other requests
-            if pending.cancelled:
-                return
-            if idle:
-                pending.unwatch()
-            # What fetch(raise_error=False) raises: a failure, not an HTTP error status.
-            exc = None if response._error_is_response_code else response.error
-            if exc is not None:
-                _fail(reply, sink, _map_error(exc, request))
-                return
-            if reply is not None:
-                reply(response.code, Headers(response.headers.get_all()),
-                      b"".join(collected) if collected is not None else response.body, None)
-                return
-            assert sink is not None
-            if not started[0]:
-                started[0] = True
-                # Read on first use only (the response's headers do not change any more).
-                sink.on_start(response.code, Headers(response.headers.get_all()))
-                if not request.stream:
-                    body = b"".join(collected) if collected is not None else response.body
-                    if body:
-                        sink.on_data(body)
-            sink.on_end()
-
-        # fetch_impl with a callback, as fetch() itself does, rather than fetch()'s Future: the
-        # Future's done-callback would run a loop iteration later, once more for every request.
-        # The defaults are applied by the same proxy fetch() puts around the request.
-        callback: Callable[[HTTPResponse], None] = finished
-        if self._curl and tornado_request.header_callback is not None:
-            # Tornado's curl client queues header lines on the loop but reports the end at
-            # once: the end must wait for the lines queued before it.
-            loop = IOLoop.current()
-            callback = lambda response: loop.add_callback(finished, response)  # noqa: E731
-        http.fetch_impl(_RequestProxy(tornado_request, http.defaults),  # type: ignore[arg-type]
-                        callback)
-        return pending
-
-    # fetch(request, reply) is _exchange itself: a frame fewer on every call.
-    fetch = _exchange
+    def _tornado_request(self, request: Request, transfer: _Transfer,
+                         http: AsyncHTTPClient) -> HTTPRequest:
+        """The HTTPRequest for ``request``; what all requests share is in the client's
+        defaults (_defaults)."""
+        tornado_request = HTTPRequest(
+            request.url,
+            method=request.method,
+            headers=_headers(request.headers),
+            body=request.body,
+            # 0 = no limit for both clients; Tornado's own default (20 s) would cut feeds.
+            request_timeout=request.timeout or self.options.request_timeout or 0,
+            **transfer.callbacks(http if self._curl else None),
+        )
+        if not self._curl:
+            abandon_with(tornado_request, transfer)
+        return tornado_request
 
     def run(self, start: Start) -> Future[Any]:
         future: _CallFuture[Any] = _CallFuture()
@@ -513,58 +436,41 @@ class TornadoBackend(Backend):
             self._http = None
 
 
-def _fail(reply: Reply | None, sink: Sink | None, error: CouchError) -> None:
-    """An exchange's failure, to its ``reply`` (fetch) or else its ``sink`` (send)."""
-    if reply is not None:
-        reply(None, None, b"", error)
-    else:
-        assert sink is not None
-        sink.on_error(error)
-
-
-# The keyword arguments of a request whose body is delivered whole: none beyond the common ones.
-_PLAIN: dict[str, Any] = {}
-
-
 def _headers(fields: tuple[tuple[str, str], ...]) -> httputil.HTTPHeaders:
+    """A new HTTPHeaders for each request (the clients add to it)."""
+    check_headers(fields)  # ValueError, which does not show the value (Tornado's would)
     headers = httputil.HTTPHeaders()
     for name, value in fields:
-        headers.add(name, value)  # checks each name and value (a regex each)
+        headers.add(name, value)
     return headers
 
 
-class _HeaderParser:
-    """Turns ``header_callback`` lines into one ``sink.on_start(status, headers)``, then hands
-    over any body chunks that arrived before the headers."""
+class _HeadParser:
+    """Reads ``header_callback`` lines; ``feed`` returns the status and headers once the
+    final head is complete (an interim 100 Continue is skipped), else None."""
 
-    __slots__ = ("_sink", "_started", "_early", "_status", "_fields")
-
-    def __init__(self, sink: Sink, started: list[bool], early: list[bytes]) -> None:
-        self._sink, self._started, self._early = sink, started, early
+    def __init__(self) -> None:
         self._status = 0
         self._fields: list[tuple[str, str]] = []
 
-    def feed(self, line: str) -> None:
+    def feed(self, line: str) -> tuple[int, Headers] | None:
         if line.startswith("HTTP/"):
             self._status = httputil.parse_response_start_line(line.strip()).code
             self._fields = []
         elif line in ("\r\n", "\n", ""):
-            # An interim 100 Continue is followed by the real status line: wait for it.
-            if self._status >= 200 and not self._started[0]:
-                self._started[0] = True
-                # Headers keeps the list (it is indexed lazily): later lines (trailers) go
-                # to a new one.
+            if self._status >= 200:
+                # Headers keeps the list (it reads it lazily): later lines (trailers) go to a
+                # new one.
                 fields, self._fields = self._fields, []
-                self._sink.on_start(self._status, Headers(fields))
-                early, self._early[:] = list(self._early), []
-                for chunk in early:
-                    self._sink.on_data(chunk)
+                status, self._status = self._status, 0
+                return status, Headers(fields)
         elif line[0] in " \t" and self._fields:  # obsolete line folding
             name, value = self._fields[-1]
             self._fields[-1] = (name, value + " " + line.strip())
         else:
             name, _, value = line.partition(":")
             self._fields.append((name.strip(), value.strip()))
+        return None
 
 
 def _quiet(curl: Any) -> None:
@@ -576,36 +482,6 @@ def _quiet(curl: Any) -> None:
 class _Abandoned(Exception):
     """Raised from prepare_curl_callback so that a cancelled request is not started."""
 
-
-def _abort_curl(client: Any, curl: Any) -> None:
-    """End a running curl transfer now: remove its handle from the multi the way Tornado does
-    when a transfer ends (``_finish``), which makes libcurl close the connection (that of an
-    unfinished transfer is never reused), then let queued requests start. There is no public
-    API for this; without these two methods the progress callback below still aborts the
-    transfer, but only when libcurl next calls it (at the next byte, when it is silent)."""
-    finish = getattr(client, "_finish", None)
-    process_queue = getattr(client, "_process_queue", None)
-    if finish is None or process_queue is None or getattr(curl, "info", None) is None:
-        return  # not running any more, or a Tornado without these internals
-    finish(curl, pycurl.E_ABORTED_BY_CALLBACK, "cancelled by corduroy2")
-    process_queue()
-
-
-def _abort_when(pending: _Pending, client: Any) -> Callable[[Any], None]:
-    def prepare(curl: Any) -> None:
-        if pending.cancelled:
-            # Cancelled (or timed out) while queued: Tornado reports a setup error, which
-            # nobody sees, and the request is never sent.
-            raise _Abandoned()
-        _quiet(curl)
-        pending.curl = curl
-        pending.curl_client = client
-        # libcurl calls this at least once a second even on an idle connection, so a cancelled
-        # feed is torn down promptly; returning non-zero aborts the transfer.
-        curl.setopt(pycurl.NOPROGRESS, 0)
-        curl.setopt(pycurl.XFERINFOFUNCTION, lambda *_: 1 if pending.cancelled else 0)
-
-    return prepare
 
 
 def _map_error(exc: BaseException, request: Request) -> CouchError:
