@@ -278,3 +278,22 @@ async def test_timed_out_in_the_queue_is_never_sent(h: Harness,
     assert slow.ends() == [("end", None)]
     await asyncio.sleep(0.3)
     assert [r.path for r in fault.requests] == ["/slow"]
+
+
+@pytest.mark.parametrize("stall", ["before-headers", "mid-body"])
+async def test_idle_timeout_of_whole_seconds_on_a_plain_request(
+        h: Harness, fault: WatchedFaultServer, stall: str) -> None:
+    """An idle timeout of a few seconds on a plain request: every backend times out after about
+    that silence, never before."""
+    body = _body("buffered")
+    if stall == "before-headers":
+        slow = Reply(headers=JSON, body=body, stall_before_headers=6.0)
+    else:
+        slow = Reply(headers=JSON, body=body, chunked=True, writes=[20],
+                     stall_after_bytes=(20, 6.0))
+    fault.add("GET", "/", [slow, Reply(headers=JSON, body=body)])
+    couch = h.couch(idle_timeout=2.0)
+    exc, took = await _times_out(h, couch, "buffered")
+    assert 1.9 < took < 2.0 + 2 * LATE, f"Timeout after {took:.2f}s"
+    assert "idle_timeout" in str(exc)
+    _check("buffered", await _fetch(h, couch, "buffered"))

@@ -375,3 +375,36 @@ async def test_tornado_fetch_ends_after_the_header_lines(client: str) -> None:
     finally:
         backend.close()
     assert events.count("line") == 43 and events[-1] == "end", events
+
+
+def test_a_long_idle_timeout_on_a_plain_curl_request_is_left_to_libcurl() -> None:
+    """With the default idle timeout (300 s), a plain curl request is watched by libcurl's
+    LOW_SPEED options (whole seconds), with no loop timer nor callback per piece; a short one,
+    or a streamed request, is watched on the loop."""
+    pycurl = pytest.importorskip("pycurl")
+    from corduroy2.api.couch import IDLE_TIMEOUT
+    from corduroy2.protocol.requests import Request
+    from corduroy2.tornado_io.backend import CURL_IDLE_MIN, _Transfer
+
+    class Easy:
+        def __init__(self) -> None:
+            self.options: dict[int, Any] = {}
+
+        def setopt(self, option: int, value: Any) -> None:
+            self.options[option] = value
+
+    assert IDLE_TIMEOUT >= CURL_IDLE_MIN
+    plain = Request("GET", "http://h/db/doc")
+    transfer = _Transfer(plain, sink=None, idle=IDLE_TIMEOUT, curl=True)  # type: ignore[arg-type]
+    callbacks = transfer.callbacks(curl_client=object())
+    assert set(callbacks) == {"prepare_curl_callback"}
+    easy = Easy()
+    callbacks["prepare_curl_callback"](easy)
+    assert easy.options[pycurl.LOW_SPEED_LIMIT] == 1
+    assert easy.options[pycurl.LOW_SPEED_TIME] == 300
+    assert easy.options[pycurl.VERBOSE] == 0
+    for request, idle, curl in [(plain, 5.0, True), (plain, IDLE_TIMEOUT, False),
+                                (Request("GET", "http://h/db/_changes", stream=True),
+                                 IDLE_TIMEOUT, True)]:
+        watched = _Transfer(request, sink=None, idle=idle, curl=curl)  # type: ignore[arg-type]
+        assert "streaming_callback" in watched.callbacks(object() if curl else None)
