@@ -23,7 +23,8 @@ from corduroy2.protocol.requests import Request
 from corduroy2.protocol.responses import Headers
 
 from ..support.faultserver import Reply
-from .conftest import CALL_TIMEOUT, WatchedFaultServer
+from .conftest import CALL_TIMEOUT, WatchedFaultServer, closed_port
+from .test_cancel import _until
 
 pytest.importorskip("tornado", reason="Tornado is not installed")
 
@@ -66,14 +67,6 @@ class Recorder:
 
     def kinds(self) -> list[str]:
         return [kind for kind, _ in self.events]
-
-
-async def _until(predicate: Any, timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 def _params(function: Any) -> list[str]:
@@ -332,8 +325,6 @@ async def test_tornado_fetch_reports_a_status_and_a_failure(fault: WatchedFaultS
                                                             client: str) -> None:
     """Any status is a response; a failed exchange is a response with code 599 and its error
     (what the adapter tells them apart by)."""
-    from .conftest import closed_port
-
     fault.add("GET", "/missing", Reply.json({"error": "not_found"}, status=404))
     missing = await _fetched(client, HTTPRequest(fault.url + "/missing"))
     assert missing.code == 404 and missing.body.startswith(b'{"error"')
