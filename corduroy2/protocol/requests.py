@@ -73,8 +73,8 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]").search
 def check_headers(fields: tuple[tuple[str, str], ...]) -> None:
     """Raise ValueError if a header of ``fields`` cannot be sent as it is. The message names the
     header but never shows the value: it may be a credential. Every backend applies this one
-    rule (each checks a header set once, when it changes), so none sends what another refuses,
-    and none cleans up a value silently (Twisted would turn a line break into a space)."""
+    rule before sending, so none sends what another refuses, and none cleans up a value
+    silently (Twisted would turn a line break into a space)."""
     for name, value in fields:
         if not _TOKEN(name):
             raise ValueError(f"invalid header name {name!r}")
