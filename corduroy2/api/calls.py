@@ -101,7 +101,9 @@ class Call:
 
     def start(self, done: Callable[[Outcome], None]) -> Call:
         self._done = done
-        self._exchange = self._sender.send(self._request, self)
+        exchange = self._sender.send(self._request, self)
+        if self._done is done:  # not settled inside send(): cancel() must reach the exchange
+            self._exchange = exchange
         return self
 
     def cancel(self) -> None:
@@ -235,8 +237,7 @@ class Run:
             self._advance(value, error)
 
         sink = RowSink(step.request, step.consumer, finished)
-        sink.transfer = self._sender.send(step.request, sink)
-        return sink.transfer
+        return sink.keep_transfer(self._sender.send(step.request, sink))
 
     def _finish(self, outcome: Outcome) -> None:
         self._state = _FINISHED

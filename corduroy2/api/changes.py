@@ -133,14 +133,13 @@ class ChangesSink(RowSink):
     def _end_early(self, fields: dict[str, Any]) -> None:
         """End the feed here, as if the server had: the consumer's end, then the transfer
         dropped (the rest of the body is unwanted)."""
-        self._over = True
         try:
             value, error = self._consumer.end(fields), None
         except Exception as exc:
             value, error = None, exc
-        self._done(value, error, self._status, self._headers)
-        if self.transfer is not None:
-            self.transfer.cancel()
+        transfer = self._report(value, error)
+        if transfer is not None:
+            transfer.cancel()
         else:
             raise StopTransfer()  # a synchronous backend: stop reading now
 
@@ -188,8 +187,7 @@ class ChangesFeed:
     def start(self) -> ChangesFeed:
         self.listening = True
         sink = ChangesSink(self._request, self, self._finished, self._feed, limit=self._limit)
-        self._transfer = self._sender.send(self._request, sink)
-        sink.transfer = self._transfer
+        self._transfer = sink.keep_transfer(self._sender.send(self._request, sink))
         return self
 
     # -- consumer (called by the sink) ---------------------------------------------------------

@@ -177,9 +177,7 @@ class ChangesFollower:
                           idle_timeout=self._stall)
         sink = ChangesSink(request, self, self._feed_ended, "continuous", beat=self._beat)
         self.connections += 1
-        self._transfer = self._sender.send(request, sink)
-        if not sink._over:
-            sink.transfer = self._transfer
+        self._transfer = sink.keep_transfer(self._sender.send(request, sink))
 
     # -- the feed (sink consumer) ---------------------------------------------------------------
 

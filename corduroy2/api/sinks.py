@@ -91,11 +91,25 @@ class RowSink:
             else:  # a row that rows_ready() left for next_event()
                 consumer.rows([event.value])  # type: ignore[union-attr]
 
-    def _fail(self, exc: BaseException) -> None:
+    def keep_transfer(self, transfer: Transfer) -> Transfer:
+        """Keep the transfer that feeds this sink, to abort it if parsing fails, unless it
+        has already ended (a synchronous backend ends inside ``send()``). Returns it."""
+        if not self._over:
+            self.transfer = transfer
+        return transfer
+
+    def _report(self, value: Any, error: BaseException | None) -> Transfer | None:
+        """The body's end: ``done`` is told, and the transfer (which leads back to this sink)
+        let go of. Returns the transfer, still running if the end came early."""
         self._over = True
-        self._done(None, exc, self._status, self._headers)
-        if self.transfer is not None:
-            self.transfer.cancel()
+        transfer, self.transfer = self.transfer, None
+        self._done(value, error, self._status, self._headers)
+        return transfer
+
+    def _fail(self, exc: BaseException) -> None:
+        transfer = self._report(None, exc)
+        if transfer is not None:
+            transfer.cancel()
         else:
             raise StopTransfer() from exc  # a synchronous backend: stop reading now
 
@@ -104,10 +118,9 @@ class RowSink:
             return
         request = self._request
         if self._parser is None:
-            self._over = True
             error = make_error(self._status, self._headers, b"".join(self._error_chunks),
                                method=request.method, url=request.url)
-            self._done(None, error, self._status, self._headers)
+            self._report(None, error)
             return
         try:
             self._parser.receive_data(b"")
@@ -122,13 +135,10 @@ class RowSink:
                                   url=request.url)
             value = self._consumer.end(self._end)
         except Exception as exc:
-            self._over = True  # the body is complete: nothing to abort
-            self._done(None, exc, self._status, self._headers)
+            self._report(None, exc)  # the body is complete: nothing to abort
             return
-        self._over = True
-        self._done(value, None, self._status, self._headers)
+        self._report(value, None)
 
     def on_error(self, exc: CouchError) -> None:
         if not self._over:
-            self._over = True
-            self._done(None, exc, self._status, self._headers)
+            self._report(None, exc)

@@ -296,8 +296,7 @@ class RowIterator:
 
     def _start(self) -> None:
         sink = self._make_sink(self._request, self, self._finished)
-        self._transfer = self._sender.send(self._request, sink)
-        sink.transfer = self._transfer
+        self._transfer = sink.keep_transfer(self._sender.send(self._request, sink))
 
     def _deliver(self, done: Callable[[Outcome], None]) -> None:
         if self._queue:
