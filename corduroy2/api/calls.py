@@ -24,8 +24,6 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import orjson
-
 from ..backend import Cancel, Outcome, Start
 from ..errors import CouchError, HTTPError
 from ..pipeline.exchange import Exchange, Sender
