@@ -20,6 +20,7 @@ import functools
 import math
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -84,7 +85,9 @@ class _IdleWatch:
         self.start()
 
     def heard(self) -> None:
-        self._heard = self._loop.time()
+        # The clock of asyncio's loops (IOLoop.time() goes to it through two calls): this is
+        # called for every piece of a feed.
+        self._heard = time.monotonic()
 
     def start(self) -> None:
         self.stop()
@@ -97,7 +100,7 @@ class _IdleWatch:
             self._timer = None
 
     def _check(self) -> None:
-        left = self._heard + self.idle - self._loop.time()
+        left = self._heard + self.idle - time.monotonic()
         if left > 0:
             self._timer = self._loop.call_later(left, self._check)
         else:

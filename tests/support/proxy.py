@@ -111,7 +111,10 @@ class _Pair:
         self.close()
 
     def _pump(self, src: socket.socket, dst: socket.socket, down: bool) -> None:
-        src.settimeout(0.05)
+        try:
+            src.settimeout(0.05)
+        except OSError:
+            return  # cut before this pump began: its socket is closed already
         while not self.closed:
             try:
                 data = src.recv(65536)
