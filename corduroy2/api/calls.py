@@ -28,7 +28,7 @@ from ..backend import Cancel, Outcome, Start
 from ..errors import CouchError, HTTPError
 from ..pipeline.exchange import Exchange, Sender
 from ..protocol.requests import Request
-from ..protocol.responses import Headers, Response, decode_json, make_error
+from ..protocol.responses import NO_HEADERS, Headers, Response, decode_json, make_error
 from .sinks import RowConsumer, RowSink
 from .status import Status
 
@@ -37,9 +37,6 @@ __all__ = ["Raw", "Stream", "Wait", "Op", "Call", "Run", "Runner"]
 log = logging.getLogger("corduroy2")
 
 T = TypeVar("T")
-
-# The headers of "no response yet". Headers are read-only, so one empty instance serves all.
-_NO_HEADERS = Headers()
 
 
 @dataclass(frozen=True)
@@ -286,7 +283,7 @@ def _status(code: int | None, headers: Headers | None, exc: BaseException | None
     if isinstance(exc, HTTPError):
         code = exc.status
     return Status(ok=exc is None, code=code,
-                  headers=_NO_HEADERS if headers is None else headers, exception=exc)
+                  headers=NO_HEADERS if headers is None else headers, exception=exc)
 
 
 def _ignore(outcome: Outcome) -> None:

@@ -8,13 +8,10 @@ from typing import Any, Protocol
 from ..backend import StopTransfer, Transfer
 from ..errors import CouchError, DecodeError, ResponseCut
 from ..protocol.requests import Request
-from ..protocol.responses import Headers, make_error
+from ..protocol.responses import NO_HEADERS, Headers, make_error
 from ..protocol.rows import NEED_DATA, End, Header, RowStream
 
 __all__ = ["RowConsumer", "RowSink", "Finished"]
-
-# The headers of "no response yet". Headers are read-only, so one empty instance serves all.
-_NO_HEADERS = Headers()
 
 #: ``finished(value, error, status, headers)``: how a streamed body ended.
 Finished = Callable[[Any, "BaseException | None", int, Headers], None]
@@ -49,7 +46,7 @@ class RowSink:
         self.transfer: Transfer | None = None
         self._parser: RowStream | None = None
         self._status = 0
-        self._headers = _NO_HEADERS
+        self._headers = NO_HEADERS
         self._error_chunks: list[bytes] = []
         self._end: dict[str, Any] | None = None
         self._over = False

@@ -10,7 +10,8 @@ import orjson
 
 from .. import errors
 
-__all__ = ["Headers", "Response", "error_class", "make_error", "decode_json", "check_status"]
+__all__ = ["Headers", "NO_HEADERS", "Response", "error_class", "make_error", "decode_json",
+           "check_status"]
 
 
 class Headers(Mapping[str, str]):
@@ -61,6 +62,10 @@ class Headers(Mapping[str, str]):
             for k in self._fields
         }
         return f"Headers({shown!r})"
+
+
+#: The headers of "no response yet". Headers are read-only, so one empty instance serves all.
+NO_HEADERS = Headers()
 
 
 @dataclass(frozen=True)
