@@ -96,6 +96,8 @@ POUCHDB_DEVIATIONS = {
     "no_db_updates": "_db_updates answers 400 with an empty body",
     "replication_endpoint_objects": "_replicate/_replicator endpoints given as {url, auth} "
                                     "objects fail (500 HTML page); only URL strings work",
+    "replicate_ignores_doc_ids": "_replicate ignores doc_ids (and selector): everything is "
+                                 "replicated (_replicator documents do honour them)",
     "replicate_creates_missing_source": "replicating from a missing source succeeds and "
                                         "creates it (3.x: 404 db_not_found / crashing)",
 }
