@@ -183,9 +183,9 @@ def up(origin: Origin) -> Request:
     return origin.request("GET", "/_up")
 
 
-def dbs_info(origin: Origin, names: list[str]) -> Request:
+def dbs_info(origin: Origin, names: Any) -> Request:
     """``POST /_dbs_info``: the info of several databases in one call (a read)."""
-    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+    if not isinstance(names, (list, tuple)):
         raise TypeError("dbs_info() takes a list of database names")
     body = encode_json({"keys": [validate_db_name(n) for n in names]})
     return origin.request("POST", "/_dbs_info", None, body, idempotent=True)
