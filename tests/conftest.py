@@ -98,6 +98,8 @@ POUCHDB_DEVIATIONS = {
                                     "objects fail (500 HTML page); only URL strings work",
     "replicate_ignores_doc_ids": "_replicate ignores doc_ids (and selector): everything is "
                                  "replicated (_replicator documents do honour them)",
+    "replicate_continuous_uncancellable": "a continuous _replicate runs until the server "
+                                          "stops: cancel:true starts a one-shot one instead",
     "replicate_creates_missing_source": "replicating from a missing source succeeds and "
                                         "creates it (3.x: 404 db_not_found / crashing)",
 }

@@ -81,6 +81,23 @@ async def test_replicate_push_and_pull(rc: Client, server: Server, admin: Any, s
     assert ids(admin, target) == ["d0", "d1", "d2", "d9"]
 
 
+async def test_a_continuous_replicate_is_cancelled_by_the_same_call(
+        c: Client, server: Server, admin: Any, source: str, target: str) -> None:
+    if server.deviates("replicate_continuous_uncancellable"):
+        pytest.skip("pouchdb-server cannot cancel a continuous _replicate")
+    src, tgt = c.couch.database(source), c.couch.database(target)
+    started = await c.call(src.push, tgt, continuous=True)
+    assert started["ok"] is True and started["_local_id"]
+    try:
+        admin.database(source).save({"_id": "live"})
+        await until(lambda: "live" in ids(admin, target), timeout=30)
+    finally:
+        stopped = await c.call(src.push, tgt, continuous=True, cancel=True)
+    assert stopped["ok"] is True and stopped["_local_id"] == started["_local_id"]
+    jobs = await c.call(c.couch.scheduler_jobs)
+    assert started["_local_id"] not in [job["id"] for job in jobs["jobs"]]
+
+
 # _replicator documents are written by ``c`` (an admin: pouchdb-server wants one too); the
 # sides are ``rc``'s handles.
 

@@ -20,7 +20,7 @@ from corduroy2 import BadRequest, Conflict, NotFound
 from ..conftest import LOOP, Server
 from ..support.faultserver import FaultServer, Reply
 from .conftest import BACKENDS, Client, make_couch
-from .test_iterate import drain
+from .test_iterate import drain, run
 
 
 async def close_async(couch: Any) -> None:
@@ -151,18 +151,33 @@ async def test_iter_db_updates_streams_the_feed_like_changes(backend: str) -> No
     lines = [orjson.dumps(u) + b"\n" for u in UPDATES]
     chunks = [lines[0] + b"\n", lines[1][:9], lines[1][9:], b"\n",
               lines[2] + b'{"last_seq":"3-g1","pending":0}\n']
+    # The normal feed, framed as CouchDB 3 frames _changes: mixed LF and CRLF.
+    normal = (b'{"results":[\n' + b",\r\n".join(orjson.dumps(u) for u in UPDATES)
+              + b'\n],\n"last_seq":"3-g1"}\n')
     with FaultServer() as fault:
-        fault.add("GET", "/_db_updates", Reply(headers={"Content-Type": "application/json"},
-                                               chunks=chunks))
+        fault.add("GET", "/_db_updates", [
+            Reply(headers={"Content-Type": "application/json"}, chunks=chunks),
+            Reply(headers={"Content-Type": "application/json"}, body=normal, writes=[5, 40])])
         remote = make_couch(backend, fault.url, None)
         try:
             items, fields = await drain(remote, lambda: remote.iter_db_updates(since="0"))
+            def longpoll() -> Any:
+                return remote.db_updates(since="0", feed="longpoll")
+
+            async def longpoll_awaited() -> Any:
+                return await longpoll()
+
+            page = await run(remote, longpoll, longpoll_awaited)
         finally:
             await close_async(remote)
-        (sent,) = fault.received("GET", "/_db_updates")
+        continuous, longpoll = fault.received("GET", "/_db_updates")
         assert fault.errors == []
     assert items == UPDATES
     assert fields["last_seq"] == "3-g1"
-    query = parse_qs(sent.query)
+    assert page == {"results": UPDATES, "last_seq": "3-g1"}
+    query = parse_qs(continuous.query)
     assert query["feed"] == ["continuous"] and query["since"] == ["0"]
     assert "heartbeat" in query  # a quiet feed must not be taken for a dead one
+    assert parse_qs(longpoll.query)["feed"] == ["longpoll"]
+    with pytest.raises(ValueError):
+        remote.db_updates(feed="continuous")  # that is iter_db_updates()
