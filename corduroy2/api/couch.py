@@ -324,7 +324,7 @@ class Couch:
                     callback: Callback = None) -> Any:
         """Create user ``name`` in ``_users`` (CouchDB hashes the password); returns the
         server's reply ``{"ok", "id", "rev"}``. ``Conflict`` if the user exists."""
-        request = requests.create_user(self.origin, name, password, list(roles))
+        request = requests.create_user(self.origin, name, password, roles)
         return self.runner.call(request, callback)
 
     def db_updates(self, *, callback: Callback = None, **opts: Any) -> Any:

@@ -138,3 +138,21 @@ def test_replication_failed_says_what_and_why() -> None:
     assert str(error) == ("replication 'r1' crashing: db_not_found: could not open "
                           "http://h/missing/")
     assert (error.state, error.doc_id, error.details) == ("crashing", "r1", {"state": "crashing"})
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda c: c.create_user("bob", "pw", "admin"), TypeError),  # a str is not a list of roles
+    (lambda c: c.set_config("log", "level", 1), TypeError),
+    (lambda c: c.dbs_info("db"), TypeError),
+    (lambda c: c.db_updates(feed="continuous"), ValueError),
+    (lambda c: c.iter_db_updates(feed="normal"), ValueError),
+    (lambda c: c.replicate("a", "b", doc_ids="d"), TypeError),
+    (lambda c: c.start_replication("a", "b", replicator_db="Bad"), ValueError),
+    (lambda c: c.replication("r").wait(interval=0), ValueError),
+    (lambda c: c.database("a").push(5), TypeError),
+], ids=["roles", "config value", "dbs_info", "db_updates feed", "iter feed", "doc_ids",
+        "replicator db", "interval", "push target"])
+def test_couch_refuses_bad_arguments_before_sending(call: Any, error: type[Exception]) -> None:
+    # Nothing listens at URL: a call that sent anything would fail with ConnectError instead.
+    with pytest.raises(error):
+        call(couch())
