@@ -497,6 +497,19 @@ class Database:
         request = requests.copy_doc(self._origin, self.name, src_id, src_rev, dest_id, dest_rev)
         return self._runner.call(request, callback, lambda reply: reply.get("rev"))
 
+    # -- replication --------------------------------------------------------------------------
+
+    def push(self, target: Any, *, callback: Callback = None, **opts: Any) -> Any:
+        """Replicate this database to ``target`` (a Database, a database name on the same
+        server, a URL or CouchDB's endpoint dict): :meth:`Couch.replicate` with this database
+        as the source; ``opts`` as there (``continuous``, ``create_target``, ``doc_ids``...)."""
+        return self.couch.replicate(self, target, callback=callback, **opts)
+
+    def pull(self, source: Any, *, callback: Callback = None, **opts: Any) -> Any:
+        """Replicate ``source`` into this database: :meth:`Couch.replicate` with this database
+        as the target."""
+        return self.couch.replicate(source, self, callback=callback, **opts)
+
 
 def _merge_into(doc: dict[str, Any], merged: dict[str, Any], server: dict[str, Any]) -> None:
     """Make the caller's ``doc`` the merge result, on top of the server's revision. The id is

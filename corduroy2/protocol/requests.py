@@ -177,6 +177,141 @@ def end_session(origin: Origin, cookie: str | None) -> Request:
     return origin.request("DELETE", "/_session", headers=headers, idempotent=True)
 
 
+# -- server administration and replication ------------------------------------------------
+
+def up(origin: Origin) -> Request:
+    return origin.request("GET", "/_up")
+
+
+def dbs_info(origin: Origin, names: Any) -> Request:
+    """``POST /_dbs_info``: the info of several databases in one call (a read)."""
+    if not isinstance(names, (list, tuple)):
+        raise TypeError("dbs_info() takes a list of database names")
+    body = encode_json({"keys": [validate_db_name(n) for n in names]})
+    return origin.request("POST", "/_dbs_info", None, body, idempotent=True)
+
+
+def active_tasks(origin: Origin) -> Request:
+    return origin.request("GET", "/_active_tasks")
+
+
+def membership(origin: Origin) -> Request:
+    return origin.request("GET", "/_membership")
+
+
+def _node(node: str) -> str:
+    """``/_node/<node>``; a node name keeps its ``@`` (``couchdb@10.0.0.1``)."""
+    if not isinstance(node, str) or not node:
+        raise ValueError(f"node must be a non-empty str like '_local', got {node!r}")
+    return "/_node/" + quote(node, safe="@")
+
+
+def _config_path(node: str, section: str | None, key: str | None) -> str:
+    path = _node(node) + "/_config"
+    if section is None:
+        if key is not None:
+            raise ValueError("a config key needs its section")
+        return path
+    for name, part in (("section", section), ("key", key)):
+        if part is not None and (not isinstance(part, str) or not part):
+            raise ValueError(f"config {name} must be a non-empty str, got {part!r}")
+    path += "/" + quote(section, safe="")
+    return path + "/" + quote(key, safe="") if key is not None else path
+
+
+def config(origin: Origin, node: str, section: str | None, key: str | None) -> Request:
+    """``GET /_node/<node>/_config[/<section>[/<key>]]``."""
+    return origin.request("GET", _config_path(node, section, key))
+
+
+def set_config(origin: Origin, node: str, section: str, key: str, value: str) -> Request:
+    """``PUT`` of one config value; CouchDB stores config values as strings (sent as JSON)."""
+    if section is None or key is None:
+        raise ValueError("set_config() needs a section and a key")
+    if not isinstance(value, str):
+        raise TypeError(f"config values are str (CouchDB stores strings), not "
+                        f"{type(value).__name__}")
+    # Setting the same value twice leaves the same config: safe to send again.
+    return origin.request("PUT", _config_path(node, section, key), None, encode_json(value),
+                          idempotent=True)
+
+
+def delete_config(origin: Origin, node: str, section: str, key: str) -> Request:
+    if section is None or key is None:
+        raise ValueError("delete_config() needs a section and a key")
+    return origin.request("DELETE", _config_path(node, section, key))
+
+
+def stats(origin: Origin, node: str, path: str | None) -> Request:
+    """``GET /_node/<node>/_stats[/<group>/<metric>...]``; ``path`` like ``"couchdb/request_time"``."""
+    url = _node(node) + "/_stats"
+    if path is not None:
+        parts = path.strip("/").split("/") if isinstance(path, str) else None
+        if not parts or not all(parts):
+            raise ValueError(f"stats path must look like 'couchdb/request_time', got {path!r}")
+        url += "".join("/" + quote(p, safe="") for p in parts)
+    return origin.request("GET", url)
+
+
+def system(origin: Origin, node: str) -> Request:
+    return origin.request("GET", _node(node) + "/_system")
+
+
+def scheduler_jobs(origin: Origin, opts: Mapping[str, Any]) -> Request:
+    return origin.request("GET", "/_scheduler/jobs", opts)
+
+
+def scheduler_docs(origin: Origin, replicator_db: str | None, doc_id: str | None,
+                   opts: Mapping[str, Any]) -> Request:
+    """``GET /_scheduler/docs[/<replicator db>[/<doc id>]]``: the state of the replications
+    that ``_replicator`` documents describe (a db like ``a/_replicator`` travels as
+    ``a%2F_replicator``)."""
+    path = "/_scheduler/docs"
+    if replicator_db is not None:
+        path += db_path(validate_db_name(replicator_db))
+        if doc_id is not None:
+            path += "/" + quote(validate_doc_id(doc_id), safe="")
+    elif doc_id is not None:
+        raise ValueError("a replication document id needs its replicator database")
+    return origin.request("GET", path, opts)
+
+
+def db_updates(origin: Origin, opts: Mapping[str, Any]) -> Request:
+    """``GET /_db_updates``, streamed like ``_changes`` (same feeds, same body shapes)."""
+    feed = opts.get("feed", "normal")
+    if feed not in FEEDS:
+        raise ValueError(f"feed must be one of {', '.join(FEEDS)}, not {feed!r}")
+    since = opts.get("since")
+    if since is not None and not isinstance(since, (str, int)):
+        raise TypeError(f"since must be a seq as the server sent it (str or int), not {since!r}")
+    return origin.request("GET", "/_db_updates", {**opts, "feed": feed}, stream=True)
+
+
+def replicate(origin: Origin, body: Mapping[str, Any]) -> Request:
+    """``POST /_replicate`` with a body made by :func:`corduroy2.api.replication.body`. Not
+    safe to repeat by rule: a continuous one would be started twice."""
+    if not isinstance(body, Mapping) or "source" not in body or "target" not in body:
+        raise TypeError("a replication needs a source and a target")
+    return origin.request("POST", "/_replicate", None, encode_json(dict(body)))
+
+
+USER_PREFIX = "org.couchdb.user:"
+
+
+def create_user(origin: Origin, name: str, password: str, roles: Any) -> Request:
+    """``PUT /_users/org.couchdb.user:<name>``: a user document (CouchDB hashes the
+    password)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"user name must be a non-empty str, got {name!r}")
+    if not isinstance(password, str) or not password:
+        raise ValueError("password must be a non-empty str")
+    if isinstance(roles, str) or not all(isinstance(r, str) for r in roles):
+        raise TypeError("roles must be a list of str")
+    doc = {"_id": USER_PREFIX + name, "name": name, "password": password,
+           "roles": list(roles), "type": "user"}
+    return put_doc(origin, "_users", doc)
+
+
 # -- databases ------------------------------------------------------------------------------
 
 def db_info(origin: Origin, db: str) -> Request:

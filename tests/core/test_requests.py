@@ -304,3 +304,87 @@ def test_builder_refuses_bad_arguments_before_anything_is_sent(build: Any,
                                                                error: type[Exception]) -> None:
     with pytest.raises(error):
         build()
+
+
+# -- server administration and replication ------------------------------------------------------
+
+ADMIN_BUILDERS: list[tuple[str, Any, str, str, Any, Any, bool]] = [
+    ("up", lambda: rq.up(ORIGIN), "GET", f"{H}/_up", None, None, False),
+    ("dbs_info", lambda: rq.dbs_info(ORIGIN, ["a", "b/c"]), "POST", f"{H}/_dbs_info",
+     {"keys": ["a", "b/c"]}, True, False),
+    ("active_tasks", lambda: rq.active_tasks(ORIGIN), "GET", f"{H}/_active_tasks", None, None,
+     False),
+    ("membership", lambda: rq.membership(ORIGIN), "GET", f"{H}/_membership", None, None, False),
+    ("config all", lambda: rq.config(ORIGIN, "_local", None, None), "GET",
+     f"{H}/_node/_local/_config", None, None, False),
+    ("config section", lambda: rq.config(ORIGIN, "couchdb@10.0.0.1", "log", None), "GET",
+     f"{H}/_node/couchdb@10.0.0.1/_config/log", None, None, False),
+    ("config key", lambda: rq.config(ORIGIN, "_local", "a b", "c/d"), "GET",
+     f"{H}/_node/_local/_config/a%20b/c%2Fd", None, None, False),
+    ("set_config", lambda: rq.set_config(ORIGIN, "_local", "log", "level", "debug"), "PUT",
+     f"{H}/_node/_local/_config/log/level", "debug", True, False),
+    ("delete_config", lambda: rq.delete_config(ORIGIN, "_local", "log", "level"), "DELETE",
+     f"{H}/_node/_local/_config/log/level", None, None, False),
+    ("stats", lambda: rq.stats(ORIGIN, "_local", None), "GET", f"{H}/_node/_local/_stats", None,
+     None, False),
+    ("stats path", lambda: rq.stats(ORIGIN, "n@h", "couchdb/request_time"), "GET",
+     f"{H}/_node/n@h/_stats/couchdb/request_time", None, None, False),
+    ("system", lambda: rq.system(ORIGIN, "_local"), "GET", f"{H}/_node/_local/_system", None,
+     None, False),
+    ("scheduler_jobs", lambda: rq.scheduler_jobs(ORIGIN, {"limit": 5}), "GET",
+     f"{H}/_scheduler/jobs?limit=5", None, None, False),
+    ("scheduler_docs all", lambda: rq.scheduler_docs(ORIGIN, None, None, {}), "GET",
+     f"{H}/_scheduler/docs", None, None, False),
+    ("scheduler_docs db", lambda: rq.scheduler_docs(ORIGIN, "a/_replicator", None, {}), "GET",
+     f"{H}/_scheduler/docs/a%2F_replicator", None, None, False),
+    ("scheduler_docs doc", lambda: rq.scheduler_docs(ORIGIN, "_replicator", "r 1", {}), "GET",
+     f"{H}/_scheduler/docs/_replicator/r%201", None, None, False),
+    ("db_updates", lambda: rq.db_updates(ORIGIN, {"since": "now"}), "GET",
+     f"{H}/_db_updates?since=now&feed=normal", None, None, True),
+    ("db_updates continuous", lambda: rq.db_updates(ORIGIN, {"feed": "continuous"}), "GET",
+     f"{H}/_db_updates?feed=continuous", None, None, True),
+    ("replicate", lambda: rq.replicate(ORIGIN, {"source": "http://a/s", "target": "http://a/t",
+                                                "continuous": True}),
+     "POST", f"{H}/_replicate", {"source": "http://a/s", "target": "http://a/t",
+                                 "continuous": True}, None, False),
+    ("create_user", lambda: rq.create_user(ORIGIN, "bob", "pw", ["r"]), "PUT",
+     f"{H}/_users/org.couchdb.user%3Abob", {"_id": "org.couchdb.user:bob", "name": "bob",
+                                            "password": "pw", "roles": ["r"], "type": "user"},
+     None, False),
+]
+
+
+@pytest.mark.parametrize("build, method, url, body, idempotent, stream",
+                         [row[1:] for row in ADMIN_BUILDERS], ids=[row[0] for row in ADMIN_BUILDERS])
+def test_admin_builder(build: Any, method: str, url: str, body: Any, idempotent: Any,
+                       stream: bool) -> None:
+    test_builder(build, method, url, body, idempotent, stream)
+
+
+ADMIN_BAD: list[tuple[str, Any, type[Exception]]] = [
+    ("dbs_info str", lambda: rq.dbs_info(ORIGIN, "a"), TypeError),
+    ("dbs_info bad name", lambda: rq.dbs_info(ORIGIN, ["Bad"]), ValueError),
+    ("config node", lambda: rq.config(ORIGIN, "", None, None), ValueError),
+    ("config key without section", lambda: rq.config(ORIGIN, "_local", None, "k"), ValueError),
+    ("config empty key", lambda: rq.config(ORIGIN, "_local", "s", ""), ValueError),
+    ("set_config not str", lambda: rq.set_config(ORIGIN, "_local", "s", "k", 5), TypeError),
+    ("set_config no key", lambda: rq.set_config(ORIGIN, "_local", "s", None, "v"),  # type: ignore[arg-type]
+     ValueError),
+    ("delete_config no key", lambda: rq.delete_config(ORIGIN, "_local", "s", None),  # type: ignore[arg-type]
+     ValueError),
+    ("stats path", lambda: rq.stats(ORIGIN, "_local", "a//b"), ValueError),
+    ("scheduler doc without db", lambda: rq.scheduler_docs(ORIGIN, None, "x", {}), ValueError),
+    ("db_updates feed", lambda: rq.db_updates(ORIGIN, {"feed": "x"}), ValueError),
+    ("db_updates since", lambda: rq.db_updates(ORIGIN, {"since": 1.5}), TypeError),
+    ("replicate no target", lambda: rq.replicate(ORIGIN, {"source": "http://a/s"}), TypeError),
+    ("user no name", lambda: rq.create_user(ORIGIN, "", "pw", []), ValueError),
+    ("user no password", lambda: rq.create_user(ORIGIN, "bob", "", []), ValueError),
+    ("user roles str", lambda: rq.create_user(ORIGIN, "bob", "pw", "admin"), TypeError),
+]
+
+
+@pytest.mark.parametrize("build, error", [row[1:] for row in ADMIN_BAD],
+                         ids=[row[0] for row in ADMIN_BAD])
+def test_admin_builder_refuses_bad_arguments(build: Any, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        build()
