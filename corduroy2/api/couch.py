@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from ..backend import Backend, TransportOptions
@@ -18,6 +18,7 @@ from ..protocol.responses import Response, decode_json
 from ..protocol.urls import split_credentials, validate_db_name
 from .calls import Op, Runner, Wait
 from .front_door import FrontDoor
+from .replies import checked_response
 from .status import Status
 
 if TYPE_CHECKING:
@@ -176,6 +177,25 @@ class Couch:
         """``count`` fresh uuids from the server."""
         return self.runner.call(requests.uuids(self.origin, count), callback,
                                 lambda reply: reply["uuids"])
+
+    def request(self, method: str, path: str, query: Mapping[str, Any] | None = None,
+                body: Any = None, headers: Mapping[str, str] | None = None, *,
+                raw: bool = False, callback: Callback = None) -> Any:
+        """Any endpoint, with this handle's credentials, retries, timeouts and typed errors:
+        ``await couch.request("GET", "/_node/_local/_versions")``.
+
+        ``path`` goes on the wire as given: quoted already, starting with ``/``
+        (:func:`~corduroy2.protocol.urls.doc_path` builds document paths). ``query`` is encoded
+        like every call's (``key``, ``startkey``... as JSON). ``body``: bytes or str as they
+        are, anything else as JSON; a ``Content-Type`` in ``headers`` wins. Returns the decoded
+        JSON reply, or with ``raw=True`` the
+        :class:`~corduroy2.protocol.responses.Response` itself (for a reply that is not JSON,
+        or to read its headers). An error status raises its typed error either way. Only
+        ``GET``/``HEAD`` (and ``PUT``/``DELETE`` with a ``rev``) are retried."""
+        request = requests.endpoint(self.origin, method, path, query, body, headers)
+        if raw:
+            return self.runner.run(checked_response(request), callback)
+        return self.runner.call(request, callback)
 
     def create(self, name: str, *, callback: Callback = None, **opts: Any) -> Any:
         """Create database ``name`` and return its :class:`Database`. ``PreconditionFailed`` if
