@@ -448,7 +448,7 @@ def design_function(db: str, kind: str, name: str) -> str:
     if not isinstance(name, str):
         raise TypeError(f"{kind[1:]} function name must be a str like 'ddoc/name', not "
                         f"{type(name).__name__}")
-    ddoc, sep, func = name.partition("/")
+    ddoc, sep, func = name.removeprefix("_design/").partition("/")
     if not sep or not ddoc or not func or "/" in func:
         raise ValueError(f"{kind[1:]} function name must look like 'ddoc/name', got {name!r}")
     return doc_path(db, "_design/" + ddoc) + "/" + kind + "/" + quote(func, safe="")
