@@ -93,7 +93,8 @@ POUCHDB_DEVIATIONS = {
     "no_shards": "_shards and _sync_shards are missing (404 / 400)",
     "no_local_design_docs": "_local_docs and _design_docs are missing (404)",
     "no_view_queries": "POST .../_view/v/queries is missing (400 only_multipart_accepted)",
-    "no_partitions": "partitioned=true is ignored; /db/_partition/... is missing (404)",
+    "no_partitions": ("partitioned=true is ignored; /db/_partition/... is missing (404, "
+                      "400 only_multipart_accepted for POSTs)"),
 }
 
 
