@@ -621,13 +621,6 @@ class Database:
         request = requests.show(self._origin, self.name, name, id, opts)
         return self._runner.run(replies.checked_response(request), callback)
 
-    def list(self, name: str, view: str, *, callback: Callback = None, **opts: Any) -> Any:
-        """Call list function ``"ddoc/list"`` over ``view`` (a view of the same design
-        document, or ``"other/view"``); ``opts`` are the view's options (``keys`` by POST).
-        Returns the :class:`~corduroy2.protocol.responses.Response`."""
-        request = requests.list_view(self._origin, self.name, name, view, opts)
-        return self._runner.run(replies.checked_response(request), callback)
-
     def update(self, name: str, id: str | None = None, body: Any = None, *,
                content_type: str | None = None, callback: Callback = None, **opts: Any) -> Any:
         """Call update handler ``"ddoc/handler"``: on document ``id`` (``PUT``), or without
@@ -641,6 +634,15 @@ class Database:
     def partition(self, name: str) -> Partition:
         """Partition ``name`` of this (partitioned) database; no request is made."""
         return Partition(self, name)
+
+    # Keep `list` the last method of the class: below it, `list[...]` in an annotation would
+    # name this method, not the builtin (mypy: "Function ... is not valid as a type").
+    def list(self, name: str, view: str, *, callback: Callback = None, **opts: Any) -> Any:
+        """Call list function ``"ddoc/list"`` over ``view`` (a view of the same design
+        document, or ``"other/view"``); ``opts`` are the view's options (``keys`` by POST).
+        Returns the :class:`~corduroy2.protocol.responses.Response`."""
+        request = requests.list_view(self._origin, self.name, name, view, opts)
+        return self._runner.run(replies.checked_response(request), callback)
 
 
 def _merge_into(doc: dict[str, Any], merged: dict[str, Any], server: dict[str, Any]) -> None:
