@@ -102,6 +102,18 @@ POUCHDB_DEVIATIONS = {
                                           "stops: cancel:true starts a one-shot one instead",
     "replicate_creates_missing_source": "replicating from a missing source succeeds and "
                                         "creates it (3.x: 404 db_not_found / crashing)",
+    # revisions, maintenance, design functions, partitions (issue 15)
+    "head_etag_not_rev": "a doc's HEAD has a weak ETag (a body hash), not the rev",
+    "bulk_get_missing_empty": "_bulk_get gives {} for a missing doc, not an error entry",
+    "no_missing_revs": "_missing_revs is missing (400 only_multipart_accepted)",
+    "no_purge": "_purge is missing (400 only_multipart_accepted)",
+    "no_compact_ddoc": "_compact/{ddoc} is missing (400 only_multipart_accepted)",
+    "no_revs_limits": "_revs_limit and _purged_infos_limit are missing (404 / 400)",
+    "no_shards": "_shards and _sync_shards are missing (404 / 400)",
+    "no_local_design_docs": "_local_docs and _design_docs are missing (404)",
+    "no_view_queries": "POST .../_view/v/queries is missing (400 only_multipart_accepted)",
+    "no_partitions": ("partitioned=true is ignored; /db/_partition/... is missing (404, "
+                      "400 only_multipart_accepted for POSTs)"),
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import enum
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
@@ -22,6 +22,7 @@ from .changes import ChangesSink, longpoll_timeout, with_heartbeat
 from .front_door import FrontDoor
 from .replication import (DEFAULT_REPLICATOR_DB, Replication, replication_body,
                           write_replicator_doc)
+from .replies import checked_response
 from .status import Status
 from .views import Keep
 
@@ -181,6 +182,25 @@ class Couch:
         """``count`` fresh uuids from the server."""
         return self.runner.call(requests.uuids(self.origin, count), callback,
                                 lambda reply: reply["uuids"])
+
+    def request(self, method: str, path: str, query: Mapping[str, Any] | None = None,
+                body: Any = None, headers: Mapping[str, str] | None = None, *,
+                raw: bool = False, callback: Callback = None) -> Any:
+        """Any endpoint, with this handle's credentials, retries, timeouts and typed errors:
+        ``await couch.request("GET", "/_node/_local/_versions")``.
+
+        ``path`` goes on the wire as given: quoted already, starting with ``/``
+        (:func:`~corduroy2.protocol.urls.doc_path` builds document paths). ``query`` is encoded
+        like every call's (``key``, ``startkey``... as JSON). ``body``: bytes or str as they
+        are, anything else as JSON; a ``Content-Type`` in ``headers`` wins. Returns the decoded
+        JSON reply, or with ``raw=True`` the
+        :class:`~corduroy2.protocol.responses.Response` itself (for a reply that is not JSON,
+        or to read its headers). An error status raises its typed error either way. Only
+        ``GET``/``HEAD`` (and ``PUT``/``DELETE`` with a ``rev``) are retried."""
+        request = requests.endpoint(self.origin, method, path, query, body, headers)
+        if raw:
+            return self.runner.run(checked_response(request), callback)
+        return self.runner.call(request, callback)
 
     def create(self, name: str, *, callback: Callback = None, **opts: Any) -> Any:
         """Create database ``name`` and return its :class:`Database`. ``PreconditionFailed`` if
