@@ -41,7 +41,10 @@ class Sink(Protocol):
     A backend calls ``on_start`` once. Through the pipeline's
     :class:`~corduroy2.pipeline.exchange.Sender`, a request that is not streamed may be sent
     again after its reply's body was cut: its sink then sees ``on_start`` again, and starts
-    over."""
+    over. A sink of a streamed reply that can be picked up where it broke (a changes feed's)
+    has a ``resume()`` method giving the request that continues it: on a cluster, the pipeline
+    sends that to another node when the stream's node fails, and the sink sees ``on_start``
+    again."""
 
     def on_start(self, status: int, headers: Headers) -> None: ...
 

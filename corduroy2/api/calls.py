@@ -106,7 +106,7 @@ class Call:
             self._exchange.cancel()
 
     def status(self, exc: BaseException | None) -> Status:
-        return _status(self.code, self.headers, exc)
+        return _status(self.code, self.headers, exc, self._sender.url)
 
     # -- the sink of the exchange ----------------------------------------------------------
 
@@ -137,8 +137,10 @@ class Call:
             return Response(status, headers, body)
         request = self._request
         if status >= 400:
-            raise make_error(status, headers, body, method=request.method, url=request.url)
-        value = decode_json(body, method=request.method, url=request.url) if body else None
+            raise make_error(status, headers, body, method=request.method,
+                             url=headers.url or request.url)
+        value = (decode_json(body, method=request.method, url=headers.url or request.url)
+                 if body else None)
         return value if self._post is None else self._post(value)
 
     def _settle(self, outcome: Outcome) -> None:
@@ -180,7 +182,7 @@ class Run:
         self._op.close()
 
     def status(self, exc: BaseException | None) -> Status:
-        return _status(self.code, self.headers, exc)
+        return _status(self.code, self.headers, exc, self._sender.url)
 
     def _advance(self, value: Any, error: BaseException | None) -> None:
         if self._state == _FINISHED:
@@ -281,11 +283,16 @@ class Runner:
         return None
 
 
-def _status(code: int | None, headers: Headers | None, exc: BaseException | None) -> Status:
+def _status(code: int | None, headers: Headers | None, exc: BaseException | None,
+            server: str) -> Status:
+    """The Status of a call whose last response had ``code`` and ``headers`` (None: no
+    answer), sent to ``server`` (the node that answered, if the headers say, is shown)."""
     if isinstance(exc, HTTPError):
         code = exc.status
-    return Status(ok=exc is None, code=code,
-                  headers=NO_HEADERS if headers is None else headers, exception=exc)
+    if headers is None or code is None:
+        return Status(ok=exc is None, code=code, headers=headers or NO_HEADERS, exception=exc)
+    return Status(ok=exc is None, code=code, headers=headers, exception=exc,
+                  node=headers.node or server)
 
 
 def _ignore(outcome: Outcome) -> None:

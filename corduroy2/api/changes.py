@@ -15,7 +15,7 @@ from typing import Any
 from ..backend import Cancel, StopTransfer, Transfer
 from ..pipeline.exchange import Sender
 from ..protocol.changes import NEED_DATA, ChangesStream, FeedEnd, Heartbeat
-from ..protocol.requests import Request
+from ..protocol.requests import Request, resume_feed
 from ..protocol.responses import Headers
 from .sinks import Finished, RowConsumer, RowSink
 
@@ -61,6 +61,10 @@ class ChangesSink(RowSink):
     ``limit`` on a continuous feed) is cut off after ``limit`` of them, as if it had ended the
     feed there: ``last_seq`` is then the last delivered change's seq and ``pending`` None. A
     server that honours ``limit`` ends the feed itself, with its own ``last_seq`` line.
+
+    :meth:`resume` gives the request that picks the feed up after the last change received:
+    on a cluster, the pipeline sends it to another node when the feed's node fails, and this
+    sink starts over at ``on_start`` (nothing received is lost or repeated).
     """
 
     __slots__ = ("_feed", "beat", "_left", "_last_seq")
@@ -118,6 +122,7 @@ class ChangesSink(RowSink):
         left = self._left
         if left is None:
             self._consumer.rows(changes)
+            self._last_seq = changes[-1].get("seq", self._last_seq)
             return
         if len(changes) > left:  # more than the limit: the server ignored it
             if left:
@@ -129,6 +134,11 @@ class ChangesSink(RowSink):
         if changes:
             self._consumer.rows(changes)
             self._last_seq = changes[-1].get("seq", self._last_seq)
+
+    def resume(self) -> Request:
+        """The feed's request again, from the last change received (with what is left of its
+        ``limit``)."""
+        return resume_feed(self._request, self._last_seq, self._left)
 
     def _end_early(self, fields: dict[str, Any]) -> None:
         """End the feed here, as if the server had: the consumer's end, then the transfer

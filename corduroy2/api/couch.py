@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import enum
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
@@ -12,6 +12,7 @@ from ..backend import Backend, TransportOptions
 from ..errors import NotFound, PreconditionFailed
 from ..pipeline.auth import AuthArg, CookieAuth, as_auth
 from ..pipeline.exchange import Sender
+from ..pipeline.nodes import Nodes
 from ..pipeline.retry import Retry, as_retry
 from ..protocol import requests
 from ..protocol.requests import Origin, check_headers
@@ -29,9 +30,11 @@ from .views import Keep
 if TYPE_CHECKING:
     from .database import Database
 
-__all__ = ["Couch", "Callback", "UNCHANGED", "CONNECT_TIMEOUT", "IDLE_TIMEOUT"]
+__all__ = ["Couch", "Callback", "URLs", "UNCHANGED", "CONNECT_TIMEOUT", "IDLE_TIMEOUT"]
 
 Callback = Callable[[Any, Status], Any] | None
+#: What ``Couch(url)`` takes: one server's URL, or the URLs of a cluster's nodes.
+URLs = str | Sequence[str]
 C = TypeVar("C", bound="Couch")
 
 
@@ -68,6 +71,12 @@ class Couch:
     :meth:`with_options` makes a handle with other settings over the same connections. Every
     network method accepts ``callback=``; see the calling-conventions chapter of the guide.
 
+    ``url`` may be a list of a cluster's nodes (``Couch([url1, url2, url3])``): requests go to
+    the first node that answers; a node that refuses connections or sends nothing within the
+    timeouts is set aside for a while, and the request goes to the next node (at once for
+    what is safe to send twice; a POST only when it never reached a server). ``url`` is then
+    the first node's URL and ``nodes`` lists them all. See the guide's chapter on clusters.
+
     Each handle has its plumbing in public attributes, for :class:`Database` and extensions:
     ``backend`` (the transport), ``sender`` (the pipeline: credentials, retries), ``origin``
     (what its requests are built from) and ``runner`` (runs calls in every calling style).
@@ -80,7 +89,7 @@ class Couch:
 
     def __init__(
         self,
-        url: str = DEFAULT_URL,
+        url: URLs = DEFAULT_URL,
         auth: AuthArg = None,
         *,
         retry: Retry | bool = True,
@@ -94,7 +103,10 @@ class Couch:
         key_file: str | None = None,
         backend: Backend | None = None,
     ) -> None:
-        self.url, url_auth = split_credentials(url)
+        self.nodes, url_auth = _split_nodes(url)
+        self.url = self.nodes[0]
+        # One health record per cluster, shared by every handle made from this one.
+        self._nodes = Nodes(self.nodes) if len(self.nodes) > 1 else None
         self._auth = as_auth(auth if auth is not None else url_auth)
         self._retry = as_retry(retry)
         # Per-handle overrides of the transport's timeouts (None: the backend's own).
@@ -121,7 +133,7 @@ class Couch:
         static = self._auth.static_headers() if self._auth is not None else ()
         check_headers(static)  # a fixed credential that cannot be sent fails here, not per call
         self.origin = Origin(self.url, base + static, self._timeout, self._idle_timeout)
-        self.sender = Sender(self.backend, self.url, self._auth, self._retry, base)
+        self.sender = Sender(self.backend, self.url, self._auth, self._retry, base, self._nodes)
         self.runner = Runner(self.sender)
 
     @property
@@ -268,7 +280,8 @@ class Couch:
 
     def __repr__(self) -> str:
         who = f" as {self._user}" if self._user else ""
-        return f"<{type(self).__module__}.Couch {self.url}{who}>"
+        where = self.url if len(self.nodes) == 1 else " ".join(self.nodes)
+        return f"<{type(self).__module__}.Couch {where}{who}>"
 
     # -- server administration -----------------------------------------------------------------
 
@@ -413,6 +426,26 @@ class Couch:
         """The :class:`~corduroy2.api.replication.Replication` of an existing ``_replicator``
         document (no request)."""
         return Replication(self, id, replicator_db)
+
+
+def _split_nodes(url: URLs) -> tuple[tuple[str, ...], tuple[str, str] | None]:
+    """The node URLs without credentials, and the ``(user, password)`` they carried (the
+    same in every URL that has some)."""
+    urls = [url] if isinstance(url, str) else url
+    if not isinstance(urls, Sequence) or not urls or not all(isinstance(u, str) for u in urls):
+        raise TypeError("url must be a str or a non-empty list of str (a cluster's nodes)")
+    nodes: list[str] = []
+    found: set[tuple[str, str]] = set()
+    for one in urls:
+        node, creds = split_credentials(one)
+        if node in nodes:
+            raise ValueError(f"node {node} is listed twice")
+        nodes.append(node)
+        if creds is not None:
+            found.add(creds)
+    if len(found) > 1:
+        raise ValueError("the node URLs carry different credentials: give auth= instead")
+    return tuple(nodes), next(iter(found), None)
 
 
 def _streamed(request: requests.Request, consumer: Keep) -> Op[Any]:

@@ -116,7 +116,7 @@ class RowSink:
         request = self._request
         if self._parser is None:
             error = make_error(self._status, self._headers, b"".join(self._error_chunks),
-                               method=request.method, url=request.url)
+                               method=request.method, url=self._headers.url or request.url)
             self._report(None, error)
             return
         try:

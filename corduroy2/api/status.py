@@ -18,13 +18,15 @@ class Status:
     ``ok`` is False when the call failed; then ``error`` is the exception class (so
     ``status.error is NotFound`` works), ``exception`` the instance, and ``response`` the decoded
     error body the server sent (None for transport errors). ``code`` is the HTTP status of the
-    last response, or None when no answer arrived.
+    last response, or None when no answer arrived. ``node`` is the server that sent that
+    response (its URL: on a cluster, the node that answered), None when no answer arrived.
     """
 
     ok: bool
     code: int | None = None
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     exception: BaseException | None = None
+    node: str | None = None
 
     @property
     def error(self) -> type[BaseException] | None:

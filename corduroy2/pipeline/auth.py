@@ -386,7 +386,7 @@ class CookieAuth(_Renewable):
                 done(Outcome(error=error))
                 return
             assert status is not None and headers is not None
-            where = {"method": request.method, "url": request.url}
+            where = {"method": request.method, "url": headers.url or request.url}
             try:
                 check_status(status, headers, body, **where)
                 if not self._take_cookie(headers, login=True):

@@ -8,6 +8,10 @@ An attempt ends with a reply (a status and headers) or with a transport error. T
 * :data:`FAIL`: the transport error is final; the caller gets it.
 * :data:`RENEW`: a 401 that fresh credentials may cure: renew them (single-flight), then send
   again. Done at most once per request.
+* :data:`FAILOVER`: send again at once, to another node of the cluster (``Couch([url1,
+  url2...])``): the attempt's node is down or unreachable, and another node has not been tried
+  yet. A request goes to each node at most once this way; after that the retry policy's
+  backoff applies.
 * :class:`RetryAfter`: send again after ``delay`` seconds.
 
 Nothing here does IO or keeps state: the table in ``tests/core/test_decision.py`` is the spec.
@@ -23,11 +27,12 @@ from ..errors import ConnectError, CouchError, Timeout, TransportError
 from ..protocol.requests import Request
 from .retry import Retry, retry_after
 
-__all__ = ["Decision", "Final", "RetryAfter", "DELIVER", "FAIL", "RENEW", "decide"]
+__all__ = ["Decision", "Final", "RetryAfter", "DELIVER", "FAIL", "RENEW", "FAILOVER", "decide"]
 
 
 class Final:
-    """A decision without a parameter: :data:`DELIVER`, :data:`FAIL` or :data:`RENEW`."""
+    """A decision without a parameter: :data:`DELIVER`, :data:`FAIL`, :data:`RENEW` or
+    :data:`FAILOVER`."""
 
     __slots__ = ("name",)
 
@@ -41,6 +46,7 @@ class Final:
 DELIVER = Final("DELIVER")
 FAIL = Final("FAIL")
 RENEW = Final("RENEW")
+FAILOVER = Final("FAILOVER")
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,7 @@ def decide(
     retries: int,
     elapsed: float,
     renewable: bool,
+    other_node: bool = False,
     jitter: Callable[[], float] = random.random,
 ) -> Decision:
     """What to do after an attempt of ``request`` that ended with ``error`` (a transport
@@ -71,6 +78,7 @@ def decide(
     ``policy``: the retry policy (None: never retry). ``retries``: retries made so far.
     ``elapsed``: seconds since the first attempt. ``renewable``: a 401 may be cured by renewing
     the credentials (the handle's auth can renew and has not yet done so for this request).
+    ``other_node``: the cluster has a node this request has not been sent to yet.
     """
     if error is None:
         assert status is not None
@@ -78,10 +86,26 @@ def decide(
             return DELIVER
         if status == 401 and renewable:
             return RENEW
+    elif other_node and _may_fail_over(request, status, error, policy, elapsed):
+        return FAILOVER
     delay = _retry_delay(request, status, headers, error, policy, retries, jitter)
     if delay is None or (policy is not None and elapsed + delay > policy.deadline):
         return FAIL if error is not None else DELIVER
     return RetryAfter(delay)
+
+
+def _may_fail_over(request: Request, status: int | None, error: CouchError,
+                   policy: Retry | None, elapsed: float) -> bool:
+    """Whether a transport failure may be retried on another node right away."""
+    if policy is None or elapsed > policy.deadline or not isinstance(error, TransportError):
+        return False
+    if isinstance(error, ConnectError):
+        return True  # it never reached a server, whatever its method
+    if not policy.allows(request):
+        return False
+    # A node that sent nothing within the time allowed is taken for dead; a reply that began
+    # and then went silent spent the time allowed for the call.
+    return not isinstance(error, Timeout) or status is None
 
 
 def _retry_delay(request: Request, status: int | None, headers: Mapping[str, str] | None,

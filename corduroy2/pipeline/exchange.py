@@ -7,14 +7,20 @@ For one request, an :class:`Exchange`
 3. shows the reply's headers to the auth provider (a refreshed cookie);
 4. asks :func:`~corduroy2.pipeline.decision.decide` what the attempt's end means and does it:
    deliver the reply to the caller's sink, fail with the transport error, renew the credentials
-   then send again, or wait then send again.
+   then send again, send again to another node of a cluster, or wait then send again.
+
+On a cluster (``Couch([url1, url2...])``, a Sender with :class:`~corduroy2.pipeline.nodes.Nodes`)
+each attempt goes to the node :class:`~corduroy2.pipeline.nodes.Nodes` picks, its URL prefix
+swapped; an attempt that finds its node down sets the node aside. The reply's
+:class:`~corduroy2.protocol.responses.Headers` carry the node that answered (``node``) and the
+URL it answered (``url``), for ``Status.node`` and the URL in errors.
 
 The decision for a reply is made when its status arrives. A reply to deliver goes to the
 caller's sink as it arrives; one to retry (a 503, a 401 to renew) is read to its end and
 dropped. Should a delivered body be cut, a streamed request fails (its consumer has seen part of
 it), while any other request may be sent again: its sink then gets ``on_start`` again and starts
-over. Each attempt is logged at DEBUG on the ``corduroy2`` logger (method, URL, status,
-duration; never headers), retries and renewals at INFO.
+over. Each attempt is logged at DEBUG on the ``corduroy2`` logger (method, URL with its node,
+status, duration; never headers), retries, renewals and failovers at INFO.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from ..errors import CouchError, TransportError
 from ..protocol.requests import Request
 from ..protocol.responses import Headers
 from .auth import Auth, HeaderList, _Flight
-from .decision import DELIVER, FAIL, RENEW, Decision, RetryAfter, decide
+from .decision import DELIVER, FAIL, FAILOVER, RENEW, Decision, RetryAfter, decide
+from .nodes import Nodes, node_down
 from .retry import Retry
 
 __all__ = ["Sender", "Exchange"]
@@ -39,13 +46,16 @@ log = logging.getLogger("corduroy2")
 
 
 class Sender:
-    """A handle's way out: its backend, auth provider and retry policy. Handles made by
-    ``with_options`` have their own Sender over the same backend."""
+    """A handle's way out: its backend, auth provider and retry policy, and a cluster's
+    ``nodes`` (None for one server). Handles made by ``with_options`` have their own Sender
+    over the same backend and nodes. ``url`` is the server (the first node) requests are built
+    against."""
 
     def __init__(self, backend: Backend, url: str, auth: Auth | None, retry: Retry | None,
-                 base_headers: HeaderList = ()) -> None:
+                 base_headers: HeaderList = (), nodes: Nodes | None = None) -> None:
         self.backend = backend
         self.url = url
+        self.nodes = nodes
         self.auth = auth
         self.retry = retry
         #: Headers every request carries whatever the auth (Accept, User-Agent): for the
@@ -59,7 +69,8 @@ class Sender:
         if self.auth is None:
             return self
         if self._bare is None:
-            self._bare = Sender(self.backend, self.url, None, self.retry, self.base_headers)
+            self._bare = Sender(self.backend, self.url, None, self.retry, self.base_headers,
+                                self.nodes)
         return self._bare
 
     def send(self, request: Request, sink: Sink) -> Exchange:
@@ -106,6 +117,10 @@ class Exchange:
     _then: Decision | None = None  # what a reply that is not delivered asked for at its start
     _began = 0.0
     _first = 0.0  # when the first attempt began: the retry deadline counts from there
+    # On a cluster: the attempt's node and URL, and the nodes tried so far (bit i: node i).
+    _node = 0
+    _url: str | None = None
+    _tried = 0
 
     def __init__(self, sender: Sender, request: Request, sink: Sink) -> None:
         self._sender = sender
@@ -181,6 +196,12 @@ class Exchange:
             headers, self._generation = ready
             if headers:
                 request = replace(request, headers=request.headers + headers)
+        nodes = self._sender.nodes
+        if nodes is not None:
+            node = self._node = nodes.pick(self._tried)
+            self._tried |= 1 << node
+            request = nodes.request_for(request, node)
+            self._url = request.url
         self._began = time.monotonic()
         if self._attempts:
             self._new_attempt()
@@ -200,6 +221,10 @@ class Exchange:
         if log.isEnabledFor(logging.DEBUG):
             self._log_attempt()
         error = self._error
+        nodes = self._sender.nodes
+        if nodes is not None and node_down(self._status, error):
+            assert error is not None
+            nodes.failed(self._node, error)
         if error is None:
             if self._delivering:
                 self._finish()
@@ -207,7 +232,9 @@ class Exchange:
                 return
             decision = self._then
         elif self._delivering and self._request.stream:
-            decision = FAIL  # its consumer has seen part of the reply: it is not sent again
+            # Its consumer has seen part of the reply: it is not sent again as it was. A feed
+            # that can pick up where it broke goes on from there on another node.
+            decision = self._resume()
         else:
             decision = self._decide()
         if decision is FAIL:
@@ -215,19 +242,38 @@ class Exchange:
             self._fail(error)
         elif decision is RENEW:
             self._renew()
+        elif decision is FAILOVER:
+            self._fail_over()
         elif isinstance(decision, RetryAfter):
             self._retry(decision.delay)
         else:  # DELIVER after a transport error cannot be: decide() fails those
             raise AssertionError(f"{decision!r} at the end of {self._request!r}")
 
+    def _resume(self) -> Decision:
+        """After a streamed reply broke: on a cluster, carry on with the request its sink
+        gives to pick the stream up (``resume()``, a changes feed's), as a new request: its
+        own retries, deadline and nodes, its status not yet known (so a node that went silent
+        is left like one that never answered)."""
+        resume = getattr(self._sink, "resume", None)
+        if resume is None or self._sender.nodes is None:
+            return FAIL
+        self._request = resume()
+        self._tried = 1 << self._node
+        self._retries = 0
+        self._first = time.monotonic()
+        self._status = self._headers = None
+        return self._decide()
+
     def _decide(self) -> Decision:
         auth = self._sender.auth
+        nodes = self._sender.nodes
         return decide(
             self._request, self._status, self._headers, self._error,
             policy=self._sender.retry,
             retries=self._retries,
             elapsed=time.monotonic() - self._first,
             renewable=auth is not None and not self._renewed and auth.renewable(),
+            other_node=nodes is not None and self._tried != (1 << len(nodes)) - 1,
         )
 
     def _renew(self) -> None:
@@ -247,6 +293,11 @@ class Exchange:
             self._fail(_couch_error(outcome.error))
             return
         self._fresh = True
+        self._attempt()
+
+    def _fail_over(self) -> None:
+        log.info("corduroy2: %s %s: %s; sending it to another node", self._request.method,
+                 self._url, self._describe())
         self._attempt()
 
     def _retry(self, delay: float) -> None:
@@ -271,6 +322,10 @@ class Exchange:
 
     def on_start(self, status: int, headers: Headers) -> None:
         self._status, self._headers = status, headers
+        nodes = self._sender.nodes
+        if nodes is not None:
+            nodes.answered(self._node)
+            headers.node, headers.url = nodes.urls[self._node], self._url
         auth = self._sender.auth
         if auth is not None:
             auth._observe(headers)
@@ -303,7 +358,8 @@ class Exchange:
         self._sink.on_error(error)
 
     def _log_attempt(self) -> None:
-        log.debug("corduroy2: %s %s -> %s (%.1f ms)", self._request.method, self._request.url,
+        log.debug("corduroy2: %s %s -> %s (%.1f ms)", self._request.method,
+                  self._url or self._request.url,
                   self._describe(), (time.monotonic() - self._began) * 1000)
 
     def _describe(self) -> str:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import orjson
 
@@ -748,9 +748,26 @@ def changes(origin: Origin, db: str, opts: Mapping[str, Any]) -> Request:
     if since is not None and not isinstance(since, (str, int)):
         raise TypeError(f"since must be a seq as the server sent it (str or int), not {since!r}")
     path = db_path(db) + "/_changes"
-    if body:
-        return origin.request("POST", path, opts, encode_json(body), stream=True)
+    if body:  # a read, safe to send twice
+        return origin.request("POST", path, opts, encode_json(body), stream=True,
+                              idempotent=True)
     return origin.request("GET", path, opts, stream=True)
+
+
+def resume_feed(request: Request, since: Any, limit: int | None = None) -> Request:
+    """A ``_changes`` (or ``_db_updates``) feed request made again from ``since`` (the last
+    seq received; None: from where it started), and with ``limit`` (what is left of one)
+    when given: the feed goes on where a broken connection left it. The other options, the
+    order of the query and the body are kept."""
+    parts = urlsplit(request.url)
+    replaced = {name for name, value in (("since", since), ("limit", limit)) if value is not None}
+    # The values kept are as they were sent: quoted again as they are, not re-encoded as
+    # options (a "key" passed to a filter function would become JSON twice).
+    kept = urlencode([(name, value) for name, value in parse_qsl(parts.query, True)
+                      if name not in replaced], quote_via=quote)
+    added = encode_query({"since": since, "limit": limit})[1:]
+    query = "&".join(q for q in (kept, added) if q)
+    return replace(request, url=urlunsplit((parts.scheme, parts.netloc, parts.path, query, "")))
 
 
 # -- names ----------------------------------------------------------------------------------

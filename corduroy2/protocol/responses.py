@@ -22,13 +22,19 @@ class Headers(Mapping[str, str]):
 
     ``fields`` is read on first use, not at once: every response gets a ``Headers``, and most
     are never read (a document GET looks at none). So it must not change afterwards.
+
+    On a cluster (``Couch([url1, url2...])``) the pipeline sets ``node``, the node that
+    answered (its base URL), and ``url``, the URL it answered; both are None otherwise (the
+    request's own URL answered).
     """
 
-    __slots__ = ("_pairs", "_index")
+    __slots__ = ("_pairs", "_index", "node", "url")
 
     def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
         self._pairs = fields
         self._index: dict[str, list[str]] | None = None
+        self.node: str | None = None
+        self.url: str | None = None
 
     @property
     def _fields(self) -> dict[str, list[str]]:

@@ -27,7 +27,7 @@ class Couch(api.Couch):
 
     backend_name = "tornado"
 
-    def __init__(self, url: str = api.couch.DEFAULT_URL, auth: AuthArg = None, *,
+    def __init__(self, url: api.couch.URLs = api.couch.DEFAULT_URL, auth: AuthArg = None, *,
                  client: str | None = None, **kwargs: Any) -> None:
         self._client_kind = client
         super().__init__(url, auth, **kwargs)

@@ -26,7 +26,7 @@ class Couch(api.Couch):
 
     backend_name = "twisted"
 
-    def __init__(self, url: str = api.couch.DEFAULT_URL, auth: AuthArg = None, *,
+    def __init__(self, url: api.couch.URLs = api.couch.DEFAULT_URL, auth: AuthArg = None, *,
                  reactor: Any = None, **kwargs: Any) -> None:
         self._reactor = reactor
         super().__init__(url, auth, **kwargs)

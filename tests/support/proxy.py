@@ -5,6 +5,10 @@ is busy. ``cut_after(n)`` makes every open connection close after ``n`` more byt
 server (a cut mid-line when ``n`` is small and random); ``stall()`` stops forwarding on the
 connections open now without closing them (a dead peer that TCP has not noticed), while new
 connections work normally.
+
+As a cluster's node (tests/behaviour/test_failover.py): ``kill()`` closes every connection and
+stops listening (new connections are refused), ``hang()`` keeps accepting connections but
+forwards nothing (a node that stops answering), ``restore()`` puts it back on the same port.
 """
 
 from __future__ import annotations
@@ -20,25 +24,36 @@ class Proxy:
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
         self.port = self._listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._lock = threading.Lock()
         self._pairs: list[_Pair] = []
         self._stopped = threading.Event()
+        self.hanging = False
+        self.held = 0  # connections accepted while hanging
         self.connections = 0
         self.cuts = 0
-        self._thread = threading.Thread(target=self._accept, daemon=True, name="test-proxy")
+        self._listen(self._listener)
+
+    def _listen(self, listener: socket.socket) -> None:
+        listener.settimeout(0.05)
+        self._thread = threading.Thread(target=self._accept, args=(listener,), daemon=True,
+                                        name="test-proxy")
         self._thread.start()
 
-    def _accept(self) -> None:
+    def _accept(self, listener: socket.socket) -> None:
+        held: list[socket.socket] = []  # connections accepted while hanging
         while not self._stopped.is_set():
             try:
-                client, _ = self._listener.accept()
+                client, _ = listener.accept()
             except (TimeoutError, socket.timeout):
                 continue
             except OSError:
-                return
+                break
+            if self.hanging:
+                held.append(client)
+                self.held += 1
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
@@ -49,6 +64,8 @@ class Proxy:
                 self._pairs.append(pair)
                 self.connections += 1
             pair.start()
+        for client in held:
+            client.close()
 
     def cut_after(self, nbytes: int) -> int:
         """Close every open connection after ``nbytes`` more bytes from the server (0: now).
@@ -67,11 +84,29 @@ class Proxy:
             pair.stalled = True
         return len(pairs)
 
+    def kill(self) -> None:
+        """Die: close every connection and refuse new ones until :meth:`restore`."""
+        self.stop()
+
+    def hang(self) -> None:
+        """Stop answering: open connections stall, new ones are accepted and then ignored."""
+        self.hanging = True
+        self.stall()
+
+    def restore(self) -> None:
+        """Come back (after :meth:`kill` or :meth:`hang`) on the same port."""
+        self.hanging = False
+        if not self._stopped.is_set():
+            return
+        self._stopped.clear()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._listen(self._listener)
+
     def stop(self) -> None:
         self._stopped.set()
         self._listener.close()
         with self._lock:
-            pairs = list(self._pairs)
+            pairs, self._pairs = list(self._pairs), []
         for pair in pairs:
             pair.close()
         self._thread.join(2)
