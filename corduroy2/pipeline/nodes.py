@@ -113,10 +113,11 @@ class Nodes:
         another server altogether is left as it is."""
         if node == 0:
             return request
-        first = self.urls[0]
-        if not request.url.startswith(first):
+        first, url = self.urls[0], request.url
+        rest = url[len(first):]
+        if not url.startswith(first) or rest[:1] not in ("", "/", "?"):
             return request
-        return replace(request, url=self.urls[node] + request.url[len(first):])
+        return replace(request, url=self.urls[node] + rest)
 
     def failed(self, node: int, why: CouchError) -> None:
         """The attempt sent to ``node`` found it down: set it aside."""

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from corduroy2.errors import ConnectError, CouchError, ResponseCut, Timeout, TransportError
-from corduroy2.pipeline.decision import DELIVER, FAIL, RENEW, RetryAfter, decide
+from corduroy2.pipeline.decision import DELIVER, FAIL, FAILOVER, RENEW, RetryAfter, decide
 from corduroy2.pipeline.retry import Retry
 from corduroy2.protocol.requests import Request
 from corduroy2.protocol.responses import Headers
@@ -111,6 +111,45 @@ def test_decide(args: tuple[Any, ...], expected: Any) -> None:
     request, status, headers, error, policy, retries, elapsed, renewable = args
     decision = decide(request, status, headers, error, policy=policy, retries=retries,
                       elapsed=elapsed, renewable=renewable, jitter=lambda: HALF)
+    assert decision == expected
+
+
+# On a cluster with a node this request has not tried yet (other_node=True):
+# (request, status, error, policy, elapsed) -> decision
+ELSEWHERE: list[tuple[str, tuple[Any, ...], Any]] = [
+    # No connection: it never reached a server, whatever its method.
+    ("refused GET", (GET, None, refused(), POLICY, 0.0), FAILOVER),
+    ("refused POST", (POST, None, refused(), POLICY, 0.0), FAILOVER),
+    ("refused PUT creating", (PUT_NEW, None, refused(), POLICY, 0.0), FAILOVER),
+    # Nothing came back within the time allowed: the node is taken for dead.
+    ("timeout before a reply, GET", (GET, None, timeout(), POLICY, 0.0), FAILOVER),
+    ("timeout before a reply, POST", (POST, None, timeout(), POLICY, 0.0), FAIL),
+    ("timeout in a reply", (GET, 200, timeout(), POLICY, 0.0), FAIL),
+    # Lost mid-exchange: only what is safe to send twice.
+    ("cut GET", (GET, None, cut(), POLICY, 0.0), FAILOVER),
+    ("cut GET after its status", (GET, 200, cut(), POLICY, 0.0), FAILOVER),
+    ("cut POST", (POST, None, cut(), POLICY, 0.0), FAIL),
+    ("cut POST marked idempotent", (POST_READ, None, cut(), POLICY, 0.0), FAILOVER),
+    ("cut POST, POST allowed", (POST, None, cut(), POST_TOO, 0.0), FAILOVER),
+    ("cut PUT with a rev", (PUT_REV, None, cut(), POLICY, 0.0), FAILOVER),
+    # Failing over does not spend the policy's attempts, but keeps to its deadline and to
+    # retry=False.
+    ("refused, attempts spent", (GET, None, refused(), Retry(attempts=1), 0.0), FAILOVER),
+    ("refused past the deadline", (GET, None, refused(), POLICY, 10.5), FAIL),
+    ("refused without a policy", (GET, None, refused(), None, 0.0), FAIL),
+    ("credentials", (GET, None, other(), POLICY, 0.0), FAIL),
+    # A reply is a reply, whichever node sent it.
+    ("503 GET", (GET, 503, None, POLICY, 0.0), RetryAfter(0.05)),
+    ("404", (GET, 404, None, POLICY, 0.0), DELIVER),
+]
+
+
+@pytest.mark.parametrize("args, expected", [row[1:] for row in ELSEWHERE],
+                         ids=[row[0] for row in ELSEWHERE])
+def test_decide_with_another_node(args: tuple[Any, ...], expected: Any) -> None:
+    request, status, error, policy, elapsed = args
+    decision = decide(request, status, None, error, policy=policy, retries=0, elapsed=elapsed,
+                      renewable=False, other_node=True, jitter=lambda: HALF)
     assert decision == expected
 
 

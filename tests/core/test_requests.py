@@ -309,11 +309,11 @@ BUILDERS: list[tuple[str, Any, str, str, Any, Any, bool]] = [
     ("changes", lambda: rq.changes(ORIGIN, "db", {"since": "3-a", "limit": 1}), "GET",
      f"{H}/db/_changes?since=3-a&limit=1&feed=normal", None, None, True),
     ("changes doc_ids", lambda: rq.changes(ORIGIN, "db", {"doc_ids": ["a"]}), "POST",
-     f"{H}/db/_changes?feed=normal&filter=_doc_ids", {"doc_ids": ["a"]}, None, True),
+     f"{H}/db/_changes?feed=normal&filter=_doc_ids", {"doc_ids": ["a"]}, True, True),
     ("changes selector", lambda: rq.changes(ORIGIN, "db", {"selector": {"a": 1},
                                                             "feed": "continuous"}),
      "POST", f"{H}/db/_changes?feed=continuous&filter=_selector", {"selector": {"a": 1}},
-     None, True),
+     True, True),
 ]
 
 
@@ -516,3 +516,31 @@ ADMIN_BAD: list[tuple[str, Any, type[Exception]]] = [
 def test_admin_builder_refuses_bad_arguments(build: Any, error: type[Exception]) -> None:
     with pytest.raises(error):
         build()
+
+
+# A feed picked up again where it broke (on another node of a cluster): since (and what is
+# left of limit) replaced, every other option, the body and the flags kept as they were sent.
+FEED = rq.changes(ORIGIN, "db", {"feed": "continuous", "since": "now", "heartbeat": 60000,
+                                 "key": "a b", "limit": 10})
+RESUMES: list[tuple[str, Any, Any, int | None, str]] = [
+    ("from a seq", FEED, "5-g1AA/+=", None,
+     f"{H}/db/_changes?feed=continuous&heartbeat=60000&key=%22a%20b%22&limit=10"
+     "&since=5-g1AA%2F%2B%3D"),
+    ("an int seq and what is left of limit", FEED, 7, 3,
+     f"{H}/db/_changes?feed=continuous&heartbeat=60000&key=%22a%20b%22&since=7&limit=3"),
+    ("nothing received yet", FEED, None, None, FEED.url),
+    ("no query of its own", rq.db_updates(ORIGIN, {}), "9", None,
+     f"{H}/_db_updates?feed=normal&since=9"),
+    ("a POST feed", rq.changes(ORIGIN, "db", {"doc_ids": ["a"], "feed": "continuous"}), "3",
+     None, f"{H}/db/_changes?feed=continuous&filter=_doc_ids&since=3"),
+]
+
+
+@pytest.mark.parametrize("request_, since, limit, url", [row[1:] for row in RESUMES],
+                         ids=[row[0] for row in RESUMES])
+def test_resume_feed(request_: Any, since: Any, limit: int | None, url: str) -> None:
+    resumed = rq.resume_feed(request_, since, limit)
+    assert resumed.url == url
+    assert (resumed.method, resumed.body, resumed.headers, resumed.stream, resumed.timeout,
+            resumed.idempotent) == (request_.method, request_.body, request_.headers,
+                                    request_.stream, request_.timeout, request_.idempotent)
