@@ -74,15 +74,16 @@ class Nginx:
     STATUS_PATH = "/_nginx_status"
 
     def __init__(self, locations: Mapping[str, Location], *, workers: int = 1,
-                 cpu: int | None = None) -> None:
+                 cpu: int | None = None, port: int | None = None) -> None:
         """``cpu``: pin the (single) worker to that CPU, so that a client pinned to another one
-        does not compete with it for a core (a benchmark's run-to-run noise)."""
+        does not compete with it for a core (a benchmark's run-to-run noise). ``port``: listen
+        there (None: a free port); a stopped server started again keeps its port."""
         if cpu is not None and workers != 1:
             raise ValueError("cpu= pins a single worker")
         self.locations = dict(locations)
         self.workers = workers
         self.cpu = cpu
-        self.port = 0
+        self.port = port or 0
         self.url = ""
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -133,7 +134,7 @@ http {{
         self._dir = tempfile.TemporaryDirectory(prefix="corduroy2-bench-nginx-")
         root = Path(self._dir.name)
         os.chmod(root, 0o755)
-        self.port = free_port()
+        self.port = self.port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         conf = root / "nginx.conf"
         conf.write_text(self._config(root))
@@ -160,6 +161,11 @@ http {{
                     self.stop()
                     raise RuntimeError("nginx did not start listening within 10 s") from None
                 time.sleep(0.02)
+
+    @property
+    def pid(self) -> int | None:
+        """The master process's pid while running (``SIGSTOP`` it to freeze the server)."""
+        return None if self._proc is None else self._proc.pid
 
     def connections_accepted(self) -> int:
         return connections_accepted(self.port)

@@ -11,7 +11,8 @@ The policy, pure and table-tested (``tests/core/test_nodes.py``):
   connection (``ConnectError``), or a ``Timeout`` before any reply started. A cut body or a slow
   reply says nothing about the node as a whole.
 * :func:`set_aside` / :data:`HEALTHY`: a failed node is set aside for ``base * 2**(n-1)``
-  seconds after its *n*-th failure in a row (capped); one reply makes it healthy again.
+  seconds after its *n*-th failure in a row (capped); a reply once that time is over makes it
+  healthy again.
 * :func:`choose`: the first node (in the caller's order) that is neither set aside nor already
   tried by this request; failing that, the untried one back soonest; failing that, the node
   back soonest. So the first node is used while it answers and the others are standbys, a
@@ -132,10 +133,13 @@ class Nodes:
                     health.failures)
 
     def answered(self, node: int) -> None:
-        """``node`` sent a reply: it is healthy."""
+        """``node`` sent a reply: it is healthy, unless it was set aside since that request
+        left (a reply that was on its way when the node went down says nothing)."""
         if self._healths[node] is HEALTHY:  # the usual case, without the lock
             return
         with self._lock:
+            if self._healths[node].until > self._clock():
+                return
             self._healths[node] = HEALTHY
         log.info("corduroy2: node %s answers again", self.urls[node])
 

@@ -86,6 +86,9 @@ def test_nodes_set_aside_then_back() -> None:
     nodes.failed(0, ConnectError("refused"))  # still down: two seconds now
     clock.now = 3.0
     assert nodes.pick(0) == 1 and nodes.health(0) == Health(2, 3.5)
+    nodes.answered(0)  # a reply sent before it went down: it stays set aside
+    assert nodes.health(0) == Health(2, 3.5)
+    clock.now = 3.6
     nodes.answered(0)
     assert nodes.pick(0) == 0 and nodes.health(0) is HEALTHY
 
