@@ -8,6 +8,7 @@ server exactly as it sent them, never parsed or compared.
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,8 @@ from ..protocol.requests import Request, resume_feed
 from ..protocol.responses import Headers
 from .sinks import Finished, RowConsumer, RowSink
 
-__all__ = ["HEARTBEAT_MS", "with_heartbeat", "longpoll_timeout", "ChangesSink", "ChangesFeed"]
+__all__ = ["HEARTBEAT_MS", "with_heartbeat", "longpoll_timeout", "Delivered", "ChangesSink",
+           "ChangesFeed"]
 
 log = logging.getLogger("corduroy2")
 
@@ -52,6 +54,52 @@ def longpoll_timeout(opts: dict[str, Any]) -> float:
     return asked / 1000 + LONGPOLL_GRACE
 
 
+class Delivered:
+    """A bounded memory of the changes delivered lately, by document id and rev.
+
+    CouchDB's changes feed is at-least-once: on a cluster, a feed resumed on another node, or
+    kept on one while others restart, can send again changes it had sent (shards rewound to a
+    checkpoint: reference/couchdb3.md). A change whose id and rev were delivered already is
+    such a repeat; the rewinds seen are tens of changes, so the last ``size`` are enough.
+    Changes without a rev (``_db_updates`` events) are never taken for repeats.
+    """
+
+    __slots__ = ("_keys", "_order", "_size")
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._keys: set[tuple[str, str]] = set()
+        self._order: collections.deque[tuple[str, str]] = collections.deque()
+        self._size = size
+
+    @staticmethod
+    def _key(change: dict[str, Any]) -> tuple[str, str] | None:
+        try:
+            return change["id"], change["changes"][0]["rev"]
+        except (KeyError, IndexError, TypeError):
+            return None
+
+    def __contains__(self, change: dict[str, Any]) -> bool:
+        return self._key(change) in self._keys
+
+    def add(self, change: dict[str, Any]) -> None:
+        key = self._key(change)
+        if key is None or key in self._keys:
+            return
+        self._keys.add(key)
+        self._order.append(key)
+        if len(self._order) > self._size:
+            self._keys.discard(self._order.popleft())
+
+    def fresh(self, changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``changes`` without the repeats, each remembered as delivered."""
+        kept = []
+        for change in changes:
+            if change not in self:
+                self.add(change)
+                kept.append(change)
+        return kept
+
+
 class ChangesSink(RowSink):
     """A :class:`~corduroy2.api.calls.RowSink` for streamed feeds: changes reach the consumer
     per received chunk; a ``last_seq`` line (or the server closing the feed) ends it, and
@@ -64,18 +112,21 @@ class ChangesSink(RowSink):
 
     :meth:`resume` gives the request that picks the feed up after the last change received:
     on a cluster, the pipeline sends it to another node when the feed's node fails, and this
-    sink starts over at ``on_start`` (nothing received is lost or repeated).
+    sink starts over at ``on_start``. With ``remember`` (a cluster's feed) it drops the changes
+    it has already handed over (:class:`Delivered`), which CouchDB may send again then.
     """
 
-    __slots__ = ("_feed", "beat", "_left", "_last_seq")
+    __slots__ = ("_feed", "beat", "_left", "_last_seq", "_delivered")
 
     def __init__(self, request: Request, consumer: RowConsumer, done: Finished, feed: str,
-                 beat: Callable[[], None] | None = None, limit: int | None = None) -> None:
+                 beat: Callable[[], None] | None = None, limit: int | None = None,
+                 remember: bool = False) -> None:
         super().__init__(request, consumer, done)
         self._feed = feed
         self.beat = beat
         self._left = limit
         self._last_seq: Any = None
+        self._delivered = Delivered() if remember else None
 
     def on_start(self, status: int, headers: Headers) -> None:
         self._status, self._headers = status, headers
@@ -119,6 +170,10 @@ class ChangesSink(RowSink):
                 self._hand_over([event.value])
 
     def _hand_over(self, changes: list[dict[str, Any]]) -> None:
+        if self._delivered is not None:
+            changes = self._delivered.fresh(changes)
+            if not changes:
+                return
         left = self._left
         if left is None:
             self._consumer.rows(changes)
@@ -196,7 +251,8 @@ class ChangesFeed:
 
     def start(self) -> ChangesFeed:
         self.listening = True
-        sink = ChangesSink(self._request, self, self._finished, self._feed, limit=self._limit)
+        sink = ChangesSink(self._request, self, self._finished, self._feed, limit=self._limit,
+                           remember=self._sender.nodes is not None)
         self._transfer = sink.keep_transfer(self._sender.send(self._request, sink))
         return self
 

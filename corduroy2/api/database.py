@@ -427,10 +427,11 @@ class Database:
         if feed not in ("continuous", "eventsource"):
             raise ValueError("iter_changes() reads a continuous or eventsource feed")
         request = requests.changes(self._origin, self.name, with_heartbeat(opts))
+        cluster = self.couch.sender.nodes is not None  # a feed that may resume elsewhere
         return self.couch.front_door.iterate(
             self.couch.sender, request, _identity, high_water,
             lambda req, consumer, done: ChangesSink(req, consumer, done, feed,
-                                                    limit=_limit(opts)),
+                                                    limit=_limit(opts), remember=cluster),
         )
 
     def follow(self, handler: Callable[[dict[str, Any]], Any], **kwargs: Any) -> Any:

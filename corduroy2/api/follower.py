@@ -8,7 +8,10 @@ seq whose handler completed:
 * a stalled connection: the server is asked for heartbeats and the request carries an idle
   timeout a few heartbeats long, so silence ends in ``Timeout`` and a reconnect;
 * errors that another try cannot fix (400, 401, 403, 404 such as a deleted database): reported
-  to ``on_error``, then the follower stops instead of looping forever.
+  to ``on_error``, then the follower stops instead of looping forever;
+* a change handled already (the same document id and rev) is not handed over again: CouchDB's
+  feed is at-least-once, and on a cluster a feed resumed on another node (or kept on one while
+  others restart) can repeat changes (:class:`~corduroy2.api.changes.Delivered`).
 
 Changes are handed to ``handler(change)`` one at a time, in order. A handler may return a
 Future/Deferred/coroutine: the next change waits for it, and the transport is paused when
@@ -38,7 +41,7 @@ from ..backend import Cancel, Outcome, Transfer
 from ..errors import Conflict, HTTPError, NotFound
 from ..protocol import requests
 from .calls import Op
-from .changes import ChangesSink
+from .changes import ChangesSink, Delivered
 from .status import Status
 
 if TYPE_CHECKING:
@@ -101,6 +104,7 @@ class ChangesFollower:
         self._high = high_water
         self._attempt = 0
         self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._delivered = Delivered()  # changes handled lately, not handed over again
         self._busy = False
         self._paused = False
         self._end_seq: Any = None
@@ -250,6 +254,9 @@ class ChangesFollower:
             if self._paused and len(self._queue) <= self._high // 2 and self._transfer:
                 self._paused = False
                 self._transfer.resume()
+            if change in self._delivered:  # a repeat: the feed's position moves on only
+                self.seq = change.get("seq", self.seq)
+                continue
             try:
                 result = self._handler(change)
             except Exception as exc:
@@ -272,6 +279,7 @@ class ChangesFollower:
             self._fail(outcome.error)
             return
         self.seq = change.get("seq", self.seq)
+        self._delivered.add(change)
         self._ckpt_pending += 1
         if self._stopping:
             self._settle_stop()

@@ -119,7 +119,7 @@ class ThreadedChangesFeed(ChangesFeed):
 
     def _read(self) -> None:
         sink = ChangesSink(self._request, self, self._finished, self._feed, beat=self._beat,
-                           limit=self._limit)
+                           limit=self._limit, remember=self._sender.nodes is not None)
         self._sender.send(self._request, sink)
 
     def _beat(self) -> None:
