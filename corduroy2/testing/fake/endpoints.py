@@ -1237,8 +1237,10 @@ async def _longpoll(ctx: Context, database: Database,
 async def _continuous(ctx: Context, database: Database, query: _ChangesQuery,
                       eventsource: bool = False) -> AsyncIterator[bytes]:
     since, sent = query.since, 0
-    timeout = None if query.heartbeat is not None else (
-        query.timeout if query.timeout is not None else 60.0)
+    # A quiet feed ends after `timeout` (couchdb3.md: "with timeout or limit the feed ends");
+    # heartbeats alone keep it open for good; neither: CouchDB's default changes_timeout.
+    timeout = query.timeout if query.timeout is not None else (
+        None if query.heartbeat is not None else 60.0)
     quiet_since = time.monotonic()
 
     def line(row: dict[str, Any]) -> bytes:
@@ -1269,16 +1271,17 @@ async def _continuous(ctx: Context, database: Database, query: _ChangesQuery,
         if query.descending:
             yield end_line(scanned, pending)
             return
-        wait_for = query.heartbeat if query.heartbeat is not None else (
-            quiet_since + timeout - time.monotonic() if timeout is not None else 60.0)
-        if wait_for <= 0 or not await ctx.wait(database.name, wait_for):
-            if query.heartbeat is not None:
-                yield b"\n"
-                continue
+        left_quiet = quiet_since + timeout - time.monotonic() if timeout is not None else None
+        waits = [w for w in (query.heartbeat, left_quiet) if w is not None]
+        wait_for = min(waits) if waits else 60.0
+        if wait_for > 0 and await ctx.wait(database.name, wait_for):
+            continue
+        if left_quiet is not None and left_quiet <= wait_for:
             with ctx.couch.lock:
-                _, scanned, pending = _pending_changes(database, query, since, 0)
+                _, _, pending = _pending_changes(database, query, since, 0)
             yield end_line(since, pending)
             return
+        yield b"\n"
 
 
 # -- routing --------------------------------------------------------------------------------------
