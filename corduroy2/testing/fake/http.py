@@ -172,6 +172,9 @@ class FakeServer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             while True:
                 try:
@@ -363,13 +366,15 @@ class FakeServer:
         headers.append(f"Content-Length: {len(body) if reply.status != 304 else 0}")
         if close:
             headers.append("Connection: close")
-        writer.write(("\r\n".join(headers) + "\r\n\r\n").encode("latin-1"))
-        if not no_body:
-            if cut is not None and cut < len(body):
-                writer.write(body[:cut])
-                await writer.drain()
-                raise _Cut()
-            writer.write(body)
+        head = ("\r\n".join(headers) + "\r\n\r\n").encode("latin-1")
+        if no_body:
+            body = b""
+        elif cut is not None and cut < len(body):
+            writer.write(head + body[:cut])
+            await writer.drain()
+            raise _Cut()
+        # one write: a head and a body sent apart cost a delayed ACK (40 ms) per request
+        writer.write(head + body)
         await writer.drain()
 
     async def _stream(self, writer: asyncio.StreamWriter, req: Request, reply: Streamed,
@@ -378,34 +383,34 @@ class FakeServer:
         headers.append("Transfer-Encoding: chunked")
         if not keep_alive:
             headers.append("Connection: close")
-        writer.write(("\r\n".join(headers) + "\r\n\r\n").encode("latin-1"))
-        if req.method == "HEAD":
-            await writer.drain()
-            await reply.chunks.aclose()  # type: ignore[attr-defined]
-            writer.write(b"0\r\n\r\n")
-            return
-        await writer.drain()
-        sent = 0
+        # the head goes out with the first chunk, the last chunk with the terminator: writes
+        # that could be one cost a delayed ACK each
+        pending = bytearray(("\r\n".join(headers) + "\r\n\r\n").encode("latin-1"))
         chunks = reply.chunks
+        sent = 0
         try:
+            if req.method == "HEAD":  # the head only: no body, not even the last chunk
+                writer.write(bytes(pending))
+                await writer.drain()
+                return
             async for chunk in chunks:
                 if not chunk:
                     continue
                 if cut is not None and sent + len(chunk) > cut:
-                    part = chunk[:cut - sent]
-                    if part:
-                        writer.write(b"%x\r\n" % len(chunk) + part)
+                    writer.write(bytes(pending) + b"%x\r\n" % len(chunk) + chunk[:cut - sent])
                     await writer.drain()
                     raise _Cut()
                 sent += len(chunk)
-                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                pending += b"%x\r\n%s\r\n" % (len(chunk), chunk)
+                writer.write(bytes(pending))
+                pending.clear()
                 await writer.drain()
         except Refusal as refusal:  # CouchDB's send_chunked_error: the error, then the end
             error = b"\n" + orjson.dumps(refusal.body()) + b"\n"
-            writer.write(b"%x\r\n%s\r\n" % (len(error), error))
+            pending += b"%x\r\n%s\r\n" % (len(error), error)
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
-        writer.write(b"0\r\n\r\n")
+        writer.write(bytes(pending) + b"0\r\n\r\n")
         await writer.drain()
 
 
