@@ -24,7 +24,7 @@ from typing import Any, Union
 
 import orjson
 
-from ..backend import Backend, Cancel, Outcome, Sink, Start, TransportOptions
+from ..backend import Backend, Cancel, Outcome, Sink, Start, Transfer, TransportOptions
 from ..errors import CouchError
 from ..protocol.requests import Request
 from ..protocol.responses import Headers
@@ -52,11 +52,20 @@ Script = Union[Reply, tuple[Any, ...], CouchError]
 
 
 class _Handle:
+    """A :class:`~corduroy2.backend.Transfer` that only remembers what it was told."""
+
     def __init__(self) -> None:
         self.cancelled = False
+        self.paused = False
 
     def cancel(self) -> None:
         self.cancelled = True
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
 
 
 class RecordingBackend(Backend):
@@ -75,7 +84,7 @@ class RecordingBackend(Backend):
         self.script.extend(replies)
         return self
 
-    def send(self, request: Request, sink: Sink) -> Cancel:
+    def send(self, request: Request, sink: Sink) -> Transfer:
         self.requests.append(request)
         if not self.script:
             raise AssertionError(f"unscripted request {request!r}")
@@ -139,7 +148,7 @@ def record_requests(backend: Backend) -> list[Request]:
     sent: list[Request] = []
     send = backend.send
 
-    def recording_send(request: Request, sink: Sink) -> Cancel:
+    def recording_send(request: Request, sink: Sink) -> Transfer:
         sent.append(request)
         return send(request, sink)
 

@@ -785,7 +785,7 @@ def _index_rows(ctx: Context, database: Database, design: Doc, name: str,
     cache_key = (design.id, design.winner.rev, name)
     cached = database.view_cache.get(cache_key)
     if cached is not None and cached[0] == database.seq:
-        return cached[1]
+        return cached[1]  # type: ignore[no-any-return]
     body = design.winner.body or {}
     source = spec["map"]
     if body.get("language") == "query" and isinstance(source, dict):

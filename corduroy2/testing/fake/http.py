@@ -305,7 +305,7 @@ class FakeServer:
                     self.couch.db(db_name)  # 404 before 401, as CouchDB
                     check_access(self.couch, req.user, access, db_name)
                 ctx = Context(self.couch, self._wait)
-                return handler(ctx, req, **params)  # type: ignore[no-any-return]
+                return handler(ctx, req, **params)
         except Refusal as refusal:
             return Reply(refusal.status, refusal.body())
         except Exception as exc:

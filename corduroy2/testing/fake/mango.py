@@ -90,7 +90,7 @@ def _normalise(selector: Any, path: str | None) -> Any:
         if path is None:
             raise bad_request("Selector must be a JSON object", "invalid_selector")
         return ("field", path, "$eq", selector)
-    nodes = []
+    nodes: list[Any] = []
     for key, value in selector.items():
         if key in ("$and", "$or", "$nor"):
             if not isinstance(value, list):
@@ -203,9 +203,9 @@ def _test(op: str, arg: Any, value: Any, raw: bool) -> bool:
     if op == "$exists":
         return arg is True
     if op == "$type":
-        return _TYPES.get(type(value)) == arg
+        return bool(_TYPES.get(type(value)) == arg)
     if op == "$size":
-        return isinstance(value, list) and len(value) == arg
+        return isinstance(value, list) and len(value) == int(arg)
     if op == "$all":
         return isinstance(value, list) and all(
             any(_cmp(v, a, False) == 0 for v in value) for a in arg)
@@ -214,7 +214,7 @@ def _test(op: str, arg: Any, value: Any, raw: bool) -> bool:
             return False
         divisor, remainder = arg
         # Erlang's rem: the result has the dividend's sign
-        return int(abs(value) % abs(divisor)) * (1 if value >= 0 else -1) == remainder
+        return bool(abs(value) % abs(divisor) * (1 if value >= 0 else -1) == remainder)
     if op == "$regex":
         return isinstance(value, str) and arg.search(value) is not None
     if op == "$beginsWith":

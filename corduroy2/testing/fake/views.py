@@ -210,7 +210,7 @@ def select(rows: list[Any], options: ViewOptions, order_of_key: Key,
     if options.descending:
         rows = rows[::-1]
     if options.keys is not None:
-        out = []
+        out: list[Any] = []
         for key in options.keys:
             wanted = order_of_key(key)
             out.extend(r for r in rows if r.order[0] == wanted)
@@ -236,15 +236,15 @@ def select(rows: list[Any], options: ViewOptions, order_of_key: Key,
         if start is None:
             return True
         here = row.order[:len(start)]
-        return here <= start if options.descending else here >= start
+        return bool(here <= start if options.descending else here >= start)
 
     def before_end(row: Any) -> bool:
         if end is None:
             return True
         here = row.order[:len(end)]
         if options.descending:
-            return here >= end if include_hi else here > end
-        return here <= end if include_hi else here < end
+            return bool(here >= end if include_hi else here > end)
+        return bool(here <= end if include_hi else here < end)
 
     offset = 0
     for row in rows:
