@@ -388,7 +388,11 @@ def test_a_long_idle_timeout_on_a_plain_curl_request_is_left_to_libcurl() -> Non
     assert IDLE_TIMEOUT >= CURL_IDLE_MIN
     plain = Request("GET", "http://h/db/doc")
     timers: list[float] = []
-    silences = SilenceWatch(lambda delay, fn: timers.append(delay))  # type: ignore[arg-type,func-returns-value]
+
+    def call_later(delay: float, fn: Any) -> Any:
+        timers.append(delay)
+
+    silences = SilenceWatch(call_later)
     transfer = _Transfer(plain, sink=None, idle=IDLE_TIMEOUT, silences=silences,  # type: ignore[arg-type]
                          curl=True)
     callbacks = transfer.callbacks(curl_client=object())
