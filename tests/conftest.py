@@ -61,19 +61,31 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 
 @dataclass(frozen=True)
 class Server:
-    """The server under test: its URL (no credentials), admin credentials, and flavour."""
+    """The server under test: its URL (no credentials), admin credentials, and flavour
+    (``"couchdb"``, ``"pouchdb"`` or ``"fake"``: corduroy2.testing.FakeCouch)."""
 
     url: str
     auth: tuple[str, str] | None
-    pouchdb: bool
+    flavour: str
+
+    @property
+    def pouchdb(self) -> bool:
+        return self.flavour == "pouchdb"
+
+    @property
+    def fake(self) -> bool:
+        return self.flavour == "fake"
 
     def deviates(self, name: str) -> bool:
         """True where this server is known to differ from CouchDB 3 in the documented way
-        ``name`` (see ../shared/reference/pouchdb-server.md). Tests assert CouchDB 3
-        behaviour and branch on this explicitly, so a real CouchDB runs the strict path."""
-        if name not in POUCHDB_DEVIATIONS:
-            raise KeyError(f"undocumented deviation {name!r}")
-        return self.pouchdb
+        ``name`` (pouchdb-server: ../shared/reference/pouchdb-server.md; the fake: its
+        guide chapter). Tests assert CouchDB 3 behaviour and branch on this explicitly, so a
+        real CouchDB runs the strict path."""
+        if name in POUCHDB_DEVIATIONS:
+            return self.pouchdb
+        if name in FAKE_DEVIATIONS:
+            return self.fake
+        raise KeyError(f"undocumented deviation {name!r}")
 
 
 POUCHDB_DEVIATIONS = {
@@ -116,6 +128,9 @@ POUCHDB_DEVIATIONS = {
                       "400 only_multipart_accepted for POSTs)"),
 }
 
+#: Where corduroy2.testing.FakeCouch differs from CouchDB 3 (none known yet).
+FAKE_DEVIATIONS: dict[str, str] = {}
+
 
 def _probe(url: str, auth: tuple[str, str] | None) -> dict[str, Any]:
     import base64
@@ -132,15 +147,30 @@ def _probe(url: str, auth: tuple[str, str] | None) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[Server]:
-    """``COUCHDB_URL`` (with admin credentials in it) if set, else a pouchdb-server started
-    here on a free loopback port and stopped at the end."""
+    """The server the suite runs against: ``COUCHDB_URL`` (with admin credentials in it) if
+    set; else ``COUCHDB_SERVER=fake`` (corduroy2.testing.FakeCouch, in this process) or
+    ``pouchdb`` (the default: a pouchdb-server started here on a free loopback port)."""
     external = os.environ.get("COUCHDB_URL")
     if external:
         url, auth = split_credentials(external)
         info = _probe(url, auth)
-        yield Server(url, auth, "express-pouchdb" in info)
+        flavour = "pouchdb" if "express-pouchdb" in info else "couchdb"
+        if info.get("vendor", {}).get("name") == "corduroy2.testing.FakeCouch":
+            flavour = "fake"
+        yield Server(url, auth, flavour)
         return
+    kind = os.environ.get("COUCHDB_SERVER", "pouchdb")
+    if kind == "fake":
+        from corduroy2.testing import FakeCouch
+
+        from .support.fake_functions import FUNCTIONS
+
+        with FakeCouch(functions=FUNCTIONS).serve() as fake:
+            yield Server(fake.url, fake.admin, "fake")
+        return
+    if kind != "pouchdb":
+        raise pytest.UsageError(f"COUCHDB_SERVER={kind!r}: expected 'fake' or 'pouchdb'")
     from corduroy2.testing import PouchDBServer
 
     with PouchDBServer(REPO / ".cache") as pouch:
-        yield Server(pouch.url, pouch.admin, True)
+        yield Server(pouch.url, pouch.admin, "pouchdb")
