@@ -28,7 +28,7 @@ BLOCKING_STYLES = ["blocking", "callback", "relax"]
 MATRIX = [(b, s) for b in BACKENDS for s in (BLOCKING_STYLES if b == "blocking" else ASYNC_STYLES)]
 
 
-def make_couch(backend: str, url: str, auth: tuple[str, str] | None, **kwargs: Any) -> Couch:
+def make_couch(backend: str, url: str | list[str], auth: Any, **kwargs: Any) -> Couch:
     """A front-door ``Couch`` for ``backend``; skips (with the reason) if it is not installed."""
     if backend.startswith("tornado"):
         tornado_io = pytest.importorskip("corduroy2.tornado_io", reason="tornado is not installed")
