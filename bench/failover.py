@@ -13,7 +13,8 @@ says which node answered: ``Status.node``).
 * ``--how kill``: the node in use (the one that answered last) is stopped (nginx's fast
   shutdown: connections reset, new ones refused) and started again ``--down`` seconds later.
 * ``--how freeze``: its processes are stopped (SIGSTOP): the kernel still accepts
-  connections, nothing answers, so only the client's timeouts can tell (``--idle-timeout``).
+  connections, nothing answers, so only the client's timeouts can tell (``--idle-timeout``);
+  give ``--down`` more than the idle timeout, or the node is back before anyone notices.
 
 Failover time: from a death to the first request that succeeds on another node. The target is
 the connect timeout plus 100 ms (a refused connection is seen at once; a silent node after the
@@ -45,17 +46,21 @@ class Run:
 
     ok: list[tuple[float, str]] = field(default_factory=list)
     failed: list[tuple[float, str]] = field(default_factory=list)
-    deaths: list[tuple[float, str]] = field(default_factory=list)  # (time, node URL)
+    # (died, node URL, back): when a node died, and when it came back
+    deaths: list[tuple[float, str, float]] = field(default_factory=list)
 
-    def failover_times(self) -> list[float]:
-        """Per death: seconds to the first success on another node (in time order)."""
-        times = []
+    def failover_times(self) -> tuple[list[float], int]:
+        """Per death: seconds to the first success on another node before the node came
+        back; and how many deaths no request noticed (the node was back first)."""
+        times, unnoticed = [], 0
         ok = sorted(self.ok)
-        for when, node in self.deaths:
-            first = next((t for t, n in ok if t >= when and n != node), None)
-            if first is not None:
-                times.append(first - when)
-        return times
+        for died, node, back in self.deaths:
+            first = next((t for t, n in ok if t >= died and n != node), None)
+            if first is not None and first < back:
+                times.append(first - died)
+            else:
+                unnoticed += 1
+        return times, unnoticed
 
 
 def _children(pid: int) -> list[int]:
@@ -113,7 +118,7 @@ def run(nodes: list[Nginx], seconds: float, threads: int, kill_every: float | No
         if time.monotonic() - start >= seconds:
             break
         victim = by_url[last_node[0]]
-        result.deaths.append((time.monotonic(), victim.url))
+        died = time.monotonic()
         if how == "kill":
             victim.stop()
         else:
@@ -123,6 +128,7 @@ def run(nodes: list[Nginx], seconds: float, threads: int, kill_every: float | No
             victim.start()
         else:
             _signal_tree(victim.pid, signal.SIGCONT)
+        result.deaths.append((died, victim.url, time.monotonic()))
     stop.set()
     for worker in workers:
         worker.join(idle_timeout + connect_timeout + 5)
@@ -170,12 +176,14 @@ def main(argv: list[str]) -> int:
                                                            rough, len(rough.deaths))):
         print(f"| {name} | {len(result.ok) / args.seconds:,.0f} | {len(result.failed)} | "
               f"{deaths} |")
-    times = rough.failover_times()
+    times, unnoticed = rough.failover_times()
     target = (args.connect_timeout if args.how == "kill" else args.idle_timeout) + 0.1
     if times:
         print(f"\nfailover (death -> first success on another node), {len(times)} deaths: "
               f"median {statistics.median(times) * 1000:.1f} ms, max {max(times) * 1000:.1f} ms "
               f"(target < {target * 1000:.0f} ms: {'met' if max(times) < target else 'MISSED'})")
+    if unnoticed:
+        print(f"{unnoticed} deaths ended (the node back) before any request moved elsewhere")
     for when, what in rough.failed[:5]:
         print(f"  failed: {what}")
     return 0
