@@ -4,11 +4,12 @@ request succeeds on another node.
 
     python -m bench failover [--seconds 10] [--every 2] [--down 1] [--threads 4]
                              [--how kill|freeze] [--connect-timeout 1] [--idle-timeout 1]
+                             [--backend blocking|tornado-curl|tornado-simple|twisted]
 
 A script, not a test. Each "node" is an nginx (bench/nginx.py) serving the same CouchDB-shaped
-document on its own loopback port: ``Couch([node1, node2, node3])`` on the blocking front door,
-``--threads`` threads each getting the document in a loop (callback style, so each success
-says which node answered: ``Status.node``).
+document on its own loopback port: ``Couch([node1, node2, node3])``, getting the document in
+``--threads`` chains (threads in blocking mode; on an event loop, each answer starts the next
+request), callback style, so each success says which node answered (``Status.node``).
 
 * ``--how kill``: the node in use (the one that answered last) is stopped (nginx's fast
   shutdown: connections reset, new ones refused) and started again ``--down`` seconds later.
@@ -34,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .get_doc import BODY, COUCH_HEADERS, DOC_PATH
+from .get_doc import BODY, COUCH_HEADERS, DOC_PATH, AsyncioMode
 from .nginx import Nginx
 
 NODES = 3
@@ -79,33 +80,82 @@ def _signal_tree(pid: int | None, sig: int) -> None:
     os.kill(pid, sig)
 
 
-def run(nodes: list[Nginx], seconds: float, threads: int, kill_every: float | None,
-        down: float, how: str, connect_timeout: float, idle_timeout: float) -> Run:
-    from corduroy2.blocking import Couch
+def make_couch(backend: str, urls: list[str], **kwargs: Any) -> Any:
+    if backend == "blocking":
+        from corduroy2.blocking import Couch
+    elif backend == "twisted":
+        from corduroy2.twisted_io import Couch  # type: ignore[assignment]
+    else:
+        from corduroy2.tornado_io import Couch  # type: ignore[assignment]
 
-    couch = Couch([n.url for n in nodes], connect_timeout=connect_timeout,
-                  idle_timeout=idle_timeout, max_connections=threads * 2)
+        kwargs["client"] = backend.split("-")[1]
+    return Couch(urls, **kwargs)
+
+
+def run(mode: Any, backend: str, nodes: list[Nginx], seconds: float, threads: int,
+        kill_every: float | None, down: float, how: str, connect_timeout: float,
+        idle_timeout: float) -> Run:
+    couch = make_couch(backend, [n.url for n in nodes], connect_timeout=connect_timeout,
+                       idle_timeout=idle_timeout, max_connections=threads * 2)
     db = couch.database("db")
+    doc_id = DOC_PATH.rsplit("/", 1)[1]
     result = Run()
     stop = threading.Event()
     last_node = [nodes[0].url]
 
+    def got(doc: Any, status: Any) -> None:
+        now = time.monotonic()
+        if status.ok:
+            result.ok.append((now, status.node))
+            last_node[0] = status.node
+        else:
+            result.failed.append((now, repr(status.exception)))
+
     def work() -> None:
-        def got(doc: Any, status: Any) -> None:
-            now = time.monotonic()
-            if status.ok:
-                result.ok.append((now, status.node))
-                last_node[0] = status.node
-            else:
-                result.failed.append((now, repr(status.exception)))
-
         while not stop.is_set():
-            db.get(DOC_PATH.rsplit("/", 1)[1], callback=got)
+            db.get(doc_id, callback=got)
 
-    workers = [threading.Thread(target=work, daemon=True) for _ in range(threads)]
+    def chain(doc: Any, status: Any) -> None:  # on the loop: each answer asks again
+        got(doc, status)
+        if not stop.is_set():
+            db.get(doc_id, callback=chain)
+
+    if mode is None:
+        workers = [threading.Thread(target=work, daemon=True) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        _deaths(result, nodes, last_node, seconds, kill_every, down, how)
+        stop.set()
+        for worker in workers:
+            worker.join(idle_timeout + connect_timeout + 5)
+        couch.close()
+        return result
+    import asyncio
+
+    for _ in range(threads):
+        db.get(doc_id, callback=chain)
+    killer = threading.Thread(target=_deaths, daemon=True,
+                              args=(result, nodes, last_node, seconds, kill_every, down, how))
+    killer.start()
+    while killer.is_alive():
+        mode.run(asyncio.sleep(0.1))
+    stop.set()
+    mode.run(asyncio.sleep(idle_timeout + 0.5))  # the last answers
+    closing = couch.close()
+    if closing is not None:  # Twisted: a Deferred, fired once the connections are closed
+        mode.run(_settled(mode.wait(closing)))
+    return result
+
+
+async def _settled(future: Any) -> None:
+    await future
+
+
+def _deaths(result: Run, nodes: list[Nginx], last_node: list[str], seconds: float,
+            kill_every: float | None, down: float, how: str) -> None:
+    """For ``seconds``: every ``kill_every`` seconds, the node that answered last dies for
+    ``down`` seconds (None: no deaths)."""
     start = time.monotonic()
-    for worker in workers:
-        worker.start()
     by_url = {n.url: n for n in nodes}
     while True:
         left = start + seconds - time.monotonic()
@@ -129,11 +179,6 @@ def run(nodes: list[Nginx], seconds: float, threads: int, kill_every: float | No
         else:
             _signal_tree(victim.pid, signal.SIGCONT)
         result.deaths.append((died, victim.url, time.monotonic()))
-    stop.set()
-    for worker in workers:
-        worker.join(idle_timeout + connect_timeout + 5)
-    couch.close()
-    return result
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -146,6 +191,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--how", choices=["kill", "freeze"], default="kill")
     parser.add_argument("--connect-timeout", type=float, default=1.0)
     parser.add_argument("--idle-timeout", type=float, default=1.0)
+    parser.add_argument("--backend", default="blocking",
+                        choices=["blocking", "tornado-curl", "tornado-simple", "twisted"])
     args = parser.parse_args(argv)
     if not 0 < args.down < args.every:
         parser.error("--down must be > 0 and shorter than --every")
@@ -156,20 +203,24 @@ def main(argv: list[str]) -> int:
     args = _parse(argv)
     log = (lambda text: print(text, file=sys.stderr, flush=True))
     nodes = [Nginx({DOC_PATH: (BODY, COUCH_HEADERS)}) for _ in range(NODES)]
+    mode = None
     try:
         for node in nodes:
             node.start()
-        log(f"three nginx nodes: {' '.join(n.url for n in nodes)}; blocking front door, "
-            f"{args.threads} threads, {args.seconds:g} s per run; connect timeout "
+        log(f"three nginx nodes: {' '.join(n.url for n in nodes)}; {args.backend}, "
+            f"{args.threads} chains, {args.seconds:g} s per run; connect timeout "
             f"{args.connect_timeout:g} s, idle timeout {args.idle_timeout:g} s")
-        calm = run(nodes, args.seconds, args.threads, None, args.down, args.how,
-                   args.connect_timeout, args.idle_timeout)
-        rough = run(nodes, args.seconds, args.threads, args.every, args.down, args.how,
-                    args.connect_timeout, args.idle_timeout)
+        mode = None if args.backend == "blocking" else AsyncioMode()
+        calm = run(mode, args.backend, nodes, args.seconds, args.threads, None, args.down,
+                   args.how, args.connect_timeout, args.idle_timeout)
+        rough = run(mode, args.backend, nodes, args.seconds, args.threads, args.every,
+                    args.down, args.how, args.connect_timeout, args.idle_timeout)
     finally:
         for node in nodes:
             _signal_tree(node.pid, signal.SIGCONT)
             node.stop()
+    if mode is not None:
+        mode.close()
     print(f"| run | requests/s | failed | deaths ({args.how}) |")
     print("|---|---|---|---|")
     for name, result, deaths in (("no deaths", calm, 0), (f"a death every {args.every:g} s",
