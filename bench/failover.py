@@ -199,9 +199,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 def main(argv: list[str]) -> int:
     args = _parse(argv)
-    log = (lambda text: print(text, file=sys.stderr, flush=True))
     nodes = [Nginx({DOC_PATH: (BODY, COUCH_HEADERS)}) for _ in range(NODES)]
     mode = None
     try:
