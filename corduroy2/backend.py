@@ -158,6 +158,10 @@ def tls_meaning(text: str) -> str:
 class Backend(ABC):
     """One instance per :class:`~corduroy2.api.Couch`; shared by its databases."""
 
+    #: Whether :meth:`send` can read a request body from an async iterator (a
+    #: :class:`~corduroy2.protocol.bodies.BodySource` with ``is_async``): an event loop can.
+    async_bodies = True
+
     def __init__(self, options: TransportOptions | None = None) -> None:
         self.options = options or TransportOptions()
 

@@ -268,7 +268,7 @@ class RowIterator:
     # -- consumer side (called by the RowSink) --------------------------------------------------
 
     def header(self, fields: dict[str, Any]) -> None:
-        return None
+        self.fields = fields  # what came before the rows (an attachment's head)
 
     def rows(self, rows: list[Any]) -> None:
         self._queue.extend(map(self._wrap, rows))

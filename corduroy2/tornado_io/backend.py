@@ -35,6 +35,7 @@ from ..backend import (
     Backend, Cancel, Outcome, Sink, Start, TransportOptions, ssl_context, tls_meaning,
 )
 from ..errors import ConnectError, CouchError, ResponseCut, Timeout, TransportError
+from ..protocol.bodies import BodySource
 from ..protocol.requests import Request, check_headers
 from ..protocol.responses import Headers
 from ._repairs import CurlRun, SimpleClient, abandon_with, fetch
@@ -56,6 +57,9 @@ T = TypeVar("T")
 # Both clients apply max_body_size to streamed bodies as well: a long view or feed would die at
 # Tornado's 100 MiB default. Memory is bounded by streaming, not by this.
 _MAX_BODY = 1 << 62
+
+# libcurl's upload buffer (its default is 64 KiB): fewer READFUNCTION calls per megabyte.
+_UPLOAD_BUFFER = 256 * 1024
 
 # libcurl error numbers (curl/curl.h), by what they mean for the caller.
 _CURL_CONNECT = {5, 6, 7, 35, 51, 53, 54, 58, 59, 60, 77, 80, 83, 90, 91}
@@ -108,6 +112,91 @@ class _IdleWatch:
             self._expired()
 
 
+class _Upload:
+    """A streamed request body (a :class:`~corduroy2.protocol.bodies.BodySource`) for either
+    client, each piece taken only when the connection wants more.
+
+    Simple client: :meth:`produce` is the request's ``body_producer``; it awaits each
+    ``write``, whose Future resolves once the piece is on its way, so that at most a piece or
+    so waits in memory. Curl: :meth:`prepare_curl` gives libcurl a ``READFUNCTION``, which
+    libcurl calls when its upload buffer has room. A synchronous source is read right there
+    (a file read); an async one is awaited on the loop meanwhile: the read answers
+    ``READFUNC_PAUSE`` and the transfer is resumed (``curl_easy_pause``) when the piece has
+    come, and the next piece is asked for as soon as one has been handed over.
+    """
+
+    def __init__(self, source: BodySource, heard: Callable[[], None]) -> None:
+        self._source = source
+        self._heard = heard
+        self._pending = memoryview(b"")  # what is left of the piece being sent (curl)
+        self._ended = False
+        self._fetching = False
+        self._run: CurlRun | None = None
+        #: Why the curl transfer was aborted by :meth:`_read` (the source failed).
+        self.error: CouchError | None = None
+
+    async def produce(self, write: Callable[[bytes], Awaitable[None]]) -> None:
+        source = self._source
+        while True:
+            piece = await source.anext_piece() if source.is_async else source.next_piece()
+            if piece is None:
+                return
+            self._heard()
+            await write(piece)
+
+    def prepare_curl(self, curl: Any, run: CurlRun) -> None:
+        self._run = run
+        length = self._source.length
+        curl.setopt(pycurl.READFUNCTION, self._read)
+        # libcurl rewinds a body to send it again on a fresh connection; this one cannot be.
+        curl.setopt(pycurl.SEEKFUNCTION, lambda offset, origin: pycurl.SEEKFUNC_CANTSEEK)
+        curl.setopt(pycurl.INFILESIZE_LARGE, -1 if length is None else length)
+        curl.setopt(pycurl.UPLOAD_BUFFERSIZE, _UPLOAD_BUFFER)
+
+    def _read(self, size: int) -> bytes | int:
+        """libcurl's ``READFUNCTION``: up to ``size`` bytes; b"" at the end."""
+        if not self._pending:
+            if self._source.is_async:
+                if self.error is not None:
+                    return pycurl.READFUNC_ABORT
+                if self._ended:
+                    return b""
+                self._fetch()
+                return pycurl.READFUNC_PAUSE
+            try:
+                piece = self._source.next_piece()
+            except CouchError as exc:
+                self.error = exc
+                return pycurl.READFUNC_ABORT
+            if piece is None:
+                return b""
+            self._pending = memoryview(piece)
+        self._heard()
+        out, self._pending = self._pending[:size], self._pending[size:]
+        if not self._pending and self._source.is_async:
+            self._fetch()  # ask for the next piece while libcurl sends this one
+        return bytes(out)
+
+    def _fetch(self) -> None:
+        if self._fetching or self._ended:
+            return
+        self._fetching = True
+        gen.convert_yielded(self._source.anext_piece()).add_done_callback(self._fetched)
+
+    def _fetched(self, future: Future[bytes | None]) -> None:
+        self._fetching = False
+        try:
+            piece = future.result()
+        except CouchError as exc:
+            self.error, piece = exc, None
+        if piece is None:
+            self._ended = True
+        else:
+            self._pending = memoryview(piece)
+        if self._run is not None:
+            self._run.resume()  # PAUSE_CONT: libcurl reads again
+
+
 class _Transfer:
     """One request: its handle for the caller (cancel, pause, resume) and its delivery to the
     sink, from Tornado's callbacks.
@@ -144,8 +233,10 @@ class _Transfer:
         # libcurl itself (LOW_SPEED_LIMIT/LOW_SPEED_TIME, rounded up to whole seconds), which
         # spares a loop timer and a Python call per header line and piece: with the default
         # idle timeout, bench get --instructions tornado-curl c=1 24.9% -> 6.1% overhead.
+        self.upload = (_Upload(request.body, self._heard)
+                       if isinstance(request.body, BodySource) else None)
         self._curl_low_speed = (math.ceil(idle) if curl and idle and idle >= CURL_IDLE_MIN
-                                and not request.stream else None)
+                                and not request.stream and self.upload is None else None)
         watched = bool(idle) and self._curl_low_speed is None
         self._watch = _IdleWatch(idle, self._expired) if idle and watched else None
         self._started = False
@@ -169,8 +260,10 @@ class _Transfer:
         elif self._curl_low_speed is not None:
             return {"prepare_curl_callback": functools.partial(_quiet_unless_silent,
                                                                self._curl_low_speed)}
-        else:
+        elif self.upload is None:
             return {}
+        else:
+            callbacks = {}  # an upload: curl's transfer needs prepare_curl
         if curl_client is not None:
             callbacks["prepare_curl_callback"] = functools.partial(self.prepare_curl,
                                                                    curl_client)
@@ -225,6 +318,8 @@ class _Transfer:
         _quiet(curl)
         self._curl = CurlRun(client, curl)
         self.abort = self._curl.abort
+        if self.upload is not None:
+            self.upload.prepare_curl(curl, self._curl)
 
     def fetched(self, response: HTTPResponse) -> None:
         """The fetch's end: its response, whatever its status; Tornado's code 599 is a failure
@@ -232,7 +327,8 @@ class _Transfer:
         if self.cancelled:
             return
         if response.code == 599 and response.error is not None:
-            self.fail(_map_error(response.error, self._request))
+            upload_error = self.upload.error if self.upload is not None else None
+            self.fail(upload_error or _map_error(response.error, self._request))
             return
         if self._watch is not None:
             self._watch.stop()
@@ -408,11 +504,25 @@ class TornadoBackend(Backend):
                          http: AsyncHTTPClient) -> HTTPRequest:
         """The HTTPRequest for ``request``; what all requests share is in the client's
         defaults (_defaults)."""
+        headers = _headers(request.headers)
+        body = request.body
+        upload: dict[str, Any] = {}
+        if isinstance(body, BodySource):
+            length, body = body.length, None
+            if self._curl:  # libcurl is given the length itself (_Upload.prepare_curl)
+                if length is None:
+                    headers["Transfer-Encoding"] = "chunked"
+            else:
+                assert transfer.upload is not None
+                upload["body_producer"] = transfer.upload.produce
+                if length is not None:  # else Tornado sends it chunked
+                    headers["Content-Length"] = str(length)
         tornado_request = HTTPRequest(
             request.url,
             method=request.method,
-            headers=_headers(request.headers),
-            body=request.body,
+            headers=headers,
+            body=body,
+            **upload,
             # 0 = no limit for both clients; Tornado's own default (20 s) would cut feeds.
             request_timeout=request.timeout or self.options.request_timeout or 0,
             **transfer.callbacks(http if self._curl else None),
@@ -516,6 +626,8 @@ class _Abandoned(Exception):
 
 def _map_error(exc: BaseException, request: Request) -> CouchError:
     """One map from Tornado's and libcurl's errors to corduroy2's transport errors."""
+    if isinstance(exc, CouchError):  # a streamed request body failed (BodySource)
+        return exc
     where: dict[str, str] = {"method": request.method, "url": request.url}
     err: CouchError
     if isinstance(exc, HTTPTimeoutError):

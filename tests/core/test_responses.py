@@ -70,6 +70,7 @@ STATUS_TABLE: list[tuple[int, type[errors.HTTPError]]] = [
     (412, errors.PreconditionFailed),
     (413, errors.RequestEntityTooLarge),
     (415, errors.UnsupportedMediaType),
+    (416, errors.RangeNotSatisfiable),
     (429, errors.TooManyRequests),
     (500, errors.ServerError),
     (501, errors.ServerError),
