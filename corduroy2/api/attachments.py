@@ -16,6 +16,8 @@ which pauses the transfer while its reader is behind (``Database.iter_attachment
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import mimetypes
 from collections.abc import Callable, Mapping
@@ -228,17 +230,22 @@ def put(runner: Runner, origin: Origin, db: str, doc: Any, name: str, data: Any,
     body, content_type = upload_body(data, name, content_type, async_bodies)
     request = requests.put_attachment(origin, db, doc["_id"], doc.get("_rev"), name, body,
                                       content_type)
-    length = len(body) if isinstance(body, bytes) else body.length
+    # The stub written into doc, so that saving doc later keeps the attachment. CouchDB
+    # matches a stub by name and revpos; PouchDB by digest, known here only for bytes (a
+    # streamed body is not hashed: that would cost as much as sending it).
+    stub: dict[str, Any] = {"content_type": content_type, "stub": True}
+    if isinstance(body, bytes):
+        stub["length"] = len(body)
+        stub["digest"] = "md5-" + base64.b64encode(hashlib.md5(body).digest()).decode()
+    elif body.length is not None:
+        stub["length"] = body.length
 
     def op() -> Op[Any]:
         reply = yield request
         rev = reply.get("rev")
         if rev:
             doc["_rev"] = rev
-            stub: dict[str, Any] = {"content_type": content_type, "stub": True,
-                                    "revpos": int(rev.partition("-")[0])}
-            if length is not None:
-                stub["length"] = length
+            stub["revpos"] = int(rev.partition("-")[0])
             doc.setdefault("_attachments", {})[name] = stub
         return reply
 

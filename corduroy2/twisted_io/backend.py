@@ -278,9 +278,10 @@ class _Transfer(Protocol):
             for name, values in response.headers.getAllRawHeaders()
             for value in values
         )
-        if response.length is not UNKNOWN_LENGTH:
-            # Twisted keeps Content-Length out of the headers (as response.length): put it
-            # back, as the other backends report it (an attachment's length).
+        if response.length is not UNKNOWN_LENGTH and response.code not in (204, 304) and \
+                not response.headers.hasHeader(b"content-length"):
+            # Twisted keeps Content-Length out of the headers (as response.length; a HEAD's
+            # stays): put it back, as the other backends report it (an attachment's length).
             fields = itertools.chain(fields, (("Content-Length", str(response.length)),))
         self._heard()
         self.sink.on_start(response.code, Headers(fields))
