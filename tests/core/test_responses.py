@@ -81,7 +81,6 @@ STATUS_TABLE: list[tuple[int, type[errors.HTTPError]]] = [
     (402, errors.HTTPError),
     (406, errors.HTTPError),
     (410, errors.HTTPError),
-    (416, errors.HTTPError),
     (417, errors.HTTPError),
     (418, errors.HTTPError),
     (499, errors.HTTPError),
