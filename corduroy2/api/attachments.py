@@ -20,6 +20,7 @@ import base64
 import hashlib
 import io
 import mimetypes
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,7 @@ from .calls import Op, Raw, Runner, Stream
 from .sinks import RowConsumer, RowSink
 
 __all__ = ["Attachment", "AttachmentSink", "upload_body", "put", "get", "info", "delete",
-           "download_request", "FILE_PIECE"]
+           "download_request", "parse_range", "FILE_PIECE"]
 
 #: What one read of an uploaded file asks for.
 FILE_PIECE = 256 * 1024
@@ -326,3 +327,17 @@ def info(runner: Runner, request: Request, callback: Any) -> Any:
 def _stream(step: Stream) -> Op[Any]:
     value = yield step
     return value
+
+
+_RANGE = re.compile(r"bytes=(\d+)-(\d*)")
+
+
+def parse_range(header: str | None) -> tuple[int, int | None] | None:
+    """``(start, end)`` of a browser's ``Range: bytes=start-end`` (one range), else None:
+    several ranges, suffix ranges (``bytes=-500``) and anything malformed are ignored, so the
+    whole body is sent, as HTTP allows. For the web handlers."""
+    match = _RANGE.fullmatch(header.strip()) if header else None
+    if match is None:
+        return None
+    start, end = int(match[1]), int(match[2]) if match[2] else None
+    return None if end is not None and end < start else (start, end)

@@ -179,6 +179,7 @@ class SlowWriter:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.sent = 0
+        self.cut = threading.Event()  # the client closed the connection before the end
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -189,14 +190,14 @@ class SlowWriter:
             while b"\r\n\r\n" not in request:
                 request += conn.recv(65536)
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-                         b"Content-Length: %d\r\n\r\n" % TOTAL)
+                         b"ETag: \"x\"\r\nContent-Length: %d\r\n\r\n" % TOTAL)
             piece = b"y" * PIECE
             try:
                 for _ in range(TOTAL // PIECE):
                     conn.sendall(piece)
                     self.sent += PIECE
             except OSError:
-                pass
+                self.cut.set()
 
 
 async def test_iter_attachment_pauses_the_download(backend: str, harness: Any) -> None:
