@@ -282,8 +282,10 @@ def download_request(origin: Origin, db: str, doc_or_id: Any, name: str, rev: st
                      method: str = "GET") -> Request:
     """The GET (or HEAD) of an attachment, checked now: the name, and with a document that
     has the attachment's stub, a range starting past its length (ValueError)."""
+    doc_id: Any
+    stub: Any = None
     if isinstance(doc_or_id, str):
-        doc_id, stub = doc_or_id, None
+        doc_id = doc_or_id
     elif isinstance(doc_or_id, Mapping):
         doc_id = doc_or_id.get("_id")
         if doc_id is None:

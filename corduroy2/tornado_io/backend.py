@@ -58,6 +58,10 @@ T = TypeVar("T")
 # Tornado's 100 MiB default. Memory is bounded by streaming, not by this.
 _MAX_BODY = 1 << 62
 
+# What a READFUNCTION answers to abort the transfer, or to pause it until curl_easy_pause.
+_READ_ABORT: int = pycurl.READFUNC_ABORT if pycurl is not None else 0
+_READ_PAUSE: int = pycurl.READFUNC_PAUSE if pycurl is not None else 0
+
 # libcurl's upload buffer (its default is 64 KiB): fewer READFUNCTION calls per megabyte.
 _UPLOAD_BUFFER = 256 * 1024
 
@@ -158,16 +162,16 @@ class _Upload:
         if not self._pending:
             if self._source.is_async:
                 if self.error is not None:
-                    return pycurl.READFUNC_ABORT
+                    return _READ_ABORT
                 if self._ended:
                     return b""
                 self._fetch()
-                return pycurl.READFUNC_PAUSE
+                return _READ_PAUSE
             try:
                 piece = self._source.next_piece()
             except CouchError as exc:
                 self.error = exc
-                return pycurl.READFUNC_ABORT
+                return _READ_ABORT
             if piece is None:
                 return b""
             self._pending = memoryview(piece)

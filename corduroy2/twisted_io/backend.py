@@ -501,7 +501,7 @@ class TwistedBackend(Backend):
             transfer._end(_refusal(exc, request))
             return transfer
         body = request.body
-        producer: IBodyProducer | None = (
+        producer: _StreamProducer | _BytesProducer | None = (
             None if body is None else _StreamProducer(body) if isinstance(body, BodySource)
             else _BytesProducer(body))
         requesting = self._get_agent().request(

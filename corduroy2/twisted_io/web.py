@@ -115,7 +115,7 @@ class AttachmentResource(Resource):
 
     def locate(self, request: Request) -> tuple[str, str] | None:
         """``(doc id, attachment name)`` for ``request``, or None (404)."""
-        segments = [unquote(s.decode("utf-8", "replace")) for s in request.postpath]
+        segments = [unquote(s.decode("utf-8", "replace")) for s in request.postpath or ()]
         if len(segments) < 2 or not segments[0] or not segments[-1]:
             return None
         return segments[0], "/".join(segments[1:])
