@@ -64,6 +64,8 @@ _READ_PAUSE: int = pycurl.READFUNC_PAUSE if pycurl is not None else 0
 
 # libcurl's upload buffer (its default is 64 KiB): fewer READFUNCTION calls per megabyte.
 _UPLOAD_BUFFER = 256 * 1024
+# libcurl's receive buffer for streamed replies (see _Transfer.prepare_curl).
+_STREAM_BUFFER = 256 * 1024
 
 # libcurl error numbers (curl/curl.h), by what they mean for the caller.
 _CURL_CONNECT = {5, 6, 7, 35, 51, 53, 54, 58, 59, 60, 77, 80, 83, 90, 91}
@@ -324,6 +326,13 @@ class _Transfer:
         self.abort = self._curl.abort
         if self.upload is not None:
             self.upload.prepare_curl(curl, self._curl)
+        if self._request.stream:
+            # libcurl hands a streamed body over in pieces of at most BUFFERSIZE (16 KiB by
+            # default): each piece costs a trip through the sink and the iterator. Measured
+            # with bench attachments (256 MiB down through iter_attachment): 0.75x the raw
+            # transport's MB/s with 16 KiB, 0.93-1.01x with this. A piece is still handed over
+            # as soon as it is read, so a feed's lines are not held back.
+            curl.setopt(pycurl.BUFFERSIZE, _STREAM_BUFFER)
 
     def fetched(self, response: HTTPResponse) -> None:
         """The fetch's end: its response, whatever its status; Tornado's code 599 is a failure
