@@ -259,3 +259,17 @@ def test_file_length_is_what_is_left_of_a_seekable_binary_file() -> None:
     text, _ = upload_body(io.StringIO("h\u00e9"), "x.txt", None)
     assert isinstance(text, BodySource) and text.length is None  # its encoded size: unknown
     assert b"".join(text) == "h\u00e9".encode()
+
+
+async def test_closing_ends_a_pending_next(h: Harness, fault: WatchedFaultServer) -> None:
+    """An attachment handler closes the download when its browser leaves, maybe while it waits
+    for the next chunk: that wait ends (StopAsyncIteration) instead of hanging forever."""
+    if h.blocking:
+        pytest.skip("a blocking iterator's next() runs on the caller's thread")
+    fault.add("GET", "/db/d/a", Reply(body=b"late", stall_before_headers=5.0))
+    it = h.couch().database("db").iter_attachment("d", "a")
+    pending = it.__anext__()
+    await asyncio.sleep(0.1)
+    it.close()
+    with pytest.raises(StopAsyncIteration):
+        await h.resolve(pending, timeout=2)
