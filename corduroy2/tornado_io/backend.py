@@ -235,12 +235,13 @@ class _Transfer:
         self._paused = False
         self._waiter: Future[None] | None = None  # simple client, while paused
         self._curl: CurlRun | None = None
+        # A streamed request body (an attachment upload): pieces read as they are sent.
+        self.upload = (_Upload(request.body, self._heard)
+                       if isinstance(request.body, BodySource) else None)
         # A plain request on curl under a long idle timeout (CURL_IDLE_MIN) is watched by
         # libcurl itself (LOW_SPEED_LIMIT/LOW_SPEED_TIME, rounded up to whole seconds), which
         # spares a loop timer and a Python call per header line and piece: with the default
         # idle timeout, bench get --instructions tornado-curl c=1 24.9% -> 6.1% overhead.
-        self.upload = (_Upload(request.body, self._heard)
-                       if isinstance(request.body, BodySource) else None)
         self._curl_low_speed = (math.ceil(idle) if curl and idle and idle >= CURL_IDLE_MIN
                                 and not request.stream and self.upload is None else None)
         watched = bool(idle) and self._curl_low_speed is None
