@@ -8,6 +8,7 @@ Importing this package imports no framework. Pick a front door::
 """
 
 from .api import ConflictResolution, Document, PendingDoc, Status
+from .api.attachments import Attachment
 from .api.changes import ChangesFeed
 from .api.follower import ChangesFollower
 from .api.views import FindResult, Row, ViewResult
@@ -38,6 +39,7 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Attachment",
     "ChangesFeed",
     "ChangesFollower",
     "FindResult",

@@ -162,9 +162,9 @@ class Database:
         return attachments.put(self._runner, self._origin, self.name, doc, name, data,
                                content_type, self.couch.backend.async_bodies, callback)
 
-    def get_attachment(self, doc_or_id: Any, name: str, *, rev: str | None = None,
+    def get_attachment(self, doc_or_id: Any, name: str, rev: str | None = None,
                        range: tuple[int, int | None] | None = None,
-                       if_none_match: str | None = None, on_data: Any = None,
+                       if_none_match: str | None = None, on_data: Any = None, *,
                        callback: Callback = None) -> Any:
         """Attachment ``name`` of a document (an id or a doc) as an
         :class:`~corduroy2.api.attachments.Attachment` (``.data``, ``.content_type``,
