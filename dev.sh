@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's single entry point:
 #   ./dev.sh demo                 run demo.py
-#   ./dev.sh test [pytest args]   run the tests, then build the guide (-W)
+#   ./dev.sh test [pytest args]   run the tests (with no args: against pouchdb-server, then
+#                                 the server-facing ones against the fake), build the guide
 #   ./dev.sh bench [args]         run the benchmarks
 set -euo pipefail
 
@@ -53,11 +54,18 @@ ensure_node() {
 run_tests() {
     ensure_node
     local status=0
-    if [[ $# -eq 0 ]]; then
-        set -- tests/ -q
-    fi
     # pytest exits 5 when it collected nothing; that is a failure here too.
-    "$PY" -m pytest "$@" || status=$?
+    if [[ $# -gt 0 ]]; then
+        "$PY" -m pytest "$@" || status=$?
+    else
+        # Everything against pouchdb-server (or COUCHDB_URL); then the server-facing tests
+        # again against corduroy2.testing.FakeCouch, the third server (issue 17).
+        "$PY" -m pytest tests/ -q || status=$?
+        if [[ -z "${COUCHDB_URL:-}" ]]; then
+            COUCHDB_SERVER=fake "$PY" -m pytest tests/behaviour tests/auth/test_real_server.py \
+                -q || status=$?
+        fi
+    fi
     if [[ -f guide/conf.py ]]; then
         "$PY" -m sphinx -W --keep-going -b html guide .cache/guide-html -q || status=$?
     fi

@@ -11,6 +11,7 @@ from .api import ConflictResolution, Document, PendingDoc, Status
 from .api.attachments import Attachment
 from .api.changes import ChangesFeed
 from .api.follower import ChangesFollower
+from .api.replication import Replication, ReplicationState
 from .api.views import FindResult, Row, ViewResult
 from .pipeline.auth import Auth, BasicAuth, CookieAuth, JWTAuth, ProxyAuth
 from .pipeline.retry import Retry
@@ -26,6 +27,7 @@ from .errors import (
     NotFound,
     PreconditionFailed,
     RangeNotSatisfiable,
+    ReplicationFailed,
     RequestEntityTooLarge,
     ResponseCut,
     ServerError,
@@ -64,6 +66,9 @@ __all__ = [
     "PreconditionFailed",
     "ProxyAuth",
     "RangeNotSatisfiable",
+    "Replication",
+    "ReplicationFailed",
+    "ReplicationState",
     "RequestEntityTooLarge",
     "ResponseCut",
     "Retry",

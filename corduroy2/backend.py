@@ -21,7 +21,9 @@ small as gidgethub's adapter:
 from __future__ import annotations
 
 import logging
+import math
 import ssl
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,14 +35,19 @@ from .protocol.responses import Headers
 
 __all__ = [
     "Sink", "Reply", "Collector", "Cancel", "Transfer", "StopTransfer", "Outcome", "Start", "Backend",
-    "TransportOptions", "ssl_context", "tls_meaning", "warn_unverified",
+    "TransportOptions", "ssl_context", "tls_meaning", "warn_unverified", "Watched", "SilenceWatch",
 ]
 
 log = logging.getLogger("corduroy2")
 
 
 class Sink(Protocol):
-    """Receives one response. Methods are called on the backend's thread/loop."""
+    """Receives one response. Methods are called on the backend's thread/loop.
+
+    A backend calls ``on_start`` once. Through the pipeline's
+    :class:`~corduroy2.pipeline.exchange.Sender`, a request that is not streamed may be sent
+    again after its reply's body was cut: its sink then sees ``on_start`` again, and starts
+    over."""
 
     def on_start(self, status: int, headers: Headers) -> None: ...
 
@@ -206,7 +213,9 @@ class Collector:
         self._chunks: list[bytes] = []
 
     def on_start(self, status: int, headers: Headers) -> None:
+        # Again after a reply whose body was cut, when the request is sent again: start over.
         self._status, self._headers = status, headers
+        self._chunks = []
 
     def on_data(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
@@ -218,3 +227,70 @@ class Collector:
 
     def on_error(self, exc: CouchError) -> None:
         self._reply(self._status, self._headers, b"", exc)
+
+
+class Watched(Protocol):
+    """A transfer under a :class:`SilenceWatch`: it stamps ``heard_at`` (``time.monotonic()``)
+    whenever the server sends something, and is told when its silence has lasted."""
+
+    idle_timeout: float | None
+    heard_at: float
+
+    def silence_expired(self) -> None: ...
+
+
+class SilenceWatch:
+    """Tells the transfers of one backend that hear nothing from the server for their
+    ``idle_timeout`` (``silence_expired()``), with one repeating timer for all of them.
+
+    Hearing from the server only notes the time; the timer, every quarter of the shortest idle
+    timeout watched, tells those whose silence has lasted, so one is told between its idle
+    timeout and a quarter more. A loop timer per request instead cost 7% of a small GET's
+    instructions on Twisted (bench get --instructions, twisted c=1: 11.0% overhead with one per
+    request, 4.0% with this) and FIGURE on Tornado's simple client.
+    """
+
+    def __init__(self, call_later: Callable[[float, Callable[[], None]], Cancel]) -> None:
+        self._call_later = call_later
+        self._watched: set[Watched] = set()
+        self._tick = math.inf
+        self._timer: Cancel | None = None
+
+    def watch(self, transfer: Watched) -> None:
+        """Count ``transfer``'s silence from now (again after an :meth:`unwatch`)."""
+        assert transfer.idle_timeout
+        transfer.heard_at = time.monotonic()
+        self._watched.add(transfer)
+        tick = max(transfer.idle_timeout / 4, 0.01)
+        if tick < self._tick:
+            self._tick = tick
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        if self._timer is None:
+            self._timer = self._call_later(self._tick, self._sweep)
+
+    def unwatch(self, transfer: Watched) -> None:
+        """Stop counting ``transfer``'s silence (it ended, or it is paused: that silence is
+        the caller's)."""
+        self._watched.discard(transfer)
+
+    def _sweep(self) -> None:
+        self._timer = None
+        now = time.monotonic()
+        silent = [t for t in self._watched
+                  if now - t.heard_at >= t.idle_timeout]  # type: ignore[operator]
+        for transfer in silent:
+            self._watched.discard(transfer)
+            transfer.silence_expired()
+        if self._watched:
+            self._timer = self._call_later(self._tick, self._sweep)
+        else:
+            self._tick = math.inf
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._watched.clear()
+        self._tick = math.inf

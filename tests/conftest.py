@@ -61,19 +61,31 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 
 @dataclass(frozen=True)
 class Server:
-    """The server under test: its URL (no credentials), admin credentials, and flavour."""
+    """The server under test: its URL (no credentials), admin credentials, and flavour
+    (``"couchdb"``, ``"pouchdb"`` or ``"fake"``: corduroy2.testing.FakeCouch)."""
 
     url: str
     auth: tuple[str, str] | None
-    pouchdb: bool
+    flavour: str
+
+    @property
+    def pouchdb(self) -> bool:
+        return self.flavour == "pouchdb"
+
+    @property
+    def fake(self) -> bool:
+        return self.flavour == "fake"
 
     def deviates(self, name: str) -> bool:
         """True where this server is known to differ from CouchDB 3 in the documented way
-        ``name`` (see ../shared/reference/pouchdb-server.md). Tests assert CouchDB 3
-        behaviour and branch on this explicitly, so a real CouchDB runs the strict path."""
-        if name not in POUCHDB_DEVIATIONS:
-            raise KeyError(f"undocumented deviation {name!r}")
-        return self.pouchdb
+        ``name`` (pouchdb-server: ../shared/reference/pouchdb-server.md; the fake: its
+        guide chapter). Tests assert CouchDB 3 behaviour and branch on this explicitly, so a
+        real CouchDB runs the strict path."""
+        if name in POUCHDB_DEVIATIONS:
+            return self.pouchdb
+        if name in FAKE_DEVIATIONS:
+            return self.fake
+        raise KeyError(f"undocumented deviation {name!r}")
 
 
 POUCHDB_DEVIATIONS = {
@@ -84,7 +96,41 @@ POUCHDB_DEVIATIONS = {
     "seq_integers": "seqs are integers",
     "all_dbs_unsorted": "_all_dbs is not sorted",
     "attachment_range_ignored": "Range on an attachment is ignored: 200, whole body (3.x: 206/416)",
+    # server administration and replication (tests/behaviour/test_server_admin.py,
+    # test_replication.py)
+    "no_up": "/_up is missing (404)",
+    "node_local_missing": "/_node/_local/... is missing (404); /_node/<name from "
+                          "_membership>/_config and /_stats work (rewritten to /_config, /_stats)",
+    "stats_stub": "_stats is a stub object without CouchDB's metrics",
+    "no_system": "/_node/<node>/_system is missing (404)",
+    "no_dbs_info": "POST /_dbs_info is missing (404)",
+    "no_scheduler": "_scheduler/jobs and _scheduler/docs are missing (404); the replicator "
+                    "writes _replication_state into _replicator docs (1.x style)",
+    "no_db_updates": "_db_updates answers 400 with an empty body",
+    "replication_endpoint_objects": "_replicate/_replicator endpoints given as {url, auth} "
+                                    "objects fail (500 HTML page); only URL strings work",
+    "replicate_ignores_doc_ids": "_replicate ignores doc_ids (and selector): everything is "
+                                 "replicated (_replicator documents do honour them)",
+    "replicate_continuous_uncancellable": "a continuous _replicate runs until the server "
+                                          "stops: cancel:true starts a one-shot one instead",
+    "replicate_creates_missing_source": "replicating from a missing source succeeds and "
+                                        "creates it (3.x: 404 db_not_found / crashing)",
+    # revisions, maintenance, design functions, partitions (issue 15)
+    "head_etag_not_rev": "a doc's HEAD has a weak ETag (a body hash), not the rev",
+    "bulk_get_missing_empty": "_bulk_get gives {} for a missing doc, not an error entry",
+    "no_missing_revs": "_missing_revs is missing (400 only_multipart_accepted)",
+    "no_purge": "_purge is missing (400 only_multipart_accepted)",
+    "no_compact_ddoc": "_compact/{ddoc} is missing (400 only_multipart_accepted)",
+    "no_revs_limits": "_revs_limit and _purged_infos_limit are missing (404 / 400)",
+    "no_shards": "_shards and _sync_shards are missing (404 / 400)",
+    "no_local_design_docs": "_local_docs and _design_docs are missing (404)",
+    "no_view_queries": "POST .../_view/v/queries is missing (400 only_multipart_accepted)",
+    "no_partitions": ("partitioned=true is ignored; /db/_partition/... is missing (404, "
+                      "400 only_multipart_accepted for POSTs)"),
 }
+
+#: Where corduroy2.testing.FakeCouch differs from CouchDB 3 (none known yet).
+FAKE_DEVIATIONS: dict[str, str] = {}
 
 
 def _probe(url: str, auth: tuple[str, str] | None) -> dict[str, Any]:
@@ -102,15 +148,30 @@ def _probe(url: str, auth: tuple[str, str] | None) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[Server]:
-    """``COUCHDB_URL`` (with admin credentials in it) if set, else a pouchdb-server started
-    here on a free loopback port and stopped at the end."""
+    """The server the suite runs against: ``COUCHDB_URL`` (with admin credentials in it) if
+    set; else ``COUCHDB_SERVER=fake`` (corduroy2.testing.FakeCouch, in this process) or
+    ``pouchdb`` (the default: a pouchdb-server started here on a free loopback port)."""
     external = os.environ.get("COUCHDB_URL")
     if external:
         url, auth = split_credentials(external)
         info = _probe(url, auth)
-        yield Server(url, auth, "express-pouchdb" in info)
+        flavour = "pouchdb" if "express-pouchdb" in info else "couchdb"
+        if info.get("vendor", {}).get("name") == "corduroy2.testing.FakeCouch":
+            flavour = "fake"
+        yield Server(url, auth, flavour)
         return
+    kind = os.environ.get("COUCHDB_SERVER", "pouchdb")
+    if kind == "fake":
+        from corduroy2.testing import FakeCouch
+
+        from .support.fake_functions import FUNCTIONS
+
+        with FakeCouch(functions=FUNCTIONS).serve() as fake:
+            yield Server(fake.url, fake.admin, "fake")
+        return
+    if kind != "pouchdb":
+        raise pytest.UsageError(f"COUCHDB_SERVER={kind!r}: expected 'fake' or 'pouchdb'")
     from corduroy2.testing import PouchDBServer
 
     with PouchDBServer(REPO / ".cache") as pouch:
-        yield Server(pouch.url, pouch.admin, True)
+        yield Server(pouch.url, pouch.admin, "pouchdb")

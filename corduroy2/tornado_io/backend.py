@@ -32,7 +32,8 @@ from tornado.iostream import StreamClosedError
 from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError
 
 from ..backend import (
-    Backend, Cancel, Outcome, Sink, Start, TransportOptions, ssl_context, tls_meaning,
+    Backend, Cancel, Outcome, SilenceWatch, Sink, Start, TransportOptions, ssl_context,
+    tls_meaning,
 )
 from ..errors import ConnectError, CouchError, ResponseCut, Timeout, TransportError
 from ..protocol.bodies import BodySource
@@ -78,44 +79,6 @@ _CURL_TLS = {35, 51, 58, 60, 77, 83, 90, 91}
 # Socket errors that mean the connection was never made.
 _CONNECT_ERRNOS = {errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH,
                    errno.EADDRNOTAVAIL, errno.ETIMEDOUT}
-
-
-class _IdleWatch:
-    """Calls ``expired()`` once ``idle`` seconds pass without ``heard()`` (called for every
-    header line and body chunk). Hearing only stamps the time; the timer, when it fires early,
-    re-arms itself for what is left. ``stop()`` ends the watch (while paused, since that silence
-    is the caller's, and at the end); ``start()`` begins it again from now."""
-
-    def __init__(self, idle: float, expired: Callable[[], None]) -> None:
-        self._loop = IOLoop.current()
-        self.idle = idle
-        self._expired = expired
-        self._timer: object | None = None
-        self._heard = 0.0
-        self.start()
-
-    def heard(self) -> None:
-        # The clock of asyncio's loops (IOLoop.time() goes to it through two calls): this is
-        # called for every piece of a feed.
-        self._heard = time.monotonic()
-
-    def start(self) -> None:
-        self.stop()
-        self.heard()
-        self._timer = self._loop.call_later(self.idle, self._check)
-
-    def stop(self) -> None:
-        if self._timer is not None:
-            self._loop.remove_timeout(self._timer)
-            self._timer = None
-
-    def _check(self) -> None:
-        left = self._heard + self.idle - time.monotonic()
-        if left > 0:
-            self._timer = self._loop.call_later(left, self._check)
-        else:
-            self._timer = None
-            self._expired()
 
 
 class _Upload:
@@ -227,7 +190,7 @@ class _Transfer:
     """
 
     def __init__(self, request: Request, sink: Sink, idle: float | None,
-                 curl: bool = False) -> None:
+                 silences: SilenceWatch, curl: bool = False) -> None:
         self._request = request
         self._sink = sink
         self.cancelled = False
@@ -236,7 +199,7 @@ class _Transfer:
         self._waiter: Future[None] | None = None  # simple client, while paused
         self._curl: CurlRun | None = None
         # A streamed request body (an attachment upload): pieces read as they are sent.
-        self.upload = (_Upload(request.body, self._heard)
+        self.upload = (_Upload(request.body, self.heard)
                        if isinstance(request.body, BodySource) else None)
         # A plain request on curl under a long idle timeout (CURL_IDLE_MIN) is watched by
         # libcurl itself (LOW_SPEED_LIMIT/LOW_SPEED_TIME, rounded up to whole seconds), which
@@ -244,8 +207,14 @@ class _Transfer:
         # idle timeout, bench get --instructions tornado-curl c=1 24.9% -> 6.1% overhead.
         self._curl_low_speed = (math.ceil(idle) if curl and idle and idle >= CURL_IDLE_MIN
                                 and not request.stream and self.upload is None else None)
-        watched = bool(idle) and self._curl_low_speed is None
-        self._watch = _IdleWatch(idle, self._expired) if idle and watched else None
+        # Else the backend's watch counts the silence, from now to the end of the body, but
+        # not while paused (that silence is the caller's).
+        self.idle_timeout = idle if self._curl_low_speed is None else None
+        self.heard_at = 0.0
+        self._silences = silences
+        watched = bool(self.idle_timeout)
+        if watched:
+            silences.watch(self)
         self._started = False
         # Streamed: body chunks that came before the end of the header lines (Tornado's curl
         # client queues both on the loop separately, so chunks can overtake the lines).
@@ -263,7 +232,7 @@ class _Transfer:
             callbacks: dict[str, Any] = dict(header_callback=self.on_header,
                                              streaming_callback=self.on_chunk)
         elif self._body is not None:
-            callbacks = dict(header_callback=self.on_line, streaming_callback=self.on_piece)
+            callbacks = dict(header_callback=self.heard, streaming_callback=self.on_piece)
         elif self._curl_low_speed is not None:
             return {"prepare_curl_callback": functools.partial(_quiet_unless_silent,
                                                                self._curl_low_speed)}
@@ -282,7 +251,7 @@ class _Transfer:
         """``header_callback`` of a streamed request."""
         if self.cancelled:
             return
-        self._heard()
+        self.heard()
         assert self._head is not None
         head = self._head.feed(line)
         if head is not None:
@@ -292,7 +261,7 @@ class _Transfer:
         """``streaming_callback`` of a streamed request."""
         if self.cancelled:
             return None  # being torn down; raising here would only be logged
-        self._heard()
+        self.heard()
         if not self._started:
             self._early.append(chunk)
             return None
@@ -308,13 +277,16 @@ class _Transfer:
 
     def on_piece(self, chunk: bytes) -> None:
         """``streaming_callback`` of a plain request watched for idleness."""
-        self._heard()
         assert self._body is not None
+        self.heard_at = time.monotonic()
         self._body.append(chunk)
 
-    def on_line(self, line: str) -> None:
-        """``header_callback`` of a plain request watched for idleness."""
-        self._heard()
+    def heard(self, line: str | None = None) -> None:
+        """Something came from the server (``line``: as the ``header_callback`` of a plain
+        request watched for idleness)."""
+        # The clock of asyncio's loops (IOLoop.time() goes to it through two calls): this is
+        # called for every piece of a feed.
+        self.heard_at = time.monotonic()
 
     def prepare_curl(self, client: Any, curl: Any) -> None:
         """``prepare_curl_callback`` of a streamed or watched request (with the client bound)."""
@@ -344,8 +316,8 @@ class _Transfer:
             upload_error = self.upload.error if self.upload is not None else None
             self.fail(upload_error or _map_error(response.error, self._request))
             return
-        if self._watch is not None:
-            self._watch.stop()
+        if self.idle_timeout:
+            self._silences.unwatch(self)
         if not self._started:
             self._start(response.code, Headers(response.headers.get_all()))
             if not self._request.stream:
@@ -360,15 +332,10 @@ class _Transfer:
         self.cancel()
         self._sink.on_error(error)
 
-    def _expired(self) -> None:
-        assert self._watch is not None
+    def silence_expired(self) -> None:
         request = self._request
-        self.fail(Timeout(f"no data for {self._watch.idle:g} s (idle_timeout)",
+        self.fail(Timeout(f"no data for {self.idle_timeout:g} s (idle_timeout)",
                           method=request.method, url=request.url))
-
-    def _heard(self) -> None:
-        if self._watch is not None:
-            self._watch.heard()
 
     def _start(self, status: int, headers: Headers) -> None:
         self._started = True
@@ -383,8 +350,8 @@ class _Transfer:
         if self.cancelled:
             return
         self.cancelled = True
-        if self._watch is not None:
-            self._watch.stop()
+        if self.idle_timeout:
+            self._silences.unwatch(self)
         self.resume()
         if self.abort is not None:
             self.abort()
@@ -393,8 +360,8 @@ class _Transfer:
         if self._paused or self.cancelled:
             return
         self._paused = True
-        if self._watch is not None:
-            self._watch.stop()
+        if self.idle_timeout:
+            self._silences.unwatch(self)
         if self._curl is not None:
             self._curl.pause()
 
@@ -402,8 +369,8 @@ class _Transfer:
         if not self._paused:
             return
         self._paused = False
-        if self._watch is not None and not self.cancelled:
-            self._watch.start()  # the silence starts now
+        if self.idle_timeout and not self.cancelled:
+            self._silences.watch(self)  # the silence starts now
         if self._waiter is not None:
             waiter, self._waiter = self._waiter, None
             if not waiter.done():
@@ -460,6 +427,7 @@ class TornadoBackend(Backend):
         self._curl = client == "curl"
         self._http: AsyncHTTPClient | None = None
         self._loop: IOLoop | None = None  # the loop _http is bound to
+        self._silences = SilenceWatch(self.call_later)  # its timer runs on that loop too
         # Custom TLS settings are checked now, so that bad certificate files fail when the Couch
         # is made. The simple client uses this context (else Tornado's default, which verifies
         # the same way); curl is given the same settings as options (it does its own TLS).
@@ -471,6 +439,8 @@ class TornadoBackend(Backend):
         if self._http is None or self._loop is not loop:
             if self._http is not None:
                 self._http.close()
+                self._silences.close()
+                self._silences = SilenceWatch(self.call_later)
             cls = CurlAsyncHTTPClient if self._curl else SimpleClient
             self._http = cls(
                 force_instance=True,
@@ -502,16 +472,19 @@ class TornadoBackend(Backend):
         return defaults
 
     def send(self, request: Request, sink: Sink) -> _Transfer:
-        transfer = _Transfer(request, sink, request.idle_timeout or self.options.idle_timeout,
-                             curl=self._curl)
+        transfer = None
         try:
-            http = self._client()
+            http = self._client()  # first: the silence watch belongs to the client's loop
+            transfer = _Transfer(request, sink,
+                                 request.idle_timeout or self.options.idle_timeout,
+                                 self._silences, curl=self._curl)
             fetch(http, self._tornado_request(request, transfer, http), transfer.fetched)
         except (ValueError, RuntimeError, httputil.HTTPInputError) as exc:
-            # Refused before sending: a bad header, a closed client.
+            # Refused before sending: a bad header, a closed client, no loop.
+            if transfer is None:
+                transfer = _Transfer(request, sink, None, self._silences)
             transfer.fail(TransportError(f"request not sent: {exc}", method=request.method,
                                          url=request.url))
-            return transfer
         return transfer
 
     def _tornado_request(self, request: Request, transfer: _Transfer,
@@ -574,6 +547,7 @@ class TornadoBackend(Backend):
         if self._http is not None:
             self._http.close()
             self._http = None
+        self._silences.close()
 
 
 def _headers(fields: tuple[tuple[str, str], ...]) -> httputil.HTTPHeaders:

@@ -18,7 +18,6 @@ import importlib
 import inspect
 import itertools
 import logging
-import math
 import time
 from collections.abc import Callable
 from types import ModuleType
@@ -42,7 +41,8 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IPolicyForHTTPS, IRe
 from zope.interface import implementer
 
 from ..backend import (
-    Backend, Cancel, Outcome, Sink, Start, Transfer, TransportOptions, tls_meaning, warn_unverified,
+    Backend, Cancel, Outcome, SilenceWatch, Sink, Start, Transfer, TransportOptions, tls_meaning,
+    warn_unverified,
 )
 from ..errors import ConnectError, CouchError, ResponseCut, Timeout, TransportError
 from ..protocol.bodies import BodySource
@@ -235,7 +235,7 @@ class _Transfer(Protocol):
 
     def __init__(self, request: Request, sink: Sink, reactor: IReactorTime,
                  timeout: float | None, idle_timeout: float | None,
-                 silences: _SilenceWatch) -> None:
+                 silences: SilenceWatch) -> None:
         self.request = request
         self.sink = sink
         self.finished = False
@@ -340,6 +340,9 @@ class _Transfer(Protocol):
         elif self.transport is not None:
             _repairs.abort_body(self.transport)
 
+    def silence_expired(self) -> None:
+        self._timed_out("idle")
+
     def _timed_out(self, which: str) -> None:
         if which == "idle":
             message = f"no data for {self.idle_timeout:g} s (idle_timeout)"
@@ -373,60 +376,6 @@ class _Transfer(Protocol):
                     self.silences.watch(self)
                 if self.transport is not None:
                     self.transport.resumeProducing()
-
-
-class _SilenceWatch:
-    """Ends with ``Timeout`` the transfers of one backend that hear nothing from the server for
-    their ``idle_timeout``, with one repeating reactor timer for all of them.
-
-    Hearing from the server only notes the time (``_Transfer.heard_at``); the timer, every
-    quarter of the shortest idle timeout watched, ends those whose silence has lasted, so one
-    ends between its idle timeout and a quarter more. A reactor timer per request instead cost
-    7% of a small GET's instructions on asyncioreactor (bench get --instructions, twisted
-    c=1: 11.0% overhead with one per request, 4.0% with this), and resetting it per piece more.
-    """
-
-    def __init__(self, reactor: IReactorTime) -> None:
-        self._reactor = reactor
-        self._watched: set[_Transfer] = set()
-        self._tick = math.inf
-        self._timer: IDelayedCall | None = None
-
-    def watch(self, transfer: _Transfer) -> None:
-        """Count ``transfer``'s silence from now."""
-        assert transfer.idle_timeout
-        transfer.heard_at = time.monotonic()
-        self._watched.add(transfer)
-        tick = max(transfer.idle_timeout / 4, 0.01)
-        if tick < self._tick:
-            self._tick = tick
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-        if self._timer is None:
-            self._timer = self._reactor.callLater(self._tick, self._sweep)
-
-    def unwatch(self, transfer: _Transfer) -> None:
-        self._watched.discard(transfer)
-
-    def _sweep(self) -> None:
-        self._timer = None
-        now = time.monotonic()
-        silent = [t for t in self._watched if now - t.heard_at >= t.idle_timeout]  # type: ignore[operator]
-        for transfer in silent:
-            self._watched.discard(transfer)
-            transfer._timed_out("idle")
-        if self._watched:
-            self._timer = self._reactor.callLater(self._tick, self._sweep)
-        else:
-            self._tick = math.inf
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._watched.clear()
-        self._tick = math.inf
 
 
 class _Abandoned(Exception):
@@ -463,7 +412,7 @@ class TwistedBackend(Backend):
         # Made now, so that the TLS settings given (a bad certificate file, or pyOpenSSL
         # missing) fail when the Couch is made.
         self._tls = _TLSPolicy(self.options)
-        self._silences: _SilenceWatch | None = None
+        self._silences: SilenceWatch | None = None
 
     @property
     def reactor(self) -> Any:
@@ -487,7 +436,7 @@ class TwistedBackend(Backend):
 
     def send(self, request: Request, sink: Sink) -> Transfer:
         if self._silences is None:
-            self._silences = _SilenceWatch(self.reactor)
+            self._silences = SilenceWatch(self.reactor.callLater)
         transfer = _Transfer(request, sink, self.reactor,
                              request.timeout or self.options.request_timeout,
                              request.idle_timeout or self.options.idle_timeout, self._silences)

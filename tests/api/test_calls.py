@@ -19,7 +19,7 @@ from corduroy2.pipeline.retry import Retry
 from corduroy2.backend import Outcome
 from corduroy2.protocol.requests import Request
 
-from .recording import RecordingBackend, Reply
+from corduroy2.testing import RecordingBackend, Reply
 
 URL = "http://127.0.0.1:5984"
 PASSWORD = "s3cr3t-p@ss"

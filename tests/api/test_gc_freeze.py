@@ -12,7 +12,7 @@ import pytest
 from corduroy2.api.views import Keep, build_view, keep_raw
 
 from .test_calls import make_db
-from .recording import Reply
+from corduroy2.testing import Reply
 
 
 @pytest.fixture

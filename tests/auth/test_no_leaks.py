@@ -18,7 +18,7 @@ from corduroy2 import CookieAuth, CouchError, JWTAuth, ProxyAuth, Retry, Status
 from corduroy2.protocol.requests import Request
 
 from ..support.faultserver import FaultServer, Received, Reply
-from ..support.recording import record_requests
+from corduroy2.testing import record_requests
 from .conftest import Runner, Sessions
 
 USER = "bob"

@@ -374,6 +374,7 @@ def test_a_long_idle_timeout_on_a_plain_curl_request_is_left_to_libcurl() -> Non
     or a streamed request, is watched on the loop."""
     pycurl = pytest.importorskip("pycurl")
     from corduroy2.api.couch import IDLE_TIMEOUT
+    from corduroy2.backend import SilenceWatch
     from corduroy2.protocol.requests import Request
     from corduroy2.tornado_io.backend import CURL_IDLE_MIN, _Transfer
 
@@ -386,7 +387,14 @@ def test_a_long_idle_timeout_on_a_plain_curl_request_is_left_to_libcurl() -> Non
 
     assert IDLE_TIMEOUT >= CURL_IDLE_MIN
     plain = Request("GET", "http://h/db/doc")
-    transfer = _Transfer(plain, sink=None, idle=IDLE_TIMEOUT, curl=True)  # type: ignore[arg-type]
+    timers: list[float] = []
+
+    def call_later(delay: float, fn: Any) -> Any:
+        timers.append(delay)
+
+    silences = SilenceWatch(call_later)
+    transfer = _Transfer(plain, sink=None, idle=IDLE_TIMEOUT, silences=silences,  # type: ignore[arg-type]
+                         curl=True)
     callbacks = transfer.callbacks(curl_client=object())
     assert set(callbacks) == {"prepare_curl_callback"}
     easy = Easy()
@@ -394,8 +402,11 @@ def test_a_long_idle_timeout_on_a_plain_curl_request_is_left_to_libcurl() -> Non
     assert easy.options[pycurl.LOW_SPEED_LIMIT] == 1
     assert easy.options[pycurl.LOW_SPEED_TIME] == 300
     assert easy.options[pycurl.VERBOSE] == 0
+    assert timers == []  # not watched on the loop
     for request, idle, curl in [(plain, 5.0, True), (plain, IDLE_TIMEOUT, False),
                                 (Request("GET", "http://h/db/_changes", stream=True),
                                  IDLE_TIMEOUT, True)]:
-        watched = _Transfer(request, sink=None, idle=idle, curl=curl)  # type: ignore[arg-type]
+        watched = _Transfer(request, sink=None, idle=idle, silences=silences,  # type: ignore[arg-type]
+                            curl=curl)
         assert "streaming_callback" in watched.callbacks(object() if curl else None)
+    assert timers  # watched on the loop

@@ -20,7 +20,7 @@ from corduroy2 import CouchError, HTTPError, Status
 from corduroy2.api import Couch
 
 from ..conftest import LOOP, Server
-from ..support import recording
+from corduroy2.testing import recording
 
 BACKENDS = ["tornado-curl", "tornado-simple", "twisted", "blocking"]
 ASYNC_STYLES = ["callback", "promise", "relax", "await"]

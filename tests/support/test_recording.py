@@ -5,8 +5,7 @@ from __future__ import annotations
 from corduroy2.api import Couch
 from corduroy2.pipeline.retry import Retry
 
-from ..api.recording import RecordingBackend, Reply
-from .recording import record_requests
+from corduroy2.testing import RecordingBackend, Reply, record_requests
 
 URL = "http://127.0.0.1:5984"
 
