@@ -8,6 +8,10 @@ small as gidgethub's adapter:
   ``on_end()`` or ``on_error(exc)``. Native exceptions are mapped to corduroy2's
   :class:`~corduroy2.errors.TransportError` subclasses inside ``send``, so nothing
   framework-specific ever reaches the API layer. It returns a :class:`Cancel` handle.
+  A request body is bytes, or a :class:`~corduroy2.protocol.bodies.BodySource` that ``send``
+  reads piece by piece as the connection takes them (an attachment upload): with its length
+  as Content-Length when known, chunked otherwise; a source that fails fails the request
+  with the source's :class:`~corduroy2.errors.TransportError`.
 * :meth:`Backend.run` turns a callback-driven operation into the framework's native result
   (a Tornado/asyncio ``Future``, a Twisted ``Deferred``, or, for blocking, the value itself):
   Futures are built once over a callback hook, as in Tornado's ``httpclient.py``.
@@ -164,6 +168,10 @@ def tls_meaning(text: str) -> str:
 
 class Backend(ABC):
     """One instance per :class:`~corduroy2.api.Couch`; shared by its databases."""
+
+    #: Whether :meth:`send` can read a request body from an async iterator (a
+    #: :class:`~corduroy2.protocol.bodies.BodySource` with ``is_async``): an event loop can.
+    async_bodies = True
 
     def __init__(self, options: TransportOptions | None = None) -> None:
         self.options = options or TransportOptions()

@@ -8,6 +8,9 @@ An attempt ends with a reply (a status and headers) or with a transport error. T
 * :data:`FAIL`: the transport error is final; the caller gets it.
 * :data:`RENEW`: a 401 that fresh credentials may cure: renew them (single-flight), then send
   again. Done at most once per request.
+
+A request whose streamed body has been read in part (``Request.replayable`` False: an
+attachment upload) is never sent again: its reply or error is final.
 * :class:`RetryAfter`: send again after ``delay`` seconds.
 
 Nothing here does IO or keeps state: the table in ``tests/core/test_decision.py`` is the spec.
@@ -76,7 +79,7 @@ def decide(
         assert status is not None
         if status < 400:
             return DELIVER
-        if status == 401 and renewable:
+        if status == 401 and renewable and request.replayable:
             return RENEW
     delay = _retry_delay(request, status, headers, error, policy, retries, jitter)
     if delay is None or (policy is not None and elapsed + delay > policy.deadline):
@@ -88,8 +91,8 @@ def _retry_delay(request: Request, status: int | None, headers: Mapping[str, str
                  error: CouchError | None, policy: Retry | None, retries: int,
                  jitter: Callable[[], float]) -> float | None:
     """The delay the policy asks for before another attempt, or None for no retry."""
-    if policy is None or retries + 1 >= policy.attempts:
-        return None
+    if policy is None or retries + 1 >= policy.attempts or not request.replayable:
+        return None  # (a streamed body already read in part cannot be sent again)
     if error is not None:
         if isinstance(error, Timeout) or not isinstance(error, TransportError):
             return None
