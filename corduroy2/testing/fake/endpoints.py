@@ -4,7 +4,8 @@ Each handler takes ``(ctx, req, **path_params)`` and returns a :class:`Reply` (o
 body, sent with Content-Length) or a :class:`Streamed` (chunks sent with chunked framing, the way
 CouchDB streams rows and feeds). A handler raises :class:`~.errors.Refusal` for an error answer.
 
-Adding an endpoint is one function and one line in :data:`ROUTES`.
+The routing table is :data:`.routes.ROUTES`: adding an endpoint is one function and one
+line there.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .store import Database, Doc, parse_seq, validate_doc_id
 from .views import (ViewRow, builtin_reduce, map_docs, parse_options, reduce_rows, select,
                     ViewOptions)
 
-__all__ = ["Request", "Reply", "Streamed", "Context", "ROUTES", "Route", "match_route"]
+__all__ = ["Request", "Reply", "Streamed", "Context"]
 
 
 # -- the shapes handlers use ----------------------------------------------------------------------
@@ -1282,99 +1283,3 @@ async def _continuous(ctx: Context, database: Database, query: _ChangesQuery,
             yield end_line(since, pending)
             return
         yield b"\n"
-
-
-# -- routing --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Route:
-    """A path pattern (``{name}`` is one segment, ``{name+}`` the rest) and, per method, the
-    handler and the access it needs."""
-
-    pattern: tuple[str, ...]
-    methods: dict[str, tuple[Handler, str]]
-
-
-def _route(pattern: str, **methods: tuple[Handler, str]) -> Route:
-    return Route(tuple(pattern.strip("/").split("/")) if pattern != "/" else (),
-                 {m.upper(): h for m, h in methods.items()})
-
-
-def _doc_methods(wrap: Callable[[Handler], Handler] = lambda h: h) -> dict[str, Any]:
-    return {"get": (wrap(get_doc), MEMBER), "head": (wrap(get_doc), MEMBER),
-            "put": (wrap(put_doc), MEMBER), "delete": (wrap(delete_doc), MEMBER),
-            "copy": (wrap(copy_doc), MEMBER)}
-
-
-def _att_methods(wrap: Callable[[Handler], Handler] = lambda h: h) -> dict[str, Any]:
-    return {"get": (wrap(get_attachment), MEMBER), "head": (wrap(get_attachment), MEMBER),
-            "put": (wrap(put_attachment), MEMBER), "delete": (wrap(delete_attachment), MEMBER)}
-
-
-ROUTES: list[Route] = [
-    _route("/", get=(welcome, PUBLIC), head=(welcome, PUBLIC)),
-    _route("/_up", get=(up, PUBLIC)),
-    _route("/_all_dbs", get=(all_dbs, SERVER_ADMIN)),
-    _route("/_dbs_info", get=(dbs_info, SERVER_ADMIN), post=(dbs_info, SERVER_ADMIN)),
-    _route("/_uuids", get=(uuids, PUBLIC)),
-    _route("/_session", get=(session_info, PUBLIC), post=(session_login, PUBLIC),
-           delete=(session_logout, PUBLIC)),
-    _route("/_active_tasks", get=(active_tasks, SERVER_ADMIN)),
-    _route("/_membership", get=(membership, SERVER_ADMIN)),
-    _route("/{db}", get=(db_info, MEMBER), head=(db_info, MEMBER),
-           put=(create_db, SERVER_ADMIN), delete=(delete_db, SERVER_ADMIN),
-           post=(post_doc, MEMBER)),
-    _route("/{db}/_all_docs", get=(all_docs, MEMBER), post=(all_docs, MEMBER)),
-    _route("/{db}/_design_docs", get=(design_docs, MEMBER), post=(design_docs, MEMBER)),
-    _route("/{db}/_local_docs", get=(local_docs, MEMBER), post=(local_docs, MEMBER)),
-    _route("/{db}/_bulk_docs", post=(bulk_docs, MEMBER)),
-    _route("/{db}/_bulk_get", post=(bulk_get, MEMBER)),
-    _route("/{db}/_revs_diff", post=(revs_diff, MEMBER)),
-    _route("/{db}/_missing_revs", post=(revs_diff, MEMBER)),
-    _route("/{db}/_changes", get=(changes, MEMBER), post=(changes, MEMBER)),
-    _route("/{db}/_find", post=(find, MEMBER)),
-    _route("/{db}/_explain", post=(explain, MEMBER)),
-    _route("/{db}/_index", get=(list_indexes, MEMBER), post=(create_index, MEMBER)),
-    _route("/{db}/_index/_design/{ddoc}/{kind}/{name}", delete=(delete_index_split, DB_ADMIN)),
-    _route("/{db}/_index/{ddoc}/{kind}/{name}", delete=(delete_index, DB_ADMIN)),
-    _route("/{db}/_security", get=(security, MEMBER), put=(set_security, DB_ADMIN)),
-    _route("/{db}/_revs_limit", get=(revs_limit, MEMBER), put=(revs_limit, DB_ADMIN)),
-    _route("/{db}/_compact", post=(maintenance, DB_ADMIN)),
-    _route("/{db}/_compact/{ddoc}", post=(maintenance, DB_ADMIN)),
-    _route("/{db}/_view_cleanup", post=(maintenance, DB_ADMIN)),
-    _route("/{db}/_ensure_full_commit", post=(maintenance, MEMBER)),
-    _route("/{db}/_design/{ddoc}/_info", get=(design_info, MEMBER)),
-    _route("/{db}/_design/{ddoc}/_view/{view}", get=(view, MEMBER), post=(view, MEMBER)),
-    _route("/{db}/_design/{ddoc}", **_doc_methods(on_design)),
-    _route("/{db}/_design/{ddoc}/{name+}", **_att_methods(ddoc_attachment)),
-    _route("/{db}/_local/{local}", **{k: v for k, v in _doc_methods(on_local).items()
-                                      if k in ("get", "put", "delete")}),
-    _route("/{db}/{doc_id}", **_doc_methods()),
-    _route("/{db}/{doc_id}/{name+}", **_att_methods()),
-]
-
-
-def match_route(segments: list[str]) -> tuple[Route, dict[str, str]] | None:
-    for route in ROUTES:
-        params = _match(route.pattern, segments)
-        if params is not None:
-            return route, params
-    return None
-
-
-def _match(pattern: tuple[str, ...], segments: list[str]) -> dict[str, str] | None:
-    params: dict[str, str] = {}
-    for i, part in enumerate(pattern):
-        if part.endswith("+}"):
-            if i >= len(segments):
-                return None
-            params[part[1:-2]] = "/".join(segments[i:])
-            return params
-        if i >= len(segments):
-            return None
-        if part.startswith("{"):
-            params[part[1:-1]] = segments[i]
-        elif part != segments[i]:
-            return None
-    return params if len(segments) == len(pattern) else None
