@@ -469,7 +469,10 @@ class Replicator:
         else:
             body["_replication_stats"] = {**vars(job.counts), "checkpointed_source_seq":
                                           job.checkpointed, "start_time": job.start_time}
-        database.save(body)  # type: ignore[union-attr]
+        try:
+            database.save(body)  # type: ignore[union-attr]
+        except Refusal:  # written meanwhile: CouchDB's replicator skips it too
+            pass
 
     # -- the scheduler ----------------------------------------------------------------------------
 
@@ -485,6 +488,9 @@ class Replicator:
         with self._wake:
             while True:
                 if not self._dirty:
+                    if not any(j.active and j.spec is not None for j in self._all_jobs()):
+                        self._thread = None  # nothing to run: the next job starts another
+                        return
                     retries = [j.retry_at for j in self._all_jobs() if j.state == "crashing"]
                     wait = min(retries) - time.monotonic() if retries else None
                     if wait is None or wait > 0:
@@ -503,8 +509,9 @@ class Replicator:
         assert job.spec is not None
         try:
             counts, facts = self.run(job.spec, job.id)
-        except Refusal as refusal:
-            job.state, job.error = "crashing", f"{refusal.error}: {refusal.reason}"
+        except Exception as exc:  # a Refusal, or a bug: the job crashes, the scheduler goes on
+            reason = f"{exc.error}: {exc.reason}" if isinstance(exc, Refusal) else repr(exc)
+            job.state, job.error = "crashing", reason
             job.error_count += 1
             job.retry_at = time.monotonic() + min(
                 _RETRY_FIRST * 2 ** (job.error_count - 1), _RETRY_MAX)

@@ -496,7 +496,9 @@ def _fields(body: dict[str, Any]) -> dict[str, Any]:
     """The stored body: the user's fields, with CouchDB's rule on ``_``-prefixed ones."""
     out = {}
     for key, value in body.items():
-        if key.startswith("_"):
+        if key.startswith("_replication_"):  # kept: the replicator's own fields (couch_doc)
+            out[key] = value
+        elif key.startswith("_"):
             if key not in SPECIAL_FIELDS:
                 raise bad_request(f"Bad special document member: {key}", "doc_validation")
             continue
