@@ -65,7 +65,8 @@ def _doc(database: Database, doc_id: str | None) -> dict[str, Any] | None:
     found: Doc | None = database.docs.get(doc_id) if doc_id is not None else None
     if found is None or found.deleted:
         return None
-    return orjson.loads(dumps(found.render(found.winner)))
+    copy: dict[str, Any] = orjson.loads(dumps(found.render(found.winner)))  # the fn's own
+    return copy
 
 
 def _reply(response: Any, status: int, headers: dict[str, str] | None = None) -> Reply:

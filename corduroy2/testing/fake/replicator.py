@@ -546,7 +546,7 @@ class Replicator:
         for job in self._all_jobs():
             if not job.active or job.spec is None:
                 continue
-            history = [{"timestamp": job.start_time, "type": "added"}]
+            history: list[dict[str, Any]] = [{"timestamp": job.start_time, "type": "added"}]
             if job.state == "crashing":
                 history.insert(0, {"timestamp": job.last_updated, "type": "crashed",
                                    "reason": job.error})

@@ -236,9 +236,9 @@ class Database:
     def partitioned(self) -> bool:
         return bool(self.options.get("partitioned"))
 
-    def check_id(self, doc_id: Any) -> str:
+    def check_id(self, value: Any) -> str:
         """A valid doc id for this database: in a partitioned one, ``partition:id``."""
-        doc_id = validate_doc_id(doc_id)
+        doc_id = validate_doc_id(value)
         if self.partitioned and not doc_id.startswith(("_design/", "_local/")):
             partition, sep, rest = doc_id.partition(":")
             if not sep or not partition or not rest:
