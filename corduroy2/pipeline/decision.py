@@ -8,10 +8,10 @@ An attempt ends with a reply (a status and headers) or with a transport error. T
 * :data:`FAIL`: the transport error is final; the caller gets it.
 * :data:`RENEW`: a 401 that fresh credentials may cure: renew them (single-flight), then send
   again. Done at most once per request.
+* :class:`RetryAfter`: send again after ``delay`` seconds.
 
 A request whose streamed body has been read in part (``Request.replayable`` False: an
 attachment upload) is never sent again: its reply or error is final.
-* :class:`RetryAfter`: send again after ``delay`` seconds.
 
 Nothing here does IO or keeps state: the table in ``tests/core/test_decision.py`` is the spec.
 """
