@@ -55,6 +55,31 @@ __all__ = ["TwistedBackend"]
 log = logging.getLogger("corduroy2")
 
 
+class Gate:
+    """The pause state of a producer that writes from a coroutine: the consumer shuts it
+    (``pauseProducing``) and opens it (``resumeProducing``); the writing loop, finding it
+    shut, awaits :meth:`opened`. :meth:`release` wakes that loop without opening
+    (``stopProducing``: the loop then sees that it was stopped)."""
+
+    def __init__(self) -> None:
+        self.shut = False
+        self._waiter: defer.Deferred[None] | None = None
+
+    async def opened(self) -> None:
+        """Return once the gate is opened or released."""
+        self._waiter = defer.Deferred()
+        await self._waiter
+
+    def open(self) -> None:
+        self.shut = False
+        self.release()
+
+    def release(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.callback(None)
+
+
 @implementer(IBodyProducer)
 class _BytesProducer:
     """Writes a body that is already in memory, at once (FileBodyProducer would go through a
@@ -90,8 +115,7 @@ class _StreamProducer:
     def __init__(self, source: BodySource) -> None:
         self._source = source
         self.length = UNKNOWN_LENGTH if source.length is None else source.length
-        self._paused = False
-        self._resumed: defer.Deferred[None] | None = None  # fired by resumeProducing
+        self._gate = Gate()
         self._stopped = False
         self._finished: defer.Deferred[None] = defer.Deferred()
 
@@ -103,9 +127,8 @@ class _StreamProducer:
     async def _write_all(self, consumer: IConsumer) -> None:
         source = self._source
         while not self._stopped:
-            if self._paused:
-                self._resumed = defer.Deferred()
-                await self._resumed
+            if self._gate.shut:
+                await self._gate.opened()
                 continue
             piece = await source.anext_piece() if source.is_async else source.next_piece()
             if piece is None or self._stopped:
@@ -124,20 +147,14 @@ class _StreamProducer:
             self._finished.callback(None)
 
     def pauseProducing(self) -> None:
-        self._paused = True
+        self._gate.shut = True
 
     def resumeProducing(self) -> None:
-        self._paused = False
-        self._wake()
+        self._gate.open()
 
     def stopProducing(self) -> None:
         self._stopped = True
-        self._wake()
-
-    def _wake(self) -> None:
-        resumed, self._resumed = self._resumed, None
-        if resumed is not None:
-            resumed.callback(None)
+        self._gate.release()
 
 
 class MissingTLS(ImportError):

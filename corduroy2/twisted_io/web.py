@@ -35,6 +35,7 @@ from zope.interface import implementer
 from ..api.attachments import parse_range
 from ..api.database import Database
 from ..errors import CouchError, NotFound, RangeNotSatisfiable
+from .backend import Gate
 
 __all__ = ["AttachmentResource"]
 
@@ -52,8 +53,7 @@ class _Body:
     def __init__(self, request: Request, download: Any) -> None:
         self._request = request
         self._download = download
-        self._paused = False
-        self._resumed: defer.Deferred[None] | None = None
+        self._gate = Gate()
         self.stopped = False
 
     async def write_all(self, first: bytes) -> None:
@@ -63,9 +63,8 @@ class _Body:
             if first:
                 request.write(first)
             while not self.stopped:
-                if self._paused:
-                    self._resumed = defer.Deferred()
-                    await self._resumed
+                if self._gate.shut:
+                    await self._gate.opened()
                     continue
                 try:
                     chunk = await self._download.__anext__()
@@ -80,22 +79,16 @@ class _Body:
                 request.finish()
 
     def pauseProducing(self) -> None:
-        self._paused = True
+        self._gate.shut = True
 
     def resumeProducing(self) -> None:
-        self._paused = False
-        self._wake()
+        self._gate.open()
 
     def stopProducing(self) -> None:
         """The browser went away: end the download from CouchDB at once."""
         self.stopped = True
         self._download.close()
-        self._wake()
-
-    def _wake(self) -> None:
-        resumed, self._resumed = self._resumed, None
-        if resumed is not None:
-            resumed.callback(None)
+        self._gate.release()
 
 
 class AttachmentResource(Resource):
