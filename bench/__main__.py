@@ -16,6 +16,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "changes": ("bench.changes", "a 200,000-change continuous feed: lines/s next to the raw rate"),
     "failover": ("bench.failover", "three nodes, the one in use dying every few seconds: "
                                    "requests/s and time to fail over"),
+    "attachments": ("bench.attachments",
+                    "a 256 MB attachment up and down: MB/s next to the raw transport, peak RSS"),
     "fake": ("bench.fake", "FakeCouch: start time, and the behaviour suite's time next to pouchdb"),
 }
 

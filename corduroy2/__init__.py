@@ -8,6 +8,7 @@ Importing this package imports no framework. Pick a front door::
 """
 
 from .api import ConflictResolution, Document, PendingDoc, Status
+from .api.attachments import Attachment
 from .api.changes import ChangesFeed
 from .api.follower import ChangesFollower
 from .api.replication import Replication, ReplicationState
@@ -25,6 +26,7 @@ from .errors import (
     MethodNotAllowed,
     NotFound,
     PreconditionFailed,
+    RangeNotSatisfiable,
     ReplicationFailed,
     RequestEntityTooLarge,
     ResponseCut,
@@ -39,6 +41,7 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Attachment",
     "ChangesFeed",
     "ChangesFollower",
     "FindResult",
@@ -62,6 +65,7 @@ __all__ = [
     "PendingDoc",
     "PreconditionFailed",
     "ProxyAuth",
+    "RangeNotSatisfiable",
     "Replication",
     "ReplicationFailed",
     "ReplicationState",

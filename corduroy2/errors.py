@@ -7,7 +7,7 @@
      |    +-- BadRequest 400, Unauthorized 401, Forbidden 403, NotFound 404,
      |    |   MethodNotAllowed 405, Conflict 409, PreconditionFailed 412,
      |    |   RequestEntityTooLarge 413, UnsupportedMediaType 415,
-     |    |   TooManyRequests 429
+     |    |   RangeNotSatisfiable 416, TooManyRequests 429
      |    +-- ServerError 5xx
      +-- TransportError                                    no (complete) HTTP answer
      |    +-- ConnectError
@@ -37,6 +37,7 @@ __all__ = [
     "PreconditionFailed",
     "RequestEntityTooLarge",
     "UnsupportedMediaType",
+    "RangeNotSatisfiable",
     "TooManyRequests",
     "ServerError",
     "TransportError",
@@ -129,6 +130,10 @@ class RequestEntityTooLarge(HTTPError):
 
 class UnsupportedMediaType(HTTPError):
     """HTTP 415."""
+
+
+class RangeNotSatisfiable(HTTPError):
+    """HTTP 416: the byte range asked for is outside the attachment."""
 
 
 class TooManyRequests(HTTPError):

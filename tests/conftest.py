@@ -95,6 +95,7 @@ POUCHDB_DEVIATIONS = {
     "uuids_dashed": "uuids are uuid4 with dashes",
     "seq_integers": "seqs are integers",
     "all_dbs_unsorted": "_all_dbs is not sorted",
+    "attachment_range_ignored": "Range on an attachment is ignored: 200, whole body (3.x: 206/416)",
     # server administration and replication (tests/behaviour/test_server_admin.py,
     # test_replication.py)
     "no_up": "/_up is missing (404)",

@@ -29,7 +29,7 @@ from ..errors import CouchError, HTTPError
 from ..pipeline.exchange import Exchange, Sender
 from ..protocol.requests import Request
 from ..protocol.responses import NO_HEADERS, Headers, Response, decode_json, make_error
-from .sinks import RowConsumer, RowSink
+from .sinks import Finished, RowConsumer, RowSink
 from .status import Status
 
 __all__ = ["Raw", "Stream", "Wait", "Op", "Call", "Run", "Runner"]
@@ -37,6 +37,8 @@ __all__ = ["Raw", "Stream", "Wait", "Op", "Call", "Run", "Runner"]
 log = logging.getLogger("corduroy2")
 
 T = TypeVar("T")
+
+MakeSink = Callable[[Request, Any, Finished], RowSink]  # (request, consumer, done) -> sink
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,9 @@ class Stream:
 
     request: Request
     consumer: RowConsumer
+    #: Makes the sink that reads the body for the consumer: rows (RowSink), or anything else
+    #: delivered the same way (an attachment's raw chunks: api/attachments.py).
+    make_sink: MakeSink = RowSink
 
 
 @dataclass(frozen=True)
@@ -235,7 +240,7 @@ class Run:
             self.code, self.headers = (status or None), headers
             self._advance(value, error)
 
-        sink = RowSink(step.request, step.consumer, finished)
+        sink = step.make_sink(step.request, step.consumer, finished)
         return sink.keep_transfer(self._sender.send(step.request, sink))
 
     def _finish(self, outcome: Outcome) -> None:

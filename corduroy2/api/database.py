@@ -11,6 +11,7 @@ from ..errors import Conflict, DecodeError, NotFound
 from ..protocol import requests
 from ..protocol.requests import Request, encode_json
 from ..protocol.urls import validate_db_name, validate_doc_id
+from . import attachments
 from .calls import Op, Stream
 from .changes import ChangesSink, longpoll_timeout, with_heartbeat
 from . import replies
@@ -144,6 +145,70 @@ class Database:
         request = requests.get_doc(self._origin, self.name, id_or_ids, opts)
         post = _open_revs if "open_revs" in opts else Document
         return self._runner.call(request, callback, post)
+
+    # -- attachments (api/attachments.py) ----------------------------------------------------
+
+    def put_attachment(self, doc: dict[str, Any], name: str, data: Any,
+                       content_type: str | None = None, *, callback: Callback = None) -> Any:
+        """Store ``data`` as attachment ``name`` of ``doc`` (a dict with ``_id``, and ``_rev``
+        unless the document is new); returns the server's ``{"ok", "id", "rev"}`` and writes
+        the new ``_rev`` and the attachment's stub into ``doc``.
+
+        ``data``: bytes, a str (sent as UTF-8), a file object opened for reading (read from
+        where it stands, a piece at a time), or an iterator or async iterator of bytes
+        (streamed: sent as it is produced, never held whole; blocking mode takes no async
+        iterator). A body of known length (bytes, a seekable binary file) is sent with its
+        Content-Length, any other chunked. ``content_type`` defaults to a guess from
+        ``name``. A streamed body is sent once: no retry once a piece of it has gone.
+        """
+        return attachments.put(self._runner, self._origin, self.name, doc, name, data,
+                               content_type, self.couch.backend.async_bodies, callback)
+
+    def get_attachment(self, doc_or_id: Any, name: str, rev: str | None = None,
+                       range: tuple[int, int | None] | None = None,
+                       if_none_match: str | None = None, on_data: Any = None, *,
+                       callback: Callback = None) -> Any:
+        """Attachment ``name`` of a document (an id or a doc) as an
+        :class:`~corduroy2.api.attachments.Attachment` (``.data``, ``.content_type``,
+        ``.length``, ``.digest``, ``.etag``); ``NotFound`` if missing.
+
+        ``range=(start, end)`` (both inclusive, ``end`` None for the rest) asks for those
+        bytes: status 206 (``RangeNotSatisfiable`` if the server finds it outside the
+        attachment; ``ValueError`` at once if ``doc_or_id`` is a doc whose stub shows it).
+        ``if_none_match=etag``: None when the attachment still has that ETag (304).
+        ``on_data=fn``: each chunk goes to ``fn`` as it arrives and ``.data`` is None.
+        """
+        request = attachments.download_request(self._origin, self.name, doc_or_id, name, rev,
+                                               range, if_none_match, on_data is not None)
+        return attachments.get(self._runner, request, on_data, callback)
+
+    def iter_attachment(self, doc_or_id: Any, name: str, *, rev: str | None = None,
+                        range: tuple[int, int | None] | None = None,
+                        if_none_match: str | None = None, high_water: int = 16) -> Any:
+        """Iterate an attachment's chunks as they arrive (``async for``; a plain ``for`` in
+        blocking mode): at most about ``high_water`` chunks wait in memory, the transfer
+        paused meanwhile. ``fields`` holds the metadata (``content_type``, ``length``,
+        ``etag``, ``status``...) once the first chunk is in (or the iteration has ended);
+        ``close()`` aborts the download. Options as :meth:`get_attachment`'s."""
+        request = attachments.download_request(self._origin, self.name, doc_or_id, name, rev,
+                                               range, if_none_match, True)
+        return self.couch.front_door.iterate(self.couch.sender, request, _identity,
+                                              high_water, attachments.AttachmentSink)
+
+    def attachment_info(self, doc_or_id: Any, name: str, *, rev: str | None = None,
+                        if_none_match: str | None = None, callback: Callback = None) -> Any:
+        """An attachment's metadata without its data (``HEAD``): an
+        :class:`~corduroy2.api.attachments.Attachment` whose ``data`` is None; None when
+        ``if_none_match`` is still its ETag; ``NotFound`` if missing."""
+        request = attachments.download_request(self._origin, self.name, doc_or_id, name, rev,
+                                               None, if_none_match, False, method="HEAD")
+        return attachments.info(self._runner, request, callback)
+
+    def delete_attachment(self, doc: dict[str, Any], name: str, *,
+                          callback: Callback = None) -> Any:
+        """Delete attachment ``name`` of ``doc`` (a dict with ``_id`` and ``_rev``); returns
+        the server's reply, and writes the new ``_rev`` into ``doc`` (the stub goes)."""
+        return attachments.delete(self._runner, self._origin, self.name, doc, name, callback)
 
     def save(
         self,

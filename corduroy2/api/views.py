@@ -268,7 +268,7 @@ class RowIterator:
     # -- consumer side (called by the RowSink) --------------------------------------------------
 
     def header(self, fields: dict[str, Any]) -> None:
-        return None
+        self.fields = fields  # what came before the rows (an attachment's head)
 
     def rows(self, rows: list[Any]) -> None:
         self._queue.extend(map(self._wrap, rows))
@@ -331,14 +331,17 @@ class RowIterator:
         self.close()
 
     def close(self) -> None:
-        """Stop: abort the request and drop queued rows."""
+        """Stop: abort the request and drop queued rows. A pending ``__anext__`` ends the
+        iteration (an attachment handler closes the download when its browser leaves)."""
         if not self._ended:
             self._ended = True
             self._error = None
             if self._transfer is not None:
                 self._transfer.cancel()
         self._queue.clear()
-        self._waiter = None
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter(Outcome(error=StopAsyncIteration()))
 
     async def __aenter__(self) -> RowIterator:
         return self

@@ -41,6 +41,7 @@ from ..backend import (
     tls_meaning,
 )
 from ..errors import ConnectError, CouchError, ResponseCut, Timeout, TransportError
+from ..protocol.bodies import BodySource
 from ..protocol.requests import Request, check_headers
 from ..protocol.responses import Headers
 from ._repairs import StreamResponse, put_header_lines
@@ -88,6 +89,9 @@ class BlockingBackend(Backend):
     checked again between pieces); the connect by ``connect_timeout`` and both of those. Time
     spent in the sink is not silence: the socket is not being waited on then.
     """
+
+    # No event loop to await an async iterator's pieces on.
+    async_bodies = False
 
     def __init__(self, options: TransportOptions | None = None) -> None:
         super().__init__(options)
@@ -137,7 +141,12 @@ class BlockingBackend(Backend):
              budget: _Budget) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """Send ``request`` and read the response head, on an idle connection if there is one.
         A failed connection is closed."""
-        conn, reused = self._checkout(request, origin, budget)
+        if isinstance(request.body, BodySource):
+            # A fresh connection: a stale reused one would be found out only once the body
+            # had been read, and a streamed body cannot be sent again.
+            conn, reused = self._connect(request, origin, budget), False
+        else:
+            conn, reused = self._checkout(request, origin, budget)
         while True:
             try:
                 _write(conn, reused, request, target, lines, budget)
@@ -277,6 +286,17 @@ def _write(conn: http.client.HTTPConnection, reused: bool, request: Request, tar
         # (request() takes a dict).
         conn.putrequest(request.method, target)
         body = request.body
+        if isinstance(body, BodySource):
+            # Sent piece by piece as http.client iterates it; chunked when its length is not
+            # known. A failing source raises its TransportError out of here.
+            if body.length is None:
+                conn.putheader("Transfer-Encoding", "chunked")
+            else:
+                conn.putheader("Content-Length", str(body.length))
+            if lines:
+                put_header_lines(conn, lines)
+            conn.endheaders(iter(body), encode_chunked=body.length is None)
+            return
         if body is not None:
             conn.putheader("Content-Length", str(len(body)))
         if lines:

@@ -45,7 +45,7 @@ class RowReader:
 
     # consumer side, on the worker thread
     def header(self, fields: dict[str, Any]) -> None:
-        return None
+        self.fields = fields  # what came before the rows (an attachment's head)
 
     def rows(self, rows: list[Any]) -> None:
         wrapped = list(map(self._wrap, rows))

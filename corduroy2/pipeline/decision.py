@@ -14,6 +14,9 @@ An attempt ends with a reply (a status and headers) or with a transport error. T
   backoff applies.
 * :class:`RetryAfter`: send again after ``delay`` seconds.
 
+A request whose streamed body has been read in part (``Request.replayable`` False: an
+attachment upload) is never sent again: its reply or error is final.
+
 Nothing here does IO or keeps state: the table in ``tests/core/test_decision.py`` is the spec.
 """
 
@@ -84,7 +87,7 @@ def decide(
         assert status is not None
         if status < 400:
             return DELIVER
-        if status == 401 and renewable:
+        if status == 401 and renewable and request.replayable:
             return RENEW
     elif other_node and _may_fail_over(request, status, error, policy, elapsed):
         return FAILOVER
@@ -112,8 +115,8 @@ def _retry_delay(request: Request, status: int | None, headers: Mapping[str, str
                  error: CouchError | None, policy: Retry | None, retries: int,
                  jitter: Callable[[], float]) -> float | None:
     """The delay the policy asks for before another attempt, or None for no retry."""
-    if policy is None or retries + 1 >= policy.attempts:
-        return None
+    if policy is None or retries + 1 >= policy.attempts or not request.replayable:
+        return None  # (a streamed body already read in part cannot be sent again)
     if error is not None:
         if isinstance(error, Timeout) or not isinstance(error, TransportError):
             return None

@@ -329,9 +329,7 @@ class Exchange:
         auth = self._sender.auth
         if auth is not None:
             auth._observe(headers)
-        # decide() delivers every status below 400 (its first rule): asking it only about the
-        # others spares a success the clock and the policy (bench get --instructions: FIGURE).
-        decision = DELIVER if status < 400 else self._decide()
+        decision = self._decide()
         if decision is DELIVER:
             self._delivering = True
             self._sink.on_start(status, headers)

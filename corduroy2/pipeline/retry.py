@@ -108,7 +108,7 @@ def is_idempotent(request: Request) -> bool:
     query = urlsplit(request.url).query
     if query and any(name == "rev" for name, _ in parse_qsl(query)):
         return True
-    if request.body and b'"_rev"' in request.body:  # cheap test first; parse only if it may be
+    if isinstance(request.body, bytes) and b'"_rev"' in request.body:  # cheap test first; parse only if it may be
         try:
             body = orjson.loads(request.body)
         except orjson.JSONDecodeError:

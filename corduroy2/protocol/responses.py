@@ -97,6 +97,7 @@ _BY_STATUS: dict[int, type[errors.HTTPError]] = {
     412: errors.PreconditionFailed,
     413: errors.RequestEntityTooLarge,
     415: errors.UnsupportedMediaType,
+    416: errors.RangeNotSatisfiable,
     429: errors.TooManyRequests,
 }
 

@@ -138,7 +138,7 @@ class RecordingBackend(Backend):
 
     @staticmethod
     def json(request: Request) -> Any:
-        assert request.body is not None
+        assert isinstance(request.body, bytes), "no JSON body (none, or a streamed one)"
         return orjson.loads(request.body)
 
 

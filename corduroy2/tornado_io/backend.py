@@ -36,6 +36,7 @@ from ..backend import (
     tls_meaning,
 )
 from ..errors import ConnectError, CouchError, ResponseCut, Timeout, TransportError
+from ..protocol.bodies import BodySource
 from ..protocol.requests import Request, check_headers
 from ..protocol.responses import Headers
 from ._repairs import CurlRun, SimpleClient, abandon_with, fetch
@@ -58,6 +59,15 @@ T = TypeVar("T")
 # Tornado's 100 MiB default. Memory is bounded by streaming, not by this.
 _MAX_BODY = 1 << 62
 
+# What a READFUNCTION answers to abort the transfer, or to pause it until curl_easy_pause.
+_READ_ABORT: int = pycurl.READFUNC_ABORT if pycurl is not None else 0
+_READ_PAUSE: int = pycurl.READFUNC_PAUSE if pycurl is not None else 0
+
+# libcurl's upload buffer (its default is 64 KiB): fewer READFUNCTION calls per megabyte.
+_UPLOAD_BUFFER = 256 * 1024
+# libcurl's receive buffer for streamed replies (see _Transfer.prepare_curl).
+_STREAM_BUFFER = 256 * 1024
+
 # libcurl error numbers (curl/curl.h), by what they mean for the caller.
 _CURL_CONNECT = {5, 6, 7, 35, 51, 53, 54, 58, 59, 60, 77, 80, 83, 90, 91}
 _CURL_TIMEOUT = {28}
@@ -69,6 +79,91 @@ _CURL_TLS = {35, 51, 58, 60, 77, 83, 90, 91}
 # Socket errors that mean the connection was never made.
 _CONNECT_ERRNOS = {errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH,
                    errno.EADDRNOTAVAIL, errno.ETIMEDOUT}
+
+
+class _Upload:
+    """A streamed request body (a :class:`~corduroy2.protocol.bodies.BodySource`) for either
+    client, each piece taken only when the connection wants more.
+
+    Simple client: :meth:`produce` is the request's ``body_producer``; it awaits each
+    ``write``, whose Future resolves once the piece is on its way, so that at most a piece or
+    so waits in memory. Curl: :meth:`prepare_curl` gives libcurl a ``READFUNCTION``, which
+    libcurl calls when its upload buffer has room. A synchronous source is read right there
+    (a file read); an async one is awaited on the loop meanwhile: the read answers
+    ``READFUNC_PAUSE`` and the transfer is resumed (``curl_easy_pause``) when the piece has
+    come, and the next piece is asked for as soon as one has been handed over.
+    """
+
+    def __init__(self, source: BodySource, heard: Callable[[], None]) -> None:
+        self._source = source
+        self._heard = heard
+        self._pending = memoryview(b"")  # what is left of the piece being sent (curl)
+        self._ended = False
+        self._fetching = False
+        self._run: CurlRun | None = None
+        #: Why the curl transfer was aborted by :meth:`_read` (the source failed).
+        self.error: CouchError | None = None
+
+    async def produce(self, write: Callable[[bytes], Awaitable[None]]) -> None:
+        source = self._source
+        while True:
+            piece = await source.anext_piece() if source.is_async else source.next_piece()
+            if piece is None:
+                return
+            self._heard()
+            await write(piece)
+
+    def prepare_curl(self, curl: Any, run: CurlRun) -> None:
+        self._run = run
+        length = self._source.length
+        curl.setopt(pycurl.READFUNCTION, self._read)
+        # libcurl rewinds a body to send it again on a fresh connection; this one cannot be.
+        curl.setopt(pycurl.SEEKFUNCTION, lambda offset, origin: pycurl.SEEKFUNC_CANTSEEK)
+        curl.setopt(pycurl.INFILESIZE_LARGE, -1 if length is None else length)
+        curl.setopt(pycurl.UPLOAD_BUFFERSIZE, _UPLOAD_BUFFER)
+
+    def _read(self, size: int) -> bytes | int:
+        """libcurl's ``READFUNCTION``: up to ``size`` bytes; b"" at the end."""
+        if not self._pending:
+            if self._source.is_async:
+                if self.error is not None:
+                    return _READ_ABORT
+                if self._ended:
+                    return b""
+                self._fetch()
+                return _READ_PAUSE
+            try:
+                piece = self._source.next_piece()
+            except CouchError as exc:
+                self.error = exc
+                return _READ_ABORT
+            if piece is None:
+                return b""
+            self._pending = memoryview(piece)
+        self._heard()
+        out, self._pending = self._pending[:size], self._pending[size:]
+        if not self._pending and self._source.is_async:
+            self._fetch()  # ask for the next piece while libcurl sends this one
+        return bytes(out)
+
+    def _fetch(self) -> None:
+        if self._fetching or self._ended:
+            return
+        self._fetching = True
+        gen.convert_yielded(self._source.anext_piece()).add_done_callback(self._fetched)
+
+    def _fetched(self, future: Future[bytes | None]) -> None:
+        self._fetching = False
+        try:
+            piece = future.result()
+        except CouchError as exc:
+            self.error, piece = exc, None
+        if piece is None:
+            self._ended = True
+        else:
+            self._pending = memoryview(piece)
+        if self._run is not None:
+            self._run.resume()  # PAUSE_CONT: libcurl reads again
 
 
 class _Transfer:
@@ -103,12 +198,15 @@ class _Transfer:
         self._paused = False
         self._waiter: Future[None] | None = None  # simple client, while paused
         self._curl: CurlRun | None = None
+        # A streamed request body (an attachment upload): pieces read as they are sent.
+        self.upload = (_Upload(request.body, self.heard)
+                       if isinstance(request.body, BodySource) else None)
         # A plain request on curl under a long idle timeout (CURL_IDLE_MIN) is watched by
         # libcurl itself (LOW_SPEED_LIMIT/LOW_SPEED_TIME, rounded up to whole seconds), which
         # spares a loop timer and a Python call per header line and piece: with the default
         # idle timeout, bench get --instructions tornado-curl c=1 24.9% -> 6.1% overhead.
         self._curl_low_speed = (math.ceil(idle) if curl and idle and idle >= CURL_IDLE_MIN
-                                and not request.stream else None)
+                                and not request.stream and self.upload is None else None)
         # Else the backend's watch counts the silence, from now to the end of the body, but
         # not while paused (that silence is the caller's).
         self.idle_timeout = idle if self._curl_low_speed is None else None
@@ -138,8 +236,10 @@ class _Transfer:
         elif self._curl_low_speed is not None:
             return {"prepare_curl_callback": functools.partial(_quiet_unless_silent,
                                                                self._curl_low_speed)}
-        else:
+        elif self.upload is None:
             return {}
+        else:
+            callbacks = {}  # an upload: curl's transfer needs prepare_curl
         if curl_client is not None:
             callbacks["prepare_curl_callback"] = functools.partial(self.prepare_curl,
                                                                    curl_client)
@@ -197,6 +297,15 @@ class _Transfer:
         _quiet(curl)
         self._curl = CurlRun(client, curl)
         self.abort = self._curl.abort
+        if self.upload is not None:
+            self.upload.prepare_curl(curl, self._curl)
+        if self._request.stream:
+            # libcurl hands a streamed body over in pieces of at most BUFFERSIZE (16 KiB by
+            # default): each piece costs a trip through the sink and the iterator. Measured
+            # with bench attachments (256 MiB down through iter_attachment): 0.75x the raw
+            # transport's MB/s with 16 KiB, 0.93-1.01x with this. A piece is still handed over
+            # as soon as it is read, so a feed's lines are not held back.
+            curl.setopt(pycurl.BUFFERSIZE, _STREAM_BUFFER)
 
     def fetched(self, response: HTTPResponse) -> None:
         """The fetch's end: its response, whatever its status; Tornado's code 599 is a failure
@@ -204,7 +313,8 @@ class _Transfer:
         if self.cancelled:
             return
         if response.code == 599 and response.error is not None:
-            self.fail(_map_error(response.error, self._request))
+            upload_error = self.upload.error if self.upload is not None else None
+            self.fail(upload_error or _map_error(response.error, self._request))
             return
         if self.idle_timeout:
             self._silences.unwatch(self)
@@ -381,11 +491,25 @@ class TornadoBackend(Backend):
                          http: AsyncHTTPClient) -> HTTPRequest:
         """The HTTPRequest for ``request``; what all requests share is in the client's
         defaults (_defaults)."""
+        headers = _headers(request.headers)
+        body = request.body
+        upload: dict[str, Any] = {}
+        if isinstance(body, BodySource):
+            length, body = body.length, None
+            if self._curl:  # libcurl is given the length itself (_Upload.prepare_curl)
+                if length is None:
+                    headers["Transfer-Encoding"] = "chunked"
+            else:
+                assert transfer.upload is not None
+                upload["body_producer"] = transfer.upload.produce
+                if length is not None:  # else Tornado sends it chunked
+                    headers["Content-Length"] = str(length)
         tornado_request = HTTPRequest(
             request.url,
             method=request.method,
-            headers=_headers(request.headers),
-            body=request.body,
+            headers=headers,
+            body=body,
+            **upload,
             # 0 = no limit for both clients; Tornado's own default (20 s) would cut feeds.
             request_timeout=request.timeout or self.options.request_timeout or 0,
             **transfer.callbacks(http if self._curl else None),
@@ -490,6 +614,8 @@ class _Abandoned(Exception):
 
 def _map_error(exc: BaseException, request: Request) -> CouchError:
     """One map from Tornado's and libcurl's errors to corduroy2's transport errors."""
+    if isinstance(exc, CouchError):  # a streamed request body failed (BodySource)
+        return exc
     where: dict[str, str] = {"method": request.method, "url": request.url}
     err: CouchError
     if isinstance(exc, HTTPTimeoutError):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web import client as web_client
 from twisted.web.client import (
+    RequestGenerationFailed,
     RequestTransmissionFailed,
     ResponseDone,
     ResponseFailed,
@@ -35,7 +37,7 @@ from twisted.web.client import (
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers as TwistedHeaders
-from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 from ..backend import (
@@ -43,6 +45,7 @@ from ..backend import (
     warn_unverified,
 )
 from ..errors import ConnectError, CouchError, ResponseCut, Timeout, TransportError
+from ..protocol.bodies import BodySource
 from ..protocol.requests import Request, check_headers
 from ..protocol.responses import Headers
 from . import _repairs
@@ -50,6 +53,31 @@ from . import _repairs
 __all__ = ["TwistedBackend"]
 
 log = logging.getLogger("corduroy2")
+
+
+class Gate:
+    """The pause state of a producer that writes from a coroutine: the consumer shuts it
+    (``pauseProducing``) and opens it (``resumeProducing``); the writing loop, finding it
+    shut, awaits :meth:`opened`. :meth:`release` wakes that loop without opening
+    (``stopProducing``: the loop then sees that it was stopped)."""
+
+    def __init__(self) -> None:
+        self.shut = False
+        self._waiter: defer.Deferred[None] | None = None
+
+    async def opened(self) -> None:
+        """Return once the gate is opened or released."""
+        self._waiter = defer.Deferred()
+        await self._waiter
+
+    def open(self) -> None:
+        self.shut = False
+        self.release()
+
+    def release(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.callback(None)
 
 
 @implementer(IBodyProducer)
@@ -74,6 +102,59 @@ class _BytesProducer:
 
     def stopProducing(self) -> None:
         return None
+
+
+@implementer(IBodyProducer)
+class _StreamProducer:
+    """Writes a :class:`~corduroy2.protocol.bodies.BodySource` piece by piece: a piece is
+    taken only while the connection wants more. Twisted registers a body producer as a
+    streaming producer, so the transport calls ``pauseProducing`` when its send buffer is full
+    and ``resumeProducing`` once it has drained: at most a piece or so waits in memory. An
+    async source's pieces are awaited on the reactor (its iterator may await Deferreds)."""
+
+    def __init__(self, source: BodySource) -> None:
+        self._source = source
+        self.length = UNKNOWN_LENGTH if source.length is None else source.length
+        self._gate = Gate()
+        self._stopped = False
+        self._finished: defer.Deferred[None] = defer.Deferred()
+
+    def startProducing(self, consumer: IConsumer) -> defer.Deferred[None]:
+        writing = defer.Deferred.fromCoroutine(self._write_all(consumer))
+        writing.addCallbacks(self._ended, self._ended)
+        return self._finished
+
+    async def _write_all(self, consumer: IConsumer) -> None:
+        source = self._source
+        while not self._stopped:
+            if self._gate.shut:
+                await self._gate.opened()
+                continue
+            piece = await source.anext_piece() if source.is_async else source.next_piece()
+            if piece is None or self._stopped:
+                return
+            consumer.write(piece)
+
+    def _ended(self, result: Any) -> None:
+        # After stopProducing the Deferred must never fire (IBodyProducer): the request has
+        # already ended some other way.
+        if self._stopped:
+            return
+        self._stopped = True
+        if isinstance(result, Failure):
+            self._finished.errback(result)
+        else:
+            self._finished.callback(None)
+
+    def pauseProducing(self) -> None:
+        self._gate.shut = True
+
+    def resumeProducing(self) -> None:
+        self._gate.open()
+
+    def stopProducing(self) -> None:
+        self._stopped = True
+        self._gate.release()
 
 
 class MissingTLS(ImportError):
@@ -209,11 +290,16 @@ class _Transfer(Protocol):
             response.deliverBody(_Discard())
             return
         # Decoded on first use only (the response's headers do not change any more).
-        fields = (
+        fields: Any = (
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, values in response.headers.getAllRawHeaders()
             for value in values
         )
+        if response.length is not UNKNOWN_LENGTH and response.code not in (204, 304) and \
+                not response.headers.hasHeader(b"content-length"):
+            # Twisted keeps Content-Length out of the headers (as response.length; a HEAD's
+            # stays): put it back, as the other backends report it (an attachment's length).
+            fields = itertools.chain(fields, (("Content-Length", str(response.length)),))
         self._heard()
         self.sink.on_start(response.code, Headers(fields))
         response.deliverBody(self)
@@ -380,7 +466,10 @@ class TwistedBackend(Backend):
         except (ValueError, MissingTLS) as exc:
             transfer._end(_refusal(exc, request))
             return transfer
-        producer = None if request.body is None else _BytesProducer(request.body)
+        body = request.body
+        producer: _StreamProducer | _BytesProducer | None = (
+            None if body is None else _StreamProducer(body) if isinstance(body, BodySource)
+            else _BytesProducer(body))
         requesting = self._get_agent().request(
             request.method.encode("ascii"), request.url.encode("ascii"), headers, producer
         )
@@ -463,7 +552,8 @@ def _refusal(exc: Exception, request: Request) -> CouchError:
 def _reasons(failure: Failure) -> list[Failure]:
     """The underlying failures of Twisted's wrapper exceptions, or the failure itself."""
     value = failure.value
-    if isinstance(value, (ResponseFailed, RequestTransmissionFailed)) and value.reasons:
+    if isinstance(value, (ResponseFailed, RequestTransmissionFailed, RequestGenerationFailed)
+                  ) and value.reasons:
         return list(value.reasons)
     return [failure]
 
@@ -473,6 +563,9 @@ def _map_failure(failure: Failure, request: Request) -> CouchError:
     where: dict[str, str] = {"method": request.method, "url": request.url}
     reasons = _reasons(failure)
     causes = [r.value for r in reasons]
+    for cause in causes:
+        if isinstance(cause, CouchError):  # a streamed request body failed (BodySource)
+            return cause
     text = "; ".join(f"{type(c).__name__}: {c}" for c in causes)
     err: CouchError
     if any(isinstance(c, (ierror.TimeoutError, defer.TimeoutError)) for c in causes):

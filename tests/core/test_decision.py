@@ -10,6 +10,7 @@ import pytest
 from corduroy2.errors import ConnectError, CouchError, ResponseCut, Timeout, TransportError
 from corduroy2.pipeline.decision import DELIVER, FAIL, FAILOVER, RENEW, RetryAfter, decide
 from corduroy2.pipeline.retry import Retry
+from corduroy2.protocol.bodies import BodySource
 from corduroy2.protocol.requests import Request
 from corduroy2.protocol.responses import Headers
 
@@ -22,6 +23,16 @@ PUT_NEW = Request("PUT", URL, body=b'{"a":1}')
 PUT_REV = Request("PUT", URL, body=b'{"_rev":"1-x","a":1}')
 DELETE_REV = Request("DELETE", URL + "?rev=1-x")
 COPY = Request("COPY", URL)
+
+
+def streamed(sent: bool) -> Request:
+    """An attachment upload (PUT with a rev) whose body is streamed; ``sent``: a piece of it
+    has been taken, so it cannot be sent again."""
+    source = BodySource(iter([b"piece", b"more"]))
+    if sent:
+        source.next_piece()
+    return Request("PUT", URL + "/att?rev=1-x", body=source)
+
 
 POLICY = Retry(attempts=3, base=0.1, cap=5.0, deadline=10.0)
 POST_TOO = Retry(attempts=3, base=0.1, cap=5.0, deadline=10.0, methods=frozenset({"POST"}))
@@ -100,6 +111,17 @@ TABLE: list[tuple[str, tuple[Any, ...], Any]] = [
      RetryAfter(0.05)),
     # The time allowed was spent: never retried.
     ("timeout GET", (GET, None, None, timeout(), POLICY, 0, 0.0, False), FAIL),
+    # A streamed body read in part cannot be sent again, whatever else would allow it.
+    ("503 streamed, unread", (streamed(False), 503, None, None, POLICY, 0, 0.0, False),
+     RetryAfter(0.05)),
+    ("503 streamed, sent", (streamed(True), 503, None, None, POLICY, 0, 0.0, False), DELIVER),
+    ("refused streamed", (streamed(False), None, None, refused(), POLICY, 0, 0.0, False),
+     RetryAfter(0.05)),
+    ("cut streamed, sent", (streamed(True), None, None, cut(), POLICY, 0, 0.0, False), FAIL),
+    ("401 renewable, streamed unread", (streamed(False), 401, None, None, POLICY, 0, 0.0,
+                                        True), RENEW),
+    ("401 renewable, streamed sent", (streamed(True), 401, None, None, POLICY, 0, 0.0, True),
+     DELIVER),
     # Not a transport failure (the credentials could not be had): final.
     ("credentials", (GET, None, None, other(), POLICY, 0, 0.0, True), FAIL),
 ]

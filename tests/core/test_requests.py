@@ -11,7 +11,9 @@ from typing import Any
 import orjson
 import pytest
 
+from corduroy2.errors import TransportError
 from corduroy2.protocol import requests as requests_module
+from corduroy2.protocol.bodies import BodySource
 from corduroy2.protocol.requests import JSON_HEADERS, Request, check_headers, encode_json
 
 NAN = float("nan")
@@ -226,6 +228,21 @@ BUILDERS: list[tuple[str, Any, str, str, Any, Any, bool]] = [
      f"{H}/db/a?rev=1-a", None, None, False),
     ("bulk_docs", lambda: rq.bulk_docs(ORIGIN, "db", [{"_id": "a"}], {"new_edits": False}),
      "POST", f"{H}/db/_bulk_docs", {"new_edits": False, "docs": [{"_id": "a"}]}, None, False),
+    # attachments
+    ("put_attachment", lambda: rq.put_attachment(ORIGIN, "db", "a/b", "1-x", "d/p.jpg",
+                                                 b"\xff", "image/jpeg"),
+     "PUT", f"{H}/db/a%2Fb/d/p.jpg?rev=1-x", b"\xff", None, False),
+    ("put_attachment creating", lambda: rq.put_attachment(ORIGIN, "db", "n", None, "a b",
+                                                          b"", "text/plain"),
+     "PUT", f"{H}/db/n/a%20b", b"", None, False),
+    ("get_attachment", lambda: rq.get_attachment(ORIGIN, "db", "_design/d", "x?.txt", "2-y"),
+     "GET", f"{H}/db/_design/d/x%3F.txt?rev=2-y", None, None, False),
+    ("get_attachment streamed", lambda: rq.get_attachment(ORIGIN, "db", "d", "x", stream=True),
+     "GET", f"{H}/db/d/x", None, None, True),
+    ("head_attachment", lambda: rq.get_attachment(ORIGIN, "db", "d", "x", method="HEAD"),
+     "HEAD", f"{H}/db/d/x", None, None, False),
+    ("delete_attachment", lambda: rq.delete_attachment(ORIGIN, "db", "d", "3-z", "x"),
+     "DELETE", f"{H}/db/d/x?rev=3-z", None, None, False),
     ("view", lambda: rq.view(ORIGIN, "db", "d/v", {"key": "k", "limit": 1}), "GET",
      f"{H}/db/_design/d/_view/v?key=%22k%22&limit=1", None, None, True),
     ("view keys", lambda: rq.view(ORIGIN, "db", "d/v", {"keys": [1, 2]}), "POST",
@@ -324,8 +341,9 @@ def test_builder(build: Any, method: str, url: str, body: Any, idempotent: Any,
     request = build()
     assert (request.method, request.url, request.idempotent, request.stream) == (
         method, url, idempotent, stream)
-    if body is None or body == b"":
-        assert request.body == body
+    if body is None or body == b"" or method == "PUT" and "/_" not in url and not \
+            request.body.startswith(b"{"):
+        assert request.body == body  # no body, or an attachment's bytes as they are
         assert ("Content-Type", "application/json") not in request.headers
     else:
         assert orjson.loads(request.body) == body
@@ -424,7 +442,58 @@ BAD: list[tuple[str, Any, type[Exception]]] = [
     ("feed", lambda: rq.changes(ORIGIN, "db", {"feed": "x"}), ValueError),
     ("doc_ids", lambda: rq.changes(ORIGIN, "db", {"doc_ids": "a"}), TypeError),
     ("since", lambda: rq.changes(ORIGIN, "db", {"since": 1.5}), TypeError),
+    ("attachment name empty", lambda: rq.get_attachment(ORIGIN, "db", "d", ""), ValueError),
+    ("attachment name _", lambda: rq.get_attachment(ORIGIN, "db", "d", "_x"), ValueError),
+    ("attachment name None", lambda: rq.get_attachment(ORIGIN, "db", "d", None), TypeError),
+    ("attachment doc id", lambda: rq.get_attachment(ORIGIN, "db", None, "x"), ValueError),
+    ("range reversed", lambda: rq.get_attachment(ORIGIN, "db", "d", "x", None, (4, 2)),
+     ValueError),
+    ("range negative", lambda: rq.get_attachment(ORIGIN, "db", "d", "x", None, (-1, 2)),
+     ValueError),
+    ("range not a pair", lambda: rq.get_attachment(ORIGIN, "db", "d", "x", None, (1,)),
+     TypeError),
+    ("range floats", lambda: rq.get_attachment(ORIGIN, "db", "d", "x", None, (0.5, 2)),
+     TypeError),
+    ("put_attachment type", lambda: rq.put_attachment(ORIGIN, "db", "d", None, "x", b"", ""),
+     ValueError),
+    ("delete_attachment no rev", lambda: rq.delete_attachment(ORIGIN, "db", "d", None, "x"),
+     ValueError),
 ]
+
+
+def test_attachment_headers() -> None:
+    put = rq.put_attachment(ORIGIN, "db", "d", "1-x", "p", BodySource(iter([b"x"])), "a/b")
+    assert put.headers == BASE + (("Content-Type", "a/b"),)
+    assert isinstance(put.body, BodySource) and put.replayable
+    get = rq.get_attachment(ORIGIN, "db", "d", "p", None, (0, 4), '"etag"')
+    assert get.headers == BASE + (("Range", "bytes=0-4"), ("If-None-Match", '"etag"'))
+    assert dict(rq.get_attachment(ORIGIN, "db", "d", "p", None, (7, None)).headers)[
+        "Range"] == "bytes=7-"
+
+
+def test_a_streamed_body_is_not_replayable_once_read() -> None:
+    source = BodySource(iter([b"", b"a", bytearray(b"b")]))
+    request = Request("PUT", H, body=source)
+    assert request.replayable and "unknown length" in repr(request)
+    assert list(source) == [b"a", b"b"]  # empty pieces skipped, bytes-like made bytes
+    assert not request.replayable and source.taken
+    assert Request("PUT", H, body=b"x").replayable and Request("GET", H).replayable
+
+
+def test_a_failing_body_source_raises_a_transport_error() -> None:
+    def pieces() -> Any:
+        yield b"ok"
+        raise OSError("disk gone")
+
+    source = BodySource(pieces())
+    assert source.next_piece() == b"ok"
+    with pytest.raises(TransportError, match="disk gone") as info:
+        source.next_piece()
+    assert isinstance(info.value.__cause__, OSError)
+    with pytest.raises(TransportError, match="must be bytes"):
+        BodySource(iter(["text"])).next_piece()
+    with pytest.raises(TypeError):
+        BodySource([b"a list, not an iterator"])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("build, error", [row[1:] for row in BAD], ids=[row[0] for row in BAD])

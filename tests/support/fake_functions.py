@@ -1,7 +1,8 @@
 """The design-doc functions the test suite sends, in Python, for ``COUCHDB_SERVER=fake``.
 
 corduroy2.testing.FakeCouch runs Python in place of JavaScript: each source a test puts in a
-design doc is listed here with what it does (map: ``fn(doc, emit)``; filter: ``fn(doc, req)``).
+design doc is listed here with what it does (map: ``fn(doc, emit)``; filter, show: ``fn(doc, req)``; list: ``fn(head, req, get_row,
+send, start)``; update: ``fn(doc, req)`` -> ``[doc, response]``).
 A test that adds a function adds its line here; an unlisted source answers 400
 ``compilation_error`` on the fake.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 Emit = Callable[[Any, Any], None]
 
@@ -58,7 +61,48 @@ def _type_b(doc: dict[str, Any], emit: Emit) -> None:
         emit(doc["_id"], None)
 
 
+def _stringify(value: Any) -> str:
+    """JavaScript's ``JSON.stringify``."""
+    return orjson.dumps(value).decode()
+
+
+def _show_who(doc: dict[str, Any] | None, req: dict[str, Any]) -> dict[str, Any]:
+    return {"headers": {"X-Show": "yes", "Content-Type": "application/json"},
+            "body": _stringify({"id": doc["_id"] if doc else None,
+                                "q": req["query"].get("q") or None})}
+
+
+def _list_keys(head: dict[str, Any], req: dict[str, Any], get_row: Callable[[], Any],
+               send: Callable[[str], None], start: Callable[..., None]) -> str:
+    keys = []
+    while (row := get_row()) is not None:
+        keys.append(row["key"])
+    return _stringify(keys)
+
+
+def _update_stamp(doc: dict[str, Any] | None, req: dict[str, Any]) -> list[Any]:
+    if doc is None:
+        return [{"_id": req["uuid"], "body": req["body"]}, "created"]
+    doc["body"] = req["body"]
+    return [doc, "stamped " + doc["_id"]]
+
+
 FUNCTIONS: dict[str, Callable[..., Any]] = {
+    # tests/behaviour/test_design_functions.py (white space runs compare as one space)
+    ('function (doc, req) { return {headers: {"X-Show": "yes", "Content-Type": '
+     '"application/json"}, body: JSON.stringify({id: doc ? doc._id : null, q: '
+     'req.query.q || null})}; }'):
+        _show_who,
+    ('function (head, req) { var row, keys = []; while ((row = getRow())) { '
+     'keys.push(row.key); } return JSON.stringify(keys); }'):
+        _list_keys,
+    ('function (doc, req) { if (!doc) { return [{_id: req.uuid, body: req.body}, '
+     '"created"]; } doc.body = req.body; return [doc, "stamped " + doc._id]; }'):
+        _update_stamp,
+    "function (d) { emit(-d.n, null); }":
+        lambda d, emit: emit(-d["n"] if "n" in d else None, None),
+    "function (d) { emit(d.n, null); }": lambda d, emit: emit(d.get("n"), None),
+    "function (d) { emit(d._id); }": lambda d, emit: emit(d["_id"]),
     "function (doc, req) { return doc.type === req.query.type; }":
         lambda doc, req: doc.get("type") == req["query"].get("type"),
     "function (doc) { if (doc.type === 'b') emit(doc._id, null); }": _type_b,

@@ -20,7 +20,7 @@ def test_no_admin_party(couch: Http, db: str) -> None:
     assert couch("PUT", "/other", auth=None)[0] == 401
     assert couch("GET", db, auth=("admin", "wrong"))[2] == {
         "error": "unauthorized", "reason": "Name or password is incorrect."}
-    assert couch("GET", "/_all_dbs")[2] == ["_replicator", "_users", "db"]
+    assert couch("GET", "/_all_dbs")[2] == ["_global_changes", "_replicator", "_users", "db"]
 
 
 def test_members_basic_and_cookie(couch: Http, db: str) -> None:

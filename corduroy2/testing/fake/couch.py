@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import Refusal, bad_request
+from .node import Node
+from .replicator import Replicator
 from .store import Database, db_missing, validate_db_name
 from .views import Functions
 
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
 __all__ = ["FakeCouch", "User"]
 
 VERSION = "3.4.3"
+#: Where ``_db_updates`` reads from, as on a CouchDB set up with ``finish_cluster``.
+GLOBAL_CHANGES = "_global_changes"
 USER_PREFIX = "org.couchdb.user:"
 # CouchDB 3.4 hashes with 600000 PBKDF2 rounds; a test double needs none of that cost.
 _ITERATIONS = 10
@@ -70,8 +74,12 @@ class FakeCouch:
         self._session = _Session()
         self._uuid_prefix = os.urandom(13).hex()
         self._uuid_counter = 0
-        for name in ("_users", "_replicator"):
+        self.node = Node(self.uuid, session_timeout)
+        #: the (host, port) pairs it is served on: replication URLs naming them are this fake
+        self.addresses: set[tuple[str, int]] = set()
+        for name in (GLOBAL_CHANGES, "_users", "_replicator"):
             self.create_db(name)
+        self.replicator = Replicator(self)
 
     def __repr__(self) -> str:
         return f"<FakeCouch {len(self.dbs)} databases>"
@@ -99,6 +107,22 @@ class FakeCouch:
         for fn in list(self._listeners):
             fn(name)
 
+    def _changed(self, name: str) -> None:
+        self._record(name, "updated")
+        self._notify(name)
+
+    def _record(self, name: str, kind: str) -> None:
+        """One event of ``_db_updates``: CouchDB keeps a doc ``<kind>:<db>`` in
+        ``_global_changes``, so each kind of event of a database shows once, at its latest."""
+        log = self.dbs.get(GLOBAL_CHANGES)
+        if log is None or name == GLOBAL_CHANGES:
+            return
+        with self.lock:
+            doc_id = f"{kind}:{name}"
+            current = log.docs.get(doc_id)
+            log.save({"_id": doc_id, "_rev": current.winner.rev} if current else
+                     {"_id": doc_id})
+
     # -- databases --------------------------------------------------------------------------------
 
     def create_db(self, name: str, **options: Any) -> Database:
@@ -108,10 +132,11 @@ class FakeCouch:
             if name in self.dbs:
                 raise Refusal(412, "file_exists",
                               "The database could not be created, the file already exists.")
-            db = Database(name, options, lambda: self._notify(name))
+            db = Database(name, options, lambda: self._changed(name))
             db.created = time.time()
             db.security = {"members": {"roles": ["_admin"]}, "admins": {"roles": ["_admin"]}}
             self.dbs[name] = db
+            self._record(name, "created")
             return db
 
     def delete_db(self, name: str) -> None:
@@ -119,6 +144,7 @@ class FakeCouch:
             validate_db_name(name)
             if self.dbs.pop(name, None) is None:
                 raise db_missing()
+            self._record(name, "deleted")
         self._notify(name)
 
     def db(self, name: str) -> Database:

@@ -4,7 +4,8 @@ Each handler takes ``(ctx, req, **path_params)`` and returns a :class:`Reply` (o
 body, sent with Content-Length) or a :class:`Streamed` (chunks sent with chunked framing, the way
 CouchDB streams rows and feeds). A handler raises :class:`~.errors.Refusal` for an error answer.
 
-Adding an endpoint is one function and one line in :data:`ROUTES`.
+The routing table is :data:`.routes.ROUTES`: adding an endpoint is one function and one
+line there.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import base64
 import hashlib
 import time
 import urllib.parse
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +29,7 @@ from .store import Database, Doc, parse_seq, validate_doc_id
 from .views import (ViewRow, builtin_reduce, map_docs, parse_options, reduce_rows, select,
                     ViewOptions)
 
-__all__ = ["Request", "Reply", "Streamed", "Context", "ROUTES", "Route", "match_route"]
+__all__ = ["Request", "Reply", "Streamed", "Context"]
 
 
 # -- the shapes handlers use ----------------------------------------------------------------------
@@ -200,13 +202,9 @@ def uuids(ctx: Context, req: Request) -> Reply:
                           "Pragma": "no-cache"})
 
 
-def active_tasks(ctx: Context, req: Request) -> Reply:
-    return Reply(body=[])
-
-
 def membership(ctx: Context, req: Request) -> Reply:
-    return Reply(body={"all_nodes": ["couchdb@127.0.0.1"],
-                       "cluster_nodes": ["couchdb@127.0.0.1"]})
+    return Reply(body={"all_nodes": [ctx.couch.node.name],
+                       "cluster_nodes": [ctx.couch.node.name]})
 
 
 # -- sessions ---------------------------------------------------------------------------------------
@@ -298,14 +296,64 @@ def set_security(ctx: Context, req: Request, db: str) -> Reply:
 
 
 def revs_limit(ctx: Context, req: Request, db: str) -> Reply:
-    database = ctx.couch.db(db)
+    return _db_setting(ctx.couch.db(db), req, "revs_limit")
+
+
+def purged_infos_limit(ctx: Context, req: Request, db: str) -> Reply:
+    return _db_setting(ctx.couch.db(db), req, "purged_infos_limit")
+
+
+def _db_setting(database: Database, req: Request, name: str) -> Reply:
     if req.method == "GET":
-        return Reply(body=database.revs_limit)
+        return Reply(body=getattr(database, name))
     value = req.json()
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise bad_request("Limit must be an integer greater than 0")
-    database.revs_limit = value
+    setattr(database, name, value)
     return Reply(body={"ok": True})
+
+
+def purge(ctx: Context, req: Request, db: str) -> Reply:
+    req.require_json_type()
+    database = ctx.couch.db(db)
+    body = req.json_object()
+    if len(body) > 100:
+        raise bad_request("Exceeded maximum number of documents.")
+    for doc_id, revs in body.items():
+        if not isinstance(revs, list) or not all(isinstance(r, str) for r in revs):
+            raise bad_request(f"Invalid revs list for {doc_id}")
+    purged = {doc_id: database.purge(doc_id, revs) for doc_id, revs in body.items()}
+    return Reply(201, {"purge_seq": None, "purged": purged})
+
+
+def _shard_ranges(database: Database) -> list[tuple[int, int]]:
+    q = int(database.options.get("q", 2))
+    size = 2 ** 32 // q
+    return [(i * size, 2 ** 32 - 1 if i == q - 1 else (i + 1) * size - 1) for i in range(q)]
+
+
+def _range_name(lo: int, hi: int) -> str:
+    return f"{lo:08x}-{hi:08x}"
+
+
+def shards(ctx: Context, req: Request, db: str, doc_id: str | None = None) -> Reply:
+    """One node holds every shard (``q`` of them, 2 unless the db was made with another);
+    a doc's shard is found as CouchDB's mem3 does, by the CRC32 of its id (of its partition
+    in a partitioned database)."""
+    database = ctx.couch.db(db)
+    nodes = [ctx.couch.node.name]
+    ranges = _shard_ranges(database)
+    if doc_id is None:
+        return Reply(body={"shards": {_range_name(lo, hi): nodes for lo, hi in ranges}})
+    key = doc_id.partition(":")[0] if database.partitioned and ":" in doc_id else doc_id
+    point = zlib.crc32(key.encode())
+    lo, hi = next((lo, hi) for lo, hi in ranges if lo <= point <= hi)
+    return Reply(body={"range": _range_name(lo, hi), "nodes": nodes})
+
+
+def sync_shards(ctx: Context, req: Request, db: str) -> Reply:
+    ctx.couch.db(db)
+    return Reply(202, {"ok": True})
 
 
 def maintenance(ctx: Context, req: Request, db: str, **_: str) -> Reply:
@@ -620,8 +668,12 @@ def revs_diff(ctx: Context, req: Request, db: str) -> Reply:
         missing = [r for r in revs if r not in known]
         if missing:
             entry: dict[str, Any] = {"missing": missing}
-            if doc and doc.leaves:
-                entry["possible_ancestors"] = sorted(doc.leaves)
+            newest = max((int(r.split("-", 1)[0]) for r in missing
+                          if isinstance(r, str) and r.split("-", 1)[0].isdigit()), default=0)
+            ancestors = sorted(r for r in doc.leaves if doc.revs[r].generation < newest) \
+                if doc else []
+            if ancestors:
+                entry["possible_ancestors"] = ancestors
             out[doc_id] = entry
     if req.path.endswith("_missing_revs"):
         return Reply(body={"missing_revs": {k: v["missing"] for k, v in out.items()}})
@@ -649,17 +701,57 @@ def _view_body(req: Request) -> dict[str, Any] | None:
     return body
 
 
-def all_docs(ctx: Context, req: Request, db: str) -> Streamed:
-    return _docs_rows(ctx, req, db, lambda doc_id: not doc_id.startswith("_local/"))
+@dataclass
+class Rows:
+    """A rows answer (``_all_docs``, a view...): streamed as CouchDB frames it, or as one JSON
+    object (``.../queries``, list functions)."""
+
+    rows: list[dict[str, Any]]
+    total: int | None = None
+    offset: int | None = None
+    update_seq: str | None = None
+    reduced: bool = False
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {} if self.reduced else {"total_rows": self.total,
+                                                        "offset": self.offset}
+        if self.update_seq is not None:
+            out["update_seq"] = self.update_seq
+        out["rows"] = self.rows
+        return out
+
+    def stream(self) -> Streamed:
+        head = dumps({**self.body(), "rows": []})[:-3] + b"[\r\n"  # ...,"rows":[
+        return Streamed(200, _framed(head, self.rows, b"\r\n]}", b"\n"))
+
+
+def _query_options(req: Request) -> ViewOptions:
+    return parse_options(req.query, _view_body(req))
+
+
+def all_docs(ctx: Context, req: Request, db: str, partition: str | None = None) -> Streamed:
+    if partition is not None:
+        prefix = _partitioned(ctx, db, partition) + ":"
+        return docs_result(ctx.couch.db(db), _query_options(req),
+                           lambda doc_id: doc_id.startswith(prefix)).stream()
+    return docs_result(ctx.couch.db(db), _query_options(req), _not_local).stream()
 
 
 def design_docs(ctx: Context, req: Request, db: str) -> Streamed:
-    return _docs_rows(ctx, req, db, lambda doc_id: doc_id.startswith("_design/"))
+    return docs_result(ctx.couch.db(db), _query_options(req), _is_design).stream()
 
 
-def _docs_rows(ctx: Context, req: Request, db: str, wanted: Callable[[str], bool]) -> Streamed:
-    database = ctx.couch.db(db)
-    options = parse_options(req.query, _view_body(req))
+def _not_local(doc_id: str) -> bool:
+    return not doc_id.startswith("_local/")
+
+
+def _is_design(doc_id: str) -> bool:
+    return doc_id.startswith("_design/")
+
+
+def docs_result(database: Database, options: ViewOptions,
+                wanted: Callable[[str], bool]) -> Rows:
+    """``_all_docs``'s rows (or ``_design_docs``'s: ``wanted`` picks the ids)."""
     docs = sorted((d for d in database.docs.values() if not d.deleted and wanted(d.id)),
                   key=lambda d: d.id)
     total = len(docs)
@@ -667,7 +759,7 @@ def _docs_rows(ctx: Context, req: Request, db: str, wanted: Callable[[str], bool
     if options.keys is not None:
         rows: list[dict[str, Any]] = []
         for key in options.keys:
-            doc = database.docs.get(key) if isinstance(key, str) else None
+            doc = database.docs.get(key) if isinstance(key, str) and wanted(key) else None
             if doc is None:
                 rows.append({"key": key, "error": "not_found"})
             elif doc.deleted:
@@ -681,7 +773,7 @@ def _docs_rows(ctx: Context, req: Request, db: str, wanted: Callable[[str], bool
                 if options.include_docs:
                     row["doc"] = render(doc)
                 rows.append(row)
-        return _rows_stream(total, None, _page(rows, options), _seq(database, options))
+        return Rows(_page(rows, options), total, None, _seq(database, options))
     view_rows = [ViewRow(d.id, d.id, d, (d.id, d.id)) for d in docs]
     offset, picked = select(view_rows, options, _raw_key, _raw_key)
     offset += options.skip
@@ -692,12 +784,12 @@ def _docs_rows(ctx: Context, req: Request, db: str, wanted: Callable[[str], bool
         if options.include_docs:
             row["doc"] = render(doc)
         out.append(row)
-    return _rows_stream(total, min(offset, total), out, _seq(database, options))
+    return Rows(out, total, min(offset, total), _seq(database, options))
 
 
 def local_docs(ctx: Context, req: Request, db: str) -> Streamed:
     database = ctx.couch.db(db)
-    options = parse_options(req.query, _view_body(req))
+    options = _query_options(req)
     docs = sorted(database.local.items())
     rows = [ViewRow(i, i, d, (i, i)) for i, d in docs]
     if options.keys is not None:
@@ -710,7 +802,7 @@ def local_docs(ctx: Context, req: Request, db: str) -> Streamed:
         if options.include_docs:
             row["doc"] = database.get_local(r.id)
         out.append(row)
-    return _rows_stream(None, None, out, None, null_total=True)
+    return Rows(out).stream()
 
 
 def _doc_renderer(options: ViewOptions) -> Callable[[Doc], dict[str, Any]]:
@@ -724,15 +816,54 @@ def _seq(database: Database, options: ViewOptions) -> str | None:
     return database.update_seq if options.update_seq else None
 
 
-def view(ctx: Context, req: Request, db: str, ddoc: str, view: str) -> Streamed:
-    database = ctx.couch.db(db)
+def view(ctx: Context, req: Request, db: str, ddoc: str, view: str,
+         partition: str | None = None) -> Streamed:
+    if partition is not None:
+        _partitioned(ctx, db, partition)
+    return view_result(ctx, ctx.couch.db(db), ddoc, view, _query_options(req),
+                       partition).stream()
+
+
+# -- partitions -----------------------------------------------------------------------------------
+
+
+def _partitioned(ctx: Context, db: str, partition: str) -> str:
+    """``partition``, when ``db`` is partitioned and the name is a partition's."""
+    if not ctx.couch.db(db).partitioned:
+        raise bad_request("database is not partitioned")
+    if not partition or partition.startswith("_"):
+        raise bad_request("Partition must not start with an underscore")
+    return partition
+
+
+def partition_info(ctx: Context, req: Request, db: str, partition: str) -> Reply:
+    prefix = _partitioned(ctx, db, partition) + ":"
+    docs = [d for d in ctx.couch.db(db).docs.values() if d.id.startswith(prefix)]
+    live = [d for d in docs if not d.deleted]
+    size = sum(len(dumps(d.winner.body)) for d in live)
+    return Reply(body={"db_name": db, "sizes": {"active": size, "external": size},
+                       "partition": partition, "doc_count": len(live),
+                       "doc_del_count": len(docs) - len(live)})
+
+
+def view_result(ctx: Context, database: Database, ddoc: str, view: str,
+                options: ViewOptions, partition: str | None = None) -> Rows:
+    """View ``ddoc/view``'s answer to ``options`` (within ``partition`` if given)."""
     design = database.docs.get("_design/" + ddoc)
     if design is None or design.deleted:
         raise not_found("missing")
-    spec = ((design.winner.body or {}).get("views") or {}).get(view)
+    ddoc_body = design.winner.body or {}
+    spec = (ddoc_body.get("views") or {}).get(view)
     if not isinstance(spec, dict) or "map" not in spec:
         raise not_found("missing_named_view")
-    options = parse_options(req.query, _view_body(req))
+    partitioned = database.partitioned and (ddoc_body.get("options") or {}).get(
+        "partitioned", True) is not False
+    if partition is None and partitioned:
+        raise bad_request("`partition` parameter is mandatory for queries to this view.",
+                          "query_parse_error")
+    if partition is not None and not partitioned:
+        raise bad_request("`partition` parameter is not supported in this design doc",
+                          "query_parse_error")
     reduce_source = spec.get("reduce")
     reducing = reduce_source is not None and options.reduce is not False
     if reduce_source is None and options.reduce:
@@ -746,6 +877,9 @@ def view(ctx: Context, req: Request, db: str, ddoc: str, view: str) -> Streamed:
         raise bad_request("Multi-key fetches for reduce views must use `group=true`",
                           "query_parse_error")
     rows = _index_rows(ctx, database, design, view, spec)
+    if partition is not None:
+        prefix = partition + ":"
+        rows = [r for r in rows if r.id.startswith(prefix)]
     offset, picked = select(rows, options, _collate_key, string_key)
     if reducing:
         if isinstance(reduce_source, str) and reduce_source.startswith("_"):
@@ -760,7 +894,7 @@ def view(ctx: Context, req: Request, db: str, ddoc: str, view: str) -> Streamed:
                                            reducer, options))
         else:
             reduced = reduce_rows(picked, reducer, options)
-        return _reduce_stream(_page(reduced, options), _seq(database, options))
+        return Rows(_page(reduced, options), update_seq=_seq(database, options), reduced=True)
     out = []
     for r in _page(picked, options):
         row = {"id": r.id, "key": r.key, "value": r.value}
@@ -771,7 +905,24 @@ def view(ctx: Context, req: Request, db: str, ddoc: str, view: str) -> Streamed:
                           _doc_renderer(options)(target))
         out.append(row)
     offset = 0 if options.keys is not None else offset + options.skip
-    return _rows_stream(len(rows), min(offset, len(rows)), out, _seq(database, options))
+    return Rows(out, len(rows), min(offset, len(rows)), _seq(database, options))
+
+
+def view_queries(ctx: Context, req: Request, db: str, ddoc: str | None = None,
+                 view: str | None = None) -> Reply:
+    """``POST .../_view/v/queries`` (and ``_all_docs/queries``): one result per query."""
+    database = ctx.couch.db(db)
+    queries = req.json_object().get("queries")
+    if not isinstance(queries, list) or not all(isinstance(q, dict) for q in queries):
+        raise bad_request("`queries` member must be an array of objects", "query_parse_error")
+    results = []
+    for query in queries:
+        options = parse_options({}, query)
+        if ddoc is None or view is None:
+            results.append(docs_result(database, options, _not_local).body())
+        else:
+            results.append(view_result(ctx, database, ddoc, view, options).body())
+    return Reply(body={"results": results})
 
 
 def _collate_key(value: Any) -> Any:
@@ -823,21 +974,6 @@ def design_info(ctx: Context, req: Request, db: str, ddoc: str) -> Reply:
         "waiting_commit": False, "waiting_clients": 0,
         "updates_pending": {"minimum": 0, "preferred": 0, "total": 0},
         "collator_versions": ["153.112"]}})
-
-
-def _rows_stream(total: int | None, offset: int | None, rows: list[dict[str, Any]],
-                 update_seq: str | None, null_total: bool = False) -> Streamed:
-    head = b'{"total_rows":' + dumps(total) + b',"offset":' + dumps(offset)
-    if update_seq is not None:
-        head += b',"update_seq":' + dumps(update_seq)
-    if null_total:
-        head = b'{"total_rows":null,"offset":null'
-    return Streamed(200, _framed(head + b',"rows":[\r\n', rows, b"\r\n]}", b"\n"))
-
-
-def _reduce_stream(rows: list[dict[str, Any]], update_seq: str | None) -> Streamed:
-    head = b'{"update_seq":' + dumps(update_seq) + b',' if update_seq is not None else b"{"
-    return Streamed(200, _framed(head + b'"rows":[\r\n', rows, b"\r\n]}", b"\n"))
 
 
 async def _framed(head: bytes, items: list[Any], tail: bytes,
@@ -927,15 +1063,16 @@ def _bookmark(position: int) -> str:
     return base64.urlsafe_b64encode(dumps({"o": position})).decode().rstrip("=")
 
 
-def find(ctx: Context, req: Request, db: str) -> Streamed:
+def find(ctx: Context, req: Request, db: str, partition: str | None = None) -> Streamed:
     req.require_json_type()
     database = ctx.couch.db(db)
+    prefix = "" if partition is None else _partitioned(ctx, db, partition) + ":"
     query = _find_query(req.json_object())
     started = time.monotonic()
     index, warning = mango.choose_index(_indexes(database), query.selector, query.sort_fields,
                                         query.use_index)
     candidates = [d for d in database.docs.values()
-                  if not d.deleted and not d.id.startswith("_design/")]
+                  if not d.deleted and not d.id.startswith("_design/") and d.id.startswith(prefix)]
     examined = len(candidates)
     rendered = [d.render(d.winner, conflicts=query.conflicts) for d in candidates]
     if index is not mango.ALL_DOCS:
@@ -960,16 +1097,19 @@ def find(ctx: Context, req: Request, db: str) -> Streamed:
     return Streamed(200, _framed(b'{"docs":[\r\n', docs, tail + b"}\r\n"))
 
 
-def explain(ctx: Context, req: Request, db: str) -> Reply:
+def explain(ctx: Context, req: Request, db: str, partition: str | None = None) -> Reply:
     req.require_json_type()
     database = ctx.couch.db(db)
+    if partition is not None:
+        _partitioned(ctx, db, partition)
     query = _find_query(req.json_object())
     index, _ = mango.choose_index(_indexes(database), query.selector, query.sort_fields,
                                   query.use_index)
     return Reply(body={
-        "dbname": db, "index": index.describe(), "partitioned": False,
+        "dbname": db, "index": index.describe(), "partitioned": database.partitioned,
         "selector": query.raw["selector"],
-        "opts": {"use_index": [], "bookmark": "nil", "limit": query.limit, "skip": query.skip,
+        "opts": {"use_index": [], "bookmark": "nil", "partition": partition or "",
+                 "limit": query.limit, "skip": query.skip,
                  "sort": {}, "fields": query.fields or "all_fields", "r": [49],
                  "conflicts": query.conflicts, "execution_stats": query.execution_stats},
         "limit": query.limit, "skip": query.skip, "fields": query.fields or "all_fields",
@@ -1064,6 +1204,11 @@ class _ChangesQuery:
     keep: Callable[[Doc], bool]
     heartbeat: float | None
     timeout: float | None
+    #: how a change is shown (``_db_updates`` shows its own rows), and whether the feed's end
+    #: tells ``pending``
+    row: Callable[[Database, Doc, _ChangesQuery], dict[str, Any]] = \
+        lambda database, doc, query: _change_row(database, doc, query)
+    pending: bool = True
 
 
 def _changes_query(ctx: Context, req: Request, database: Database) -> _ChangesQuery:
@@ -1189,7 +1334,7 @@ def _pending_changes(database: Database, query: _ChangesQuery, since: int,
             break
         scanned = doc.seq
         if query.keep(doc):
-            rows.append(_change_row(database, doc, query))
+            rows.append(query.row(database, doc, query))
     if limit is None or len(rows) < limit:
         scanned = database.seq if not query.descending else scanned
     pending = sum(1 for s in database.by_seq if s > scanned) if not query.descending else 0
@@ -1199,10 +1344,15 @@ def _pending_changes(database: Database, query: _ChangesQuery, since: int,
 def changes(ctx: Context, req: Request, db: str) -> Streamed:
     database = ctx.couch.db(db)
     query = _changes_query(ctx, req, database)
+    return _changes_feed(ctx, database, query)
+
+
+def _changes_feed(ctx: Context, database: Database, query: _ChangesQuery) -> Streamed:
     if query.feed in ("normal", "longpoll"):
         rows, scanned, pending = _pending_changes(database, query, query.since, query.limit)
         if query.feed == "normal" or rows:
-            return Streamed(200, _normal_feed(database, rows, scanned, pending))
+            return Streamed(200, _normal_feed(database, rows, scanned,
+                                              pending if query.pending else None))
         return Streamed(200, _longpoll(ctx, database, query))
     if query.feed == "continuous":
         return Streamed(200, _continuous(ctx, database, query))
@@ -1211,9 +1361,11 @@ def changes(ctx: Context, req: Request, db: str) -> Streamed:
 
 
 async def _normal_feed(database: Database, rows: list[dict[str, Any]], scanned: int,
-                       pending: int) -> AsyncIterator[bytes]:
-    tail = (b'\n],\n"last_seq":' + dumps(database.seq_string(scanned)) + b',"pending":'
-            + dumps(pending) + b"}\n")
+                       pending: int | None) -> AsyncIterator[bytes]:
+    tail = b'\n],\n"last_seq":' + dumps(database.seq_string(scanned))
+    if pending is not None:
+        tail += b',"pending":' + dumps(pending)
+    tail += b"}\n"
     async for chunk in _framed(b'{"results":[\n', rows, tail):
         yield chunk
 
@@ -1229,7 +1381,8 @@ async def _longpoll(ctx: Context, database: Database,
             gone = ctx.couch.dbs.get(database.name) is not database
             rows, scanned, pending = _pending_changes(database, query, since, query.limit)
         if rows or not changed or gone:
-            async for chunk in _normal_feed(database, rows, scanned, pending):
+            async for chunk in _normal_feed(database, rows, scanned,
+                                            pending if query.pending else None):
                 yield chunk
             return
 
@@ -1249,7 +1402,9 @@ async def _continuous(ctx: Context, database: Database, query: _ChangesQuery,
         return dumps(row) + b"\n"
 
     def end_line(scanned: int, pending: int) -> bytes:
-        last = {"last_seq": database.seq_string(scanned), "pending": pending}
+        last: dict[str, Any] = {"last_seq": database.seq_string(scanned)}
+        if query.pending:
+            last["pending"] = pending
         if eventsource:
             return b"event: end\ndata: " + dumps(last) + b"\n\n"
         return dumps(last) + b"\n"
@@ -1282,99 +1437,3 @@ async def _continuous(ctx: Context, database: Database, query: _ChangesQuery,
             yield end_line(since, pending)
             return
         yield b"\n"
-
-
-# -- routing --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Route:
-    """A path pattern (``{name}`` is one segment, ``{name+}`` the rest) and, per method, the
-    handler and the access it needs."""
-
-    pattern: tuple[str, ...]
-    methods: dict[str, tuple[Handler, str]]
-
-
-def _route(pattern: str, **methods: tuple[Handler, str]) -> Route:
-    return Route(tuple(pattern.strip("/").split("/")) if pattern != "/" else (),
-                 {m.upper(): h for m, h in methods.items()})
-
-
-def _doc_methods(wrap: Callable[[Handler], Handler] = lambda h: h) -> dict[str, Any]:
-    return {"get": (wrap(get_doc), MEMBER), "head": (wrap(get_doc), MEMBER),
-            "put": (wrap(put_doc), MEMBER), "delete": (wrap(delete_doc), MEMBER),
-            "copy": (wrap(copy_doc), MEMBER)}
-
-
-def _att_methods(wrap: Callable[[Handler], Handler] = lambda h: h) -> dict[str, Any]:
-    return {"get": (wrap(get_attachment), MEMBER), "head": (wrap(get_attachment), MEMBER),
-            "put": (wrap(put_attachment), MEMBER), "delete": (wrap(delete_attachment), MEMBER)}
-
-
-ROUTES: list[Route] = [
-    _route("/", get=(welcome, PUBLIC), head=(welcome, PUBLIC)),
-    _route("/_up", get=(up, PUBLIC)),
-    _route("/_all_dbs", get=(all_dbs, SERVER_ADMIN)),
-    _route("/_dbs_info", get=(dbs_info, SERVER_ADMIN), post=(dbs_info, SERVER_ADMIN)),
-    _route("/_uuids", get=(uuids, PUBLIC)),
-    _route("/_session", get=(session_info, PUBLIC), post=(session_login, PUBLIC),
-           delete=(session_logout, PUBLIC)),
-    _route("/_active_tasks", get=(active_tasks, SERVER_ADMIN)),
-    _route("/_membership", get=(membership, SERVER_ADMIN)),
-    _route("/{db}", get=(db_info, MEMBER), head=(db_info, MEMBER),
-           put=(create_db, SERVER_ADMIN), delete=(delete_db, SERVER_ADMIN),
-           post=(post_doc, MEMBER)),
-    _route("/{db}/_all_docs", get=(all_docs, MEMBER), post=(all_docs, MEMBER)),
-    _route("/{db}/_design_docs", get=(design_docs, MEMBER), post=(design_docs, MEMBER)),
-    _route("/{db}/_local_docs", get=(local_docs, MEMBER), post=(local_docs, MEMBER)),
-    _route("/{db}/_bulk_docs", post=(bulk_docs, MEMBER)),
-    _route("/{db}/_bulk_get", post=(bulk_get, MEMBER)),
-    _route("/{db}/_revs_diff", post=(revs_diff, MEMBER)),
-    _route("/{db}/_missing_revs", post=(revs_diff, MEMBER)),
-    _route("/{db}/_changes", get=(changes, MEMBER), post=(changes, MEMBER)),
-    _route("/{db}/_find", post=(find, MEMBER)),
-    _route("/{db}/_explain", post=(explain, MEMBER)),
-    _route("/{db}/_index", get=(list_indexes, MEMBER), post=(create_index, MEMBER)),
-    _route("/{db}/_index/_design/{ddoc}/{kind}/{name}", delete=(delete_index_split, DB_ADMIN)),
-    _route("/{db}/_index/{ddoc}/{kind}/{name}", delete=(delete_index, DB_ADMIN)),
-    _route("/{db}/_security", get=(security, MEMBER), put=(set_security, DB_ADMIN)),
-    _route("/{db}/_revs_limit", get=(revs_limit, MEMBER), put=(revs_limit, DB_ADMIN)),
-    _route("/{db}/_compact", post=(maintenance, DB_ADMIN)),
-    _route("/{db}/_compact/{ddoc}", post=(maintenance, DB_ADMIN)),
-    _route("/{db}/_view_cleanup", post=(maintenance, DB_ADMIN)),
-    _route("/{db}/_ensure_full_commit", post=(maintenance, MEMBER)),
-    _route("/{db}/_design/{ddoc}/_info", get=(design_info, MEMBER)),
-    _route("/{db}/_design/{ddoc}/_view/{view}", get=(view, MEMBER), post=(view, MEMBER)),
-    _route("/{db}/_design/{ddoc}", **_doc_methods(on_design)),
-    _route("/{db}/_design/{ddoc}/{name+}", **_att_methods(ddoc_attachment)),
-    _route("/{db}/_local/{local}", **{k: v for k, v in _doc_methods(on_local).items()
-                                      if k in ("get", "put", "delete")}),
-    _route("/{db}/{doc_id}", **_doc_methods()),
-    _route("/{db}/{doc_id}/{name+}", **_att_methods()),
-]
-
-
-def match_route(segments: list[str]) -> tuple[Route, dict[str, str]] | None:
-    for route in ROUTES:
-        params = _match(route.pattern, segments)
-        if params is not None:
-            return route, params
-    return None
-
-
-def _match(pattern: tuple[str, ...], segments: list[str]) -> dict[str, str] | None:
-    params: dict[str, str] = {}
-    for i, part in enumerate(pattern):
-        if part.endswith("+}"):
-            if i >= len(segments):
-                return None
-            params[part[1:-2]] = "/".join(segments[i:])
-            return params
-        if i >= len(segments):
-            return None
-        if part.startswith("{"):
-            params[part[1:-1]] = segments[i]
-        elif part != segments[i]:
-            return None
-    return params if len(segments) == len(pattern) else None

@@ -26,7 +26,8 @@ import orjson
 
 from .couch import VERSION, User
 from .endpoints import (SERVER_ADMIN, Context, Reply, Request, Streamed, check_access,
-                        match_route, session_cookie)
+                        session_cookie)
+from .routes import match_route
 from .errors import Refusal, bad_request
 from .faults import Faults
 from .store import validate_db_name
@@ -104,6 +105,7 @@ class FakeServer:
                                         name=f"FakeCouch:{self.port}", daemon=True)
         self._thread.start()
         ready.wait()
+        self.couch.addresses.add((self.host, self.port))
 
     def stop(self) -> None:
         """Close the port and every connection; returns when the server's thread has ended."""
@@ -115,6 +117,7 @@ class FakeServer:
         thread.join(5)
         self._thread = None
         self.couch.remove_listener(self._on_change)
+        self.couch.addresses.discard((self.host, self.port))
 
     # -- the loop thread ---------------------------------------------------------------------------
 
@@ -273,7 +276,9 @@ class FakeServer:
                 headers["Retry-After"] = f"{fault.retry_after:g}"
             reply: Reply | Streamed = Reply(fault.status, fault.error_body(), headers)
         else:
+            started = time.monotonic()
             reply = self._dispatch(req)
+            self.couch.node.record(req.method, reply.status, time.monotonic() - started)
         cut = fault.cut_after if fault is not None else None
         if isinstance(reply, Streamed):
             await self._stream(writer, req, reply, keep_alive, cut)

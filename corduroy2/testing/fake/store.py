@@ -203,6 +203,8 @@ class Database:
         self.by_seq: dict[int, str] = {}
         self.created = 0.0
         self.revs_limit = 1000
+        self.purged_infos_limit = 1000
+        self.purge_seq = 0
         #: (ddoc id, ddoc rev, view) -> (db seq when built, rows)
         self.view_cache: dict[tuple[str, str, str], tuple[int, Any]] = {}
         self._on_change = on_change
@@ -229,6 +231,22 @@ class Database:
         self.seq += 1
         doc.seq = self.seq
         self.by_seq[self.seq] = doc.id
+
+    @property
+    def partitioned(self) -> bool:
+        return bool(self.options.get("partitioned"))
+
+    def check_id(self, value: Any) -> str:
+        """A valid doc id for this database: in a partitioned one, ``partition:id``."""
+        doc_id = validate_doc_id(value)
+        if self.partitioned and not doc_id.startswith(("_design/", "_local/")):
+            partition, sep, rest = doc_id.partition(":")
+            if not sep or not partition or not rest:
+                raise bad_request("Doc id must be of form partition:id", "illegal_docid")
+            if partition.startswith("_"):
+                raise bad_request("Only reserved document ids may start with underscore.",
+                                  "illegal_docid")
+        return doc_id
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -267,7 +285,7 @@ class Database:
         return {
             "instance_start_time": "0",
             "db_name": self.name,
-            "purge_seq": self.seq_string(0),
+            "purge_seq": self.seq_string(self.purge_seq),
             "update_seq": self.update_seq,
             "sizes": {"file": size + 8192, "external": size, "active": size},
             "props": {"partitioned": True} if self.options.get("partitioned") else {},
@@ -284,7 +302,7 @@ class Database:
         """An interactive edit (``new_edits=true``): checks MVCC, returns the new rev."""
         if not isinstance(body, dict):
             raise bad_request("Document must be a JSON object", "bad_request")
-        doc_id = validate_doc_id(body.get("_id"))
+        doc_id = self.check_id(body.get("_id"))
         rev = body.get("_rev", rev) if rev is None else rev
         if rev is not None and body.get("_rev") not in (None, rev):
             raise bad_request("Document rev from request body and query string have "
@@ -324,7 +342,7 @@ class Database:
         """A replicated edit (``new_edits=false``): stored as given, conflicts and all."""
         if not isinstance(body, dict):
             raise bad_request("Document must be a JSON object")
-        doc_id = validate_doc_id(body.get("_id"))
+        doc_id = self.check_id(body.get("_id"))
         generation, rev_hash = _split_rev(body.get("_rev"))
         rev = f"{generation}-{rev_hash}"
         history = [rev]
@@ -335,26 +353,62 @@ class Database:
             if history[0] != rev:
                 raise bad_request("_rev and _revisions do not match")
         doc = self.docs.get(doc_id)
+        if doc is not None and rev in doc.revs and doc.revs[rev].body is not None:
+            return  # already known
+        parent = doc.revs.get(history[1]) if doc is not None and len(history) > 1 else None
+        attachments = self._attachments(body.get("_attachments"), parent, generation)
+        self.graft(doc_id, history, Revision(rev, None, body.get("_deleted") is True,
+                                             _fields(body), attachments))
+
+    def graft(self, doc_id: str, history: list[str], revision: Revision) -> bool:
+        """Add ``revision`` (``history[0]``; its ancestors newest first follow) to ``doc_id``'s
+        tree, as a replicator writes it; False when it was known already."""
+        doc = self.docs.get(doc_id)
         if doc is None:
             doc = self.docs[doc_id] = Doc(doc_id)
+        rev = history[0]
         if rev in doc.revs and doc.revs[rev].body is not None:
-            return  # already known
+            return False
         chain = history[1:]
         for i, old in enumerate(chain):
             if old not in doc.revs:
-                parent_of_old = chain[i + 1] if i + 1 < len(chain) else None
-                doc.revs[old] = Revision(old, parent_of_old, False, None)
-        parent = chain[0] if chain else None
-        existing = doc.revs.get(parent) if parent else None
-        attachments = self._attachments(body.get("_attachments"), existing, generation)
-        doc.revs[rev] = Revision(rev, parent, body.get("_deleted") is True, _fields(body),
-                                 attachments)
+                doc.revs[old] = Revision(old, chain[i + 1] if i + 1 < len(chain) else None,
+                                         False, None)
+        doc.revs[rev] = Revision(rev, chain[0] if chain else None, revision.deleted,
+                                 revision.body, dict(revision.attachments))
         for old in chain:
             doc.leaves.discard(old)
         if not any(r.parent == rev for r in doc.revs.values()):
             doc.leaves.add(rev)
         self._bump(doc)
         self._on_change()
+        return True
+
+    def purge(self, doc_id: str, revs: list[str]) -> list[str]:
+        """Forget the leaves ``revs`` of ``doc_id`` (and the branches only they held); the doc
+        goes entirely when no leaf is left. Returns the revs purged."""
+        doc = self.docs.get(doc_id)
+        if doc is None:
+            return []
+        purged = [r for r in dict.fromkeys(revs) if r in doc.leaves]
+        for rev in purged:
+            doc.leaves.discard(rev)
+            current: str | None = rev
+            # drop the branch up to where another branch joins it
+            while current in doc.revs and not any(
+                    r.parent == current for r in doc.revs.values()):
+                parent = doc.revs.pop(current).parent
+                current = parent
+        if purged:
+            self.purge_seq += 1
+            self.view_cache.clear()
+            if not doc.leaves:
+                del self.docs[doc_id]
+                self.by_seq.pop(doc.seq, None)
+            else:
+                self._bump(doc)
+            self._on_change()
+        return purged
 
     def _attachments(self, given: Any, parent: Revision | None,
                      generation: int) -> dict[str, Attachment]:
@@ -442,7 +496,9 @@ def _fields(body: dict[str, Any]) -> dict[str, Any]:
     """The stored body: the user's fields, with CouchDB's rule on ``_``-prefixed ones."""
     out = {}
     for key, value in body.items():
-        if key.startswith("_"):
+        if key.startswith("_replication_"):  # kept: the replicator's own fields (couch_doc)
+            out[key] = value
+        elif key.startswith("_"):
             if key not in SPECIAL_FIELDS:
                 raise bad_request(f"Bad special document member: {key}", "doc_validation")
             continue

@@ -6,7 +6,8 @@ so an application keeps its real design docs and its tests say what each functio
 
 * map: ``fn(doc, emit)`` calls ``emit(key, value)`` any number of times;
 * reduce: ``"_count"``, ``"_sum"``, ``"_stats"``, or ``fn(keys, values, rereduce)``;
-* filter (``_changes?filter=ddoc/name``): ``fn(doc, req)`` returns truthy to keep a change.
+* filter (``_changes?filter=ddoc/name``): ``fn(doc, req)`` returns truthy to keep a change;
+* show, list, update: see :mod:`.design`.
 """
 
 from __future__ import annotations
