@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import Any
 
 from twisted.internet import defer, error as ierror
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -37,7 +38,9 @@ from twisted.web.client import (
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers as TwistedHeaders
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IPolicyForHTTPS, IResponse
+from twisted.web.iweb import (
+    UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS, IResponse,
+)
 from zope.interface import implementer
 
 from ..backend import (
@@ -155,6 +158,33 @@ class _StreamProducer:
     def stopProducing(self) -> None:
         self._stopped = True
         self._gate.release()
+
+
+#: Seconds between HostnameEndpoint's connection attempts to a host's addresses (Twisted's
+#: default: 0.3). It also learns that the last address refused only at its next tick, so a
+#: cluster's failover waited that long on every dead node (bench failover, twisted: 312 ms from
+#: a node's death to the first success elsewhere; 68 ms with this, medians of 4 deaths).
+ATTEMPT_DELAY = 0.05
+
+
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    """The endpoints ``Agent`` connects through, as Twisted's own factory makes them
+    (HostnameEndpoint, TLS-wrapped for https) but with :data:`ATTEMPT_DELAY`."""
+
+    def __init__(self, reactor: Any, tls: IPolicyForHTTPS, connect_timeout: float | None) -> None:
+        self._reactor = reactor
+        self._tls = tls
+        self._timeout = connect_timeout
+
+    def endpointForURI(self, uri: web_client.URI) -> Any:  # noqa: N802 (Twisted's name)
+        kwargs: dict[str, Any] = {"attemptDelay": ATTEMPT_DELAY}
+        if self._timeout is not None:
+            kwargs["timeout"] = self._timeout
+        endpoint = HostnameEndpoint(self._reactor, uri.host.decode("ascii"), uri.port, **kwargs)
+        if uri.scheme == b"https":
+            return wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+        return endpoint
 
 
 class MissingTLS(ImportError):
@@ -443,10 +473,9 @@ class TwistedBackend(Backend):
         if self._agent is None:
             self._pool = web_client.HTTPConnectionPool(self.reactor, persistent=True)
             self._pool.maxPersistentPerHost = self.options.max_connections
-            self._agent = web_client.Agent(
+            self._agent = web_client.Agent.usingEndpointFactory(
                 self.reactor,
-                contextFactory=self._tls,
-                connectTimeout=self.options.connect_timeout,
+                _Endpoints(self.reactor, self._tls, self.options.connect_timeout),
                 pool=self._pool,
             )
         return self._agent
