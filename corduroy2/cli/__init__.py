@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from ..errors import CouchError
+from .. import CouchError
 from . import commands, dump, load, replicate
 from .commands import Context
 from .connect import DEFAULT_URL, connect

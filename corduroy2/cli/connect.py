@@ -10,10 +10,9 @@ from __future__ import annotations
 import netrc
 import os
 from collections.abc import Mapping
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..blocking import Couch, Database
-from ..protocol.urls import split_credentials
 
 __all__ = ["DEFAULT_URL", "Server", "credentials", "connect"]
 
@@ -36,14 +35,26 @@ class Server:
         """``name`` on this server, or the database a full ``http(s)://`` URL names (its
         credentials from that URL, the environment or ``~/.netrc``)."""
         if "://" not in name_or_url:
-            return self.couch.database(name_or_url)
+            return Database(self.couch, name_or_url)
         url, auth = split_credentials(name_or_url)
-        base, _, name = url.rpartition("/")
+        base, _, name = url.rstrip("/").rpartition("/")
         auth = auth or credentials(base, os.environ)
         if auth:
             self.secrets.append(auth[1])
-        couch = Couch(base, auth=auth)
-        return couch.database(unquote(name))
+        return Database(Couch(base, auth=auth), unquote(name))
+
+
+def split_credentials(url: str) -> tuple[str, Credentials]:
+    """``url`` without its ``user:password@``, and those (percent-decoded) if it had them."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("the server URL must look like http(s)://host[:port]")
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    bare = urlunsplit((parts.scheme, hostport, parts.path, parts.query, parts.fragment))
+    return bare, (unquote(user), unquote(password))
 
 
 def credentials(url: str, env: Mapping[str, str]) -> Credentials:
