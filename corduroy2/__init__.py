@@ -10,6 +10,7 @@ Importing this package imports no framework. Pick a front door::
 from .api import ConflictResolution, Document, PendingDoc, Status
 from .api.changes import ChangesFeed
 from .api.follower import ChangesFollower
+from .api.replication import Replication, ReplicationState
 from .api.views import FindResult, Row, ViewResult
 from .pipeline.auth import Auth, BasicAuth, CookieAuth, JWTAuth, ProxyAuth
 from .pipeline.retry import Retry
@@ -24,6 +25,7 @@ from .errors import (
     MethodNotAllowed,
     NotFound,
     PreconditionFailed,
+    ReplicationFailed,
     RequestEntityTooLarge,
     ResponseCut,
     ServerError,
@@ -60,6 +62,9 @@ __all__ = [
     "PendingDoc",
     "PreconditionFailed",
     "ProxyAuth",
+    "Replication",
+    "ReplicationFailed",
+    "ReplicationState",
     "RequestEntityTooLarge",
     "ResponseCut",
     "Retry",

@@ -36,7 +36,12 @@ log = logging.getLogger("corduroy2")
 
 
 class Sink(Protocol):
-    """Receives one response. Methods are called on the backend's thread/loop."""
+    """Receives one response. Methods are called on the backend's thread/loop.
+
+    A backend calls ``on_start`` once. Through the pipeline's
+    :class:`~corduroy2.pipeline.exchange.Sender`, a request that is not streamed may be sent
+    again after its reply's body was cut: its sink then sees ``on_start`` again, and starts
+    over."""
 
     def on_start(self, status: int, headers: Headers) -> None: ...
 
@@ -198,7 +203,9 @@ class Collector:
         self._chunks: list[bytes] = []
 
     def on_start(self, status: int, headers: Headers) -> None:
+        # Again after a reply whose body was cut, when the request is sent again: start over.
         self._status, self._headers = status, headers
+        self._chunks = []
 
     def on_data(self, chunk: bytes) -> None:
         self._chunks.append(chunk)

@@ -14,6 +14,7 @@
      |    +-- Timeout          (also a builtins.TimeoutError)
      |    +-- ResponseCut      (the body ended early)
      +-- DecodeError          (also a ValueError)         the answer was not the JSON expected
+     +-- ReplicationFailed(state, reason, doc_id, details) a followed replication failed/crashed
 
 Argument errors found before anything is sent are plain ``ValueError`` / ``TypeError``.
 Messages never contain credentials: URLs are stored without userinfo before they reach an error.
@@ -43,6 +44,7 @@ __all__ = [
     "Timeout",
     "ResponseCut",
     "DecodeError",
+    "ReplicationFailed",
 ]
 
 
@@ -166,3 +168,31 @@ class ResponseCut(TransportError):
 
 class DecodeError(CouchError, ValueError):
     """The server's answer was not the JSON (or shape) expected."""
+
+
+class ReplicationFailed(CouchError):
+    """A replication being waited for ended badly: CouchDB put it in a ``failed`` state (for
+    good: a malformed or duplicate document), or (unless the wait was told to sit it out) in
+    ``crashing`` / ``error``, where CouchDB retries it with a growing backoff.
+
+    ``state`` is CouchDB's word for it, ``reason`` CouchDB's own explanation (``info.error`` of
+    ``_scheduler/docs``, e.g. ``"db_not_found: could not open http://host/missing/"``; CouchDB
+    masks passwords in it), ``doc_id`` the ``_replicator`` document and ``details`` the whole
+    state document last read.
+    """
+
+    def __init__(self, state: str, reason: str | None, doc_id: str | None = None,
+                 details: Mapping[str, Any] | None = None) -> None:
+        self.state = state
+        self.reason = reason
+        self.doc_id = doc_id
+        self.details: Mapping[str, Any] = details if details is not None else {}
+        super().__init__(state, reason)
+
+    def __str__(self) -> str:
+        text = f"replication {self.doc_id!r} {self.state}" if self.doc_id else \
+            f"replication {self.state}"
+        return text + (f": {self.reason}" if self.reason else "")
+
+    def __repr__(self) -> str:
+        return f"ReplicationFailed({self.state!r}, {self.reason!r}, {self.doc_id!r})"

@@ -83,6 +83,37 @@ POUCHDB_DEVIATIONS = {
     "uuids_dashed": "uuids are uuid4 with dashes",
     "seq_integers": "seqs are integers",
     "all_dbs_unsorted": "_all_dbs is not sorted",
+    # server administration and replication (tests/behaviour/test_server_admin.py,
+    # test_replication.py)
+    "no_up": "/_up is missing (404)",
+    "node_local_missing": "/_node/_local/... is missing (404); /_node/<name from "
+                          "_membership>/_config and /_stats work (rewritten to /_config, /_stats)",
+    "stats_stub": "_stats is a stub object without CouchDB's metrics",
+    "no_system": "/_node/<node>/_system is missing (404)",
+    "no_dbs_info": "POST /_dbs_info is missing (404)",
+    "no_scheduler": "_scheduler/jobs and _scheduler/docs are missing (404); the replicator "
+                    "writes _replication_state into _replicator docs (1.x style)",
+    "no_db_updates": "_db_updates answers 400 with an empty body",
+    "replication_endpoint_objects": "_replicate/_replicator endpoints given as {url, auth} "
+                                    "objects fail (500 HTML page); only URL strings work",
+    "replicate_ignores_doc_ids": "_replicate ignores doc_ids (and selector): everything is "
+                                 "replicated (_replicator documents do honour them)",
+    "replicate_continuous_uncancellable": "a continuous _replicate runs until the server "
+                                          "stops: cancel:true starts a one-shot one instead",
+    "replicate_creates_missing_source": "replicating from a missing source succeeds and "
+                                        "creates it (3.x: 404 db_not_found / crashing)",
+    # revisions, maintenance, design functions, partitions (issue 15)
+    "head_etag_not_rev": "a doc's HEAD has a weak ETag (a body hash), not the rev",
+    "bulk_get_missing_empty": "_bulk_get gives {} for a missing doc, not an error entry",
+    "no_missing_revs": "_missing_revs is missing (400 only_multipart_accepted)",
+    "no_purge": "_purge is missing (400 only_multipart_accepted)",
+    "no_compact_ddoc": "_compact/{ddoc} is missing (400 only_multipart_accepted)",
+    "no_revs_limits": "_revs_limit and _purged_infos_limit are missing (404 / 400)",
+    "no_shards": "_shards and _sync_shards are missing (404 / 400)",
+    "no_local_design_docs": "_local_docs and _design_docs are missing (404)",
+    "no_view_queries": "POST .../_view/v/queries is missing (400 only_multipart_accepted)",
+    "no_partitions": ("partitioned=true is ignored; /db/_partition/... is missing (404, "
+                      "400 only_multipart_accepted for POSTs)"),
 }
 
 

@@ -77,8 +77,8 @@ class Call:
     an error status, or with ``raw`` the :class:`Response` itself.
 
     It is the sink of its :class:`~corduroy2.pipeline.exchange.Exchange`, which hands it the
-    final reply once retries and renewals are done with: ``on_end`` is the success path,
-    ``on_error`` the failure path.
+    reply to deliver as it arrives (retries and renewals are the exchange's business):
+    ``on_end`` is the success path, ``on_error`` the failure path.
     """
 
     code: int | None = None
@@ -90,7 +90,7 @@ class Call:
         self._request = request
         self._post = post
         self._raw = raw
-        self._chunks: list[bytes] = []
+        self._chunks: list[bytes] = []  # the body so far
         self._done: Callable[[Outcome], None] = _ignore
         self._exchange: Exchange | None = None
 
@@ -111,20 +111,22 @@ class Call:
     # -- the sink of the exchange ----------------------------------------------------------
 
     def on_start(self, status: int, headers: Headers) -> None:
+        # Again after a reply whose body was cut, when the request is sent again: start over.
         self.code, self.headers = status, headers
+        self._chunks = []
 
     def on_data(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
 
     def on_end(self) -> None:
         assert self.code is not None and self.headers is not None
-        body = b"".join(self._chunks)
         try:
-            value = self._value(self.code, self.headers, body)
+            value = self._value(self.code, self.headers, b"".join(self._chunks))
         except Exception as exc:  # a mapped HTTP error, bad JSON, or post's own failure
+            # Settled here: a local holding the error would be held by its traceback (a cycle).
             self._settle(Outcome(error=exc))
             return
-        self._settle(Outcome(value=value))
+        self._settle(Outcome(value))
 
     def on_error(self, exc: CouchError) -> None:
         self.headers = None  # no (complete) answer: no headers to show

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from ..backend import Backend, TransportOptions
@@ -16,9 +17,14 @@ from ..protocol import requests
 from ..protocol.requests import Origin, check_headers
 from ..protocol.responses import Response, decode_json
 from ..protocol.urls import split_credentials, validate_db_name
-from .calls import Op, Runner, Wait
+from .calls import Op, Runner, Stream, Wait
+from .changes import ChangesSink, longpoll_timeout, with_heartbeat
 from .front_door import FrontDoor
+from .replication import (DEFAULT_REPLICATOR_DB, Replication, replication_body,
+                          write_replicator_doc)
+from .replies import checked_response
 from .status import Status
+from .views import Keep
 
 if TYPE_CHECKING:
     from .database import Database
@@ -177,6 +183,25 @@ class Couch:
         return self.runner.call(requests.uuids(self.origin, count), callback,
                                 lambda reply: reply["uuids"])
 
+    def request(self, method: str, path: str, query: Mapping[str, Any] | None = None,
+                body: Any = None, headers: Mapping[str, str] | None = None, *,
+                raw: bool = False, callback: Callback = None) -> Any:
+        """Any endpoint, with this handle's credentials, retries, timeouts and typed errors:
+        ``await couch.request("GET", "/_node/_local/_versions")``.
+
+        ``path`` goes on the wire as given: quoted already, starting with ``/``
+        (:func:`~corduroy2.protocol.urls.doc_path` builds document paths). ``query`` is encoded
+        like every call's (``key``, ``startkey``... as JSON). ``body``: bytes or str as they
+        are, anything else as JSON; a ``Content-Type`` in ``headers`` wins. Returns the decoded
+        JSON reply, or with ``raw=True`` the
+        :class:`~corduroy2.protocol.responses.Response` itself (for a reply that is not JSON,
+        or to read its headers). An error status raises its typed error either way. Only
+        ``GET``/``HEAD`` (and ``PUT``/``DELETE`` with a ``rev``) are retried."""
+        request = requests.endpoint(self.origin, method, path, query, body, headers)
+        if raw:
+            return self.runner.run(checked_response(request), callback)
+        return self.runner.call(request, callback)
+
     def create(self, name: str, *, callback: Callback = None, **opts: Any) -> Any:
         """Create database ``name`` and return its :class:`Database`. ``PreconditionFailed`` if
         it exists. ``opts`` go to the query (``q``, ``n``, ``partitioned``)."""
@@ -244,6 +269,163 @@ class Couch:
     def __repr__(self) -> str:
         who = f" as {self._user}" if self._user else ""
         return f"<{type(self).__module__}.Couch {self.url}{who}>"
+
+    # -- server administration -----------------------------------------------------------------
+
+    def up(self, *, callback: Callback = None) -> Any:
+        """``GET /_up``: ``{"status": "ok"}`` while the node serves requests (``ServerError``
+        503 in maintenance mode)."""
+        return self.runner.call(requests.up(self.origin), callback)
+
+    def dbs_info(self, names: list[str], *, callback: Callback = None) -> Any:
+        """The info of several databases in one request: a list of ``{"key": name, "info":
+        {...}}``, or ``{"key", "error": "not_found"}`` for a missing one."""
+        return self.runner.call(requests.dbs_info(self.origin, names), callback)
+
+    def tasks(self, *, callback: Callback = None) -> Any:
+        """``_active_tasks``: what the server is busy with (indexing, compaction,
+        replication...)."""
+        return self.runner.call(requests.active_tasks(self.origin), callback)
+
+    def membership(self, *, callback: Callback = None) -> Any:
+        """``_membership``: ``{"all_nodes": [...], "cluster_nodes": [...]}``."""
+        return self.runner.call(requests.membership(self.origin), callback)
+
+    def config(self, section: str | None = None, key: str | None = None, *,
+               node: str = "_local", callback: Callback = None) -> Any:
+        """A node's configuration: all of it, one ``section`` (a dict) or one ``key`` (a str).
+        ``node`` is a name from :meth:`membership` or ``"_local"`` (the node answering)."""
+        return self.runner.call(requests.config(self.origin, node, section, key), callback)
+
+    def set_config(self, section: str, key: str, value: str, *, node: str = "_local",
+                   callback: Callback = None) -> Any:
+        """Set one configuration value (a str) on ``node``; returns the previous value
+        (``""`` when there was none)."""
+        request = requests.set_config(self.origin, node, section, key, value)
+        return self.runner.call(request, callback)
+
+    def delete_config(self, section: str, key: str, *, node: str = "_local",
+                      callback: Callback = None) -> Any:
+        """Delete one configuration value on ``node``; returns the value it had (``NotFound``
+        if it had none)."""
+        request = requests.delete_config(self.origin, node, section, key)
+        return self.runner.call(request, callback)
+
+    def stats(self, path: str | None = None, *, node: str = "_local",
+              callback: Callback = None) -> Any:
+        """A node's statistics (``_stats``): all of them, or the group or metric at ``path``
+        (``"couchdb/request_time"``)."""
+        return self.runner.call(requests.stats(self.origin, node, path), callback)
+
+    def system(self, *, node: str = "_local", callback: Callback = None) -> Any:
+        """A node's Erlang VM figures (``_system``: memory, run queues, uptime...)."""
+        return self.runner.call(requests.system(self.origin, node), callback)
+
+    def scheduler_jobs(self, *, callback: Callback = None, **opts: Any) -> Any:
+        """``_scheduler/jobs``: the replications running now (``{"jobs": [...],
+        "total_rows"...}``); ``opts``: ``limit``, ``skip``."""
+        return self.runner.call(requests.scheduler_jobs(self.origin, opts), callback)
+
+    def scheduler_docs(self, replicator_db: str | None = DEFAULT_REPLICATOR_DB,
+                       id: str | None = None, *, callback: Callback = None,
+                       **opts: Any) -> Any:
+        """``_scheduler/docs``: the state of the replications described by the documents of
+        ``replicator_db`` (None: of every replicator database), or with ``id`` of that one
+        document (a dict with ``state``, ``info``...)."""
+        request = requests.scheduler_docs(self.origin, replicator_db, id, opts)
+        return self.runner.call(request, callback)
+
+    @property
+    def users(self) -> Database:
+        """The ``_users`` database (no request)."""
+        return self.database("_users")
+
+    def create_user(self, name: str, password: str, roles: Iterable[str] = (), *,
+                    callback: Callback = None) -> Any:
+        """Create user ``name`` in ``_users`` (CouchDB hashes the password); returns the
+        server's reply ``{"ok", "id", "rev"}``. ``Conflict`` if the user exists."""
+        request = requests.create_user(self.origin, name, password, roles)
+        return self.runner.call(request, callback)
+
+    def db_updates(self, *, callback: Callback = None, **opts: Any) -> Any:
+        """``_db_updates``: which databases were created, updated or deleted, as
+        ``{"results": [{"db_name", "type", "seq"}...], "last_seq": ...}``. ``feed="normal"``
+        (default) or ``"longpoll"``; ``since``, ``limit``, ``timeout``, ``heartbeat`` as for
+        :meth:`Database.changes`. For a continuous feed use :meth:`iter_db_updates`."""
+        feed = opts.get("feed", "normal")
+        if feed not in ("normal", "longpoll"):
+            raise ValueError(f"db_updates() reads a normal or longpoll feed, not {feed!r}: "
+                             "use iter_db_updates() for a continuous one")
+        request = requests.db_updates(self.origin, with_heartbeat(opts))
+        if feed == "longpoll" and request.timeout is None:
+            request = replace(request, timeout=longpoll_timeout(opts))
+        return self.runner.run(_streamed(request, Keep(_same, _feed_result)), callback)
+
+    def iter_db_updates(self, *, high_water: int = 1000, **opts: Any) -> Any:
+        """Iterate a continuous (or eventsource) ``_db_updates`` feed as its events arrive
+        (``async for``; ``for`` in blocking mode), in bounded memory, like
+        :meth:`Database.iter_changes`."""
+        feed = opts.setdefault("feed", "continuous")
+        if feed not in ("continuous", "eventsource"):
+            raise ValueError("iter_db_updates() reads a continuous or eventsource feed")
+        request = requests.db_updates(self.origin, with_heartbeat(opts))
+        limit = opts.get("limit") if type(opts.get("limit")) is int else None
+        return self.front_door.iterate(
+            self.sender, request, _same, high_water,
+            lambda req, consumer, done: ChangesSink(req, consumer, done, feed, limit=limit))
+
+    # -- replication ---------------------------------------------------------------------------
+
+    def replicate(self, source: Any, target: Any, *, continuous: bool = False,
+                  create_target: bool = False, doc_ids: Iterable[str] | None = None,
+                  selector: dict[str, Any] | None = None, filter: str | None = None,
+                  cancel: bool = False, callback: Callback = None, **opts: Any) -> Any:
+        """``POST /_replicate``: replicate ``source`` to ``target`` (each a
+        :class:`Database`, a database name on this server, a URL or CouchDB's endpoint dict;
+        a Database's credentials travel in CouchDB's ``auth`` form, never in a URL). A one-shot
+        replication answers when it is done (``{"ok", "history"...}``); a continuous one
+        when it has started; ``cancel=True`` with the same arguments stops that one. ``opts``
+        are CouchDB's other fields (``query_params``, ``since_seq``, ``use_checkpoints``...).
+        For a replication that outlives this call and can be watched, see
+        :meth:`start_replication`."""
+        body = replication_body(self, source, target, continuous=continuous,
+                                create_target=create_target, doc_ids=doc_ids,
+                                selector=selector, filter=filter, cancel=cancel, **opts)
+        return self.runner.call(requests.replicate(self.origin, body), callback)
+
+    def start_replication(self, source: Any, target: Any, id: str | None = None, *,
+                          continuous: bool = False, create_target: bool = False,
+                          doc_ids: Iterable[str] | None = None,
+                          selector: dict[str, Any] | None = None, filter: str | None = None,
+                          replicator_db: str = DEFAULT_REPLICATOR_DB,
+                          callback: Callback = None, **opts: Any) -> Any:
+        """Start a replication by writing a document (id ``id``, or a new uuid) into
+        ``replicator_db``, the way CouchDB recommends; returns its
+        :class:`~corduroy2.api.replication.Replication`, whose ``state()``, ``wait()`` and
+        ``cancel()`` follow and stop it. Arguments as for :meth:`replicate`."""
+        body = replication_body(self, source, target, continuous=continuous,
+                                create_target=create_target, doc_ids=doc_ids,
+                                selector=selector, filter=filter, **opts)
+        validate_db_name(replicator_db)
+        return self.runner.run(write_replicator_doc(self, id, replicator_db, body), callback)
+
+    def replication(self, id: str, replicator_db: str = DEFAULT_REPLICATOR_DB) -> Replication:
+        """The :class:`~corduroy2.api.replication.Replication` of an existing ``_replicator``
+        document (no request)."""
+        return Replication(self, id, replicator_db)
+
+
+def _streamed(request: requests.Request, consumer: Keep) -> Op[Any]:
+    result = yield Stream(request, consumer)
+    return result
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _feed_result(rows: list[Any], fields: dict[str, Any]) -> dict[str, Any]:
+    return {"results": rows, **fields}
 
 
 def _login(step: Wait, url: str) -> Op[Any]:

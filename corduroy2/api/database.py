@@ -13,7 +13,9 @@ from ..protocol.requests import Request, encode_json
 from ..protocol.urls import validate_db_name, validate_doc_id
 from .calls import Op, Stream
 from .changes import ChangesSink, longpoll_timeout, with_heartbeat
+from . import replies
 from .documents import ConflictResolution, Document
+from .partition import Partition
 from .views import (
     Each,
     FindResult,
@@ -496,6 +498,164 @@ class Database:
             dest_id, dest_rev = dst.get("_id"), dst.get("_rev")
         request = requests.copy_doc(self._origin, self.name, src_id, src_rev, dest_id, dest_rev)
         return self._runner.call(request, callback, lambda reply: reply.get("rev"))
+
+    # -- replication --------------------------------------------------------------------------
+
+    def push(self, target: Any, *, callback: Callback = None, **opts: Any) -> Any:
+        """Replicate this database to ``target`` (a Database, a database name on the same
+        server, a URL or CouchDB's endpoint dict): :meth:`Couch.replicate` with this database
+        as the source; ``opts`` as there (``continuous``, ``create_target``, ``doc_ids``...)."""
+        return self.couch.replicate(self, target, callback=callback, **opts)
+
+    def pull(self, source: Any, *, callback: Callback = None, **opts: Any) -> Any:
+        """Replicate ``source`` into this database: :meth:`Couch.replicate` with this database
+        as the target."""
+        return self.couch.replicate(source, self, callback=callback, **opts)
+
+    # -- revisions, maintenance, design functions, partitions --------------------------------
+    # (The reply handling of these endpoints is in api/replies.py, partitions in
+    # api/partition.py.)
+
+    def head(self, doc_id: str, *, callback: Callback = None) -> Any:
+        """The current rev of document ``doc_id`` (from ``HEAD``'s ETag, no body), or None when
+        it does not exist or is deleted."""
+        request = requests.doc_head(self._origin, self.name, doc_id)
+        return self._runner.run(replies.current_rev(request), callback)
+
+    def revisions(self, doc_id: str, *, rev: str | None = None, callback: Callback = None
+                  ) -> Any:
+        """The revs of document ``doc_id``'s history, newest first (of revision ``rev``, or of
+        the current one). As long as the database's ``revs_limit`` keeps them."""
+        request = requests.revisions(self._origin, self.name, doc_id, rev)
+        return self._runner.call(request, callback, replies.rev_list)
+
+    def bulk_get(self, docs: list[Any], *, revs: bool = False, attachments: bool = False,
+                 callback: Callback = None, **opts: Any) -> Any:
+        """Several documents (or revisions) in one request, ``_bulk_get``: ``docs`` are ids or
+        ``{"id": ..., "rev": ...}``. Returns one ``{"id", "docs": [...]}`` per item, each
+        entry ``{"ok": Document}`` or ``{"error": {...}}``; nothing is raised per document."""
+        query = {"revs": revs or None, "attachments": attachments or None, **opts}
+        request = requests.bulk_get(self._origin, self.name, docs, query)
+        return self._runner.call(request, callback, replies.bulk_get_results)
+
+    def revs_diff(self, revs: Mapping[str, list[str]], *, callback: Callback = None) -> Any:
+        """Which of ``{id: [rev, ...]}`` the database lacks: ``{id: {"missing": [...],
+        "possible_ancestors": [...]}}`` for the ids with something missing."""
+        return self._runner.call(requests.revs_diff(self._origin, self.name, revs), callback)
+
+    def missing_revs(self, revs: Mapping[str, list[str]], *, callback: Callback = None) -> Any:
+        """Which of ``{id: [rev, ...]}`` the database lacks: ``{id: [rev, ...]}``."""
+        return self._runner.call(requests.missing_revs(self._origin, self.name, revs), callback,
+                                 lambda reply: reply["missing_revs"])
+
+    def purge(self, revs: Mapping[str, list[str]], *, callback: Callback = None) -> Any:
+        """Remove ``{id: [rev, ...]}`` for good (no tombstone is left, nothing replicates it);
+        returns the server's ``{"purge_seq", "purged": {id: [rev, ...]}}``."""
+        return self._runner.call(requests.purge(self._origin, self.name, revs), callback)
+
+    def security(self, security: Mapping[str, Any] | None = None, *,
+                 callback: Callback = None) -> Any:
+        """The database's security object (``{"admins": {"names", "roles"}, "members":
+        ...}``), or with ``security`` replace it (returns ``{"ok": true}``)."""
+        if security is None:
+            return self._runner.call(requests.get_security(self._origin, self.name), callback)
+        request = requests.put_security(self._origin, self.name, security)
+        return self._runner.call(request, callback)
+
+    def compact(self, ddoc: str | None = None, *, callback: Callback = None) -> Any:
+        """Start compacting the database, or with ``ddoc`` that design document's view
+        indexes. CouchDB answers at once (202) and compacts in the background."""
+        return self._runner.call(requests.compact(self._origin, self.name, ddoc), callback)
+
+    def cleanup(self, *, callback: Callback = None) -> Any:
+        """Remove view index files no design document uses any more (``_view_cleanup``)."""
+        return self._runner.call(requests.view_cleanup(self._origin, self.name), callback)
+
+    def revs_limit(self, n: int | None = None, *, callback: Callback = None) -> Any:
+        """How many revisions of a document's history the database keeps (an int), or with
+        ``n`` set it (returns ``{"ok": true}``)."""
+        request = requests.db_setting(self._origin, self.name, "_revs_limit", n)
+        return self._runner.call(request, callback)
+
+    def purged_infos_limit(self, n: int | None = None, *, callback: Callback = None) -> Any:
+        """How many purges the database remembers (an int), or with ``n`` set it (returns
+        ``{"ok": true}``)."""
+        request = requests.db_setting(self._origin, self.name, "_purged_infos_limit", n)
+        return self._runner.call(request, callback)
+
+    def shards(self, doc_id: str | None = None, *, callback: Callback = None) -> Any:
+        """The shard map ``{range: [node, ...]}``, or with ``doc_id`` the shard holding that
+        document (``{"range", "nodes"}``)."""
+        request = requests.shards(self._origin, self.name, doc_id)
+        return self._runner.call(request, callback,
+                                 (lambda reply: reply["shards"]) if doc_id is None else None)
+
+    def sync_shards(self, *, callback: Callback = None) -> Any:
+        """Ask the cluster to bring every replica of every shard in line (``_sync_shards``)."""
+        return self._runner.call(requests.sync_shards(self._origin, self.name), callback)
+
+    def local_docs(self, *, on_row: OnRow = None, on_rows: OnRows = None,
+                   callback: Callback = None, **opts: Any) -> Any:
+        """The ``_local`` documents (``_local_docs``), with the options and streaming of
+        :meth:`all_docs`. They are not replicated, and have no ``_changes`` entries."""
+        request = requests.local_docs(self._origin, self.name, opts)
+        return self._rows(request, wrap_row, build_view, on_row, on_rows, False, callback)
+
+    def design_docs(self, *, on_row: OnRow = None, on_rows: OnRows = None,
+                    callback: Callback = None, **opts: Any) -> Any:
+        """The design documents (``_design_docs``), with the options and streaming of
+        :meth:`all_docs`."""
+        request = requests.design_docs(self._origin, self.name, opts)
+        return self._rows(request, wrap_row, build_view, on_row, on_rows, False, callback)
+
+    def iter_local_docs(self, *, high_water: int = 1000, **opts: Any) -> Any:
+        """:meth:`iter_view` over ``_local_docs``."""
+        request = requests.local_docs(self._origin, self.name, opts)
+        return self.couch.front_door.iterate(self.couch.sender, request, wrap_row, high_water)
+
+    def iter_design_docs(self, *, high_water: int = 1000, **opts: Any) -> Any:
+        """:meth:`iter_view` over ``_design_docs``."""
+        request = requests.design_docs(self._origin, self.name, opts)
+        return self.couch.front_door.iterate(self.couch.sender, request, wrap_row, high_water)
+
+    def view_queries(self, name: str, queries: list[dict[str, Any]], *,
+                     callback: Callback = None) -> Any:
+        """Several queries of view ``"ddoc/view"`` (or ``"_all_docs"``) in one request; one
+        :class:`~corduroy2.api.views.ViewResult` per query, in order."""
+        request = requests.view_queries(self._origin, self.name, name, queries)
+        return self._runner.call(request, callback, replies.view_results)
+
+    def show(self, name: str, id: str | None = None, *, callback: Callback = None,
+             **opts: Any) -> Any:
+        """Call show function ``"ddoc/show"`` on document ``id`` (or on none); ``opts`` go to
+        the query (``req.query``). Returns the
+        :class:`~corduroy2.protocol.responses.Response` (``.body`` bytes, ``.headers``,
+        ``.json()``): a show function answers whatever it likes."""
+        request = requests.show(self._origin, self.name, name, id, opts)
+        return self._runner.run(replies.checked_response(request), callback)
+
+    def update(self, name: str, id: str | None = None, body: Any = None, *,
+               content_type: str | None = None, callback: Callback = None, **opts: Any) -> Any:
+        """Call update handler ``"ddoc/handler"``: on document ``id`` (``PUT``), or without
+        one (``POST``). ``body``: bytes or str as they are, anything else as JSON
+        (``content_type`` overrides the type). Returns the
+        :class:`~corduroy2.protocol.responses.Response`; CouchDB's ``X-Couch-Id`` and
+        ``X-Couch-Update-NewRev`` headers say what was written. Never retried."""
+        request = requests.update(self._origin, self.name, name, id, body, content_type, opts)
+        return self._runner.run(replies.checked_response(request), callback)
+
+    def partition(self, name: str) -> Partition:
+        """Partition ``name`` of this (partitioned) database; no request is made."""
+        return Partition(self, name)
+
+    # Keep `list` the last method of the class: below it, `list[...]` in an annotation would
+    # name this method, not the builtin (mypy: "Function ... is not valid as a type").
+    def list(self, name: str, view: str, *, callback: Callback = None, **opts: Any) -> Any:
+        """Call list function ``"ddoc/list"`` over ``view`` (a view of the same design
+        document, or ``"other/view"``); ``opts`` are the view's options (``keys`` by POST).
+        Returns the :class:`~corduroy2.protocol.responses.Response`."""
+        request = requests.list_view(self._origin, self.name, name, view, opts)
+        return self._runner.run(replies.checked_response(request), callback)
 
 
 def _merge_into(doc: dict[str, Any], merged: dict[str, Any], server: dict[str, Any]) -> None:

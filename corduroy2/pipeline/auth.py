@@ -94,6 +94,14 @@ class Auth:
         """Headers put on every request when it is built (fixed credentials)."""
         return ()
 
+    def replicator_credentials(self) -> dict[str, Any]:
+        """The members a CouchDB replication endpoint (``{"url": ...}``) needs so that the
+        server's replicator acts as this user: ``{"auth": {"basic": {"username",
+        "password"}}}`` for a name and password, else the fixed credential headers as
+        ``{"headers": {...}}`` (empty without credentials). Never a URL with a password in it.
+        ``TypeError`` when the credentials cannot be handed over (a JWT from a callable)."""
+        return {"headers": dict(self.static_headers())} if self.static_headers() else {}
+
     # -- hooks used by the Sender for dynamic credentials -------------------------------------
 
     def _ready(self, sender: Sender, fresh: bool = False) -> tuple[HeaderList, int] | _Flight:
@@ -140,6 +148,16 @@ class BasicAuth(Auth):
 
     def static_headers(self) -> HeaderList:
         return self._headers
+
+    def replicator_credentials(self) -> dict[str, Any]:
+        # The password is not kept apart: it is read back from the header it went into.
+        token = self._headers[0][1][len("Basic "):]
+        password = base64.b64decode(token).decode().partition(":")[2]
+        return _basic(self._user, password)
+
+
+def _basic(user: str, password: str) -> dict[str, Any]:
+    return {"auth": {"basic": {"username": user, "password": password}}}
 
 
 class ProxyAuth(Auth):
@@ -350,6 +368,10 @@ class CookieAuth(_Renewable):
     def _header(self, value: str) -> tuple[str, str]:
         return ("Cookie", f"AuthSession={value}")
 
+    def replicator_credentials(self) -> dict[str, Any]:
+        # The replicator logs in by itself; a cookie would expire under a long replication.
+        return _basic(self._user, self._password)
+
     def _obtain(self, sender: Sender, done: Callable[[Outcome], None]) -> None:
         body = encode_json({"name": self._user, "password": self._password})
         request = Request(
@@ -460,6 +482,12 @@ class JWTAuth(_Renewable):
 
     def renewable(self) -> bool:
         return self._source is not None
+
+    def replicator_credentials(self) -> dict[str, Any]:
+        if self._source is not None:
+            raise TypeError("a JWTAuth with a token source cannot be handed to the replicator "
+                            "(its tokens expire): give the endpoint as a dict instead")
+        return super().replicator_credentials()
 
     def _header(self, value: str) -> tuple[str, str]:
         return ("Authorization", f"Bearer {value}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -177,6 +177,141 @@ def end_session(origin: Origin, cookie: str | None) -> Request:
     return origin.request("DELETE", "/_session", headers=headers, idempotent=True)
 
 
+# -- server administration and replication ------------------------------------------------
+
+def up(origin: Origin) -> Request:
+    return origin.request("GET", "/_up")
+
+
+def dbs_info(origin: Origin, names: Any) -> Request:
+    """``POST /_dbs_info``: the info of several databases in one call (a read)."""
+    if not isinstance(names, (list, tuple)):
+        raise TypeError("dbs_info() takes a list of database names")
+    body = encode_json({"keys": [validate_db_name(n) for n in names]})
+    return origin.request("POST", "/_dbs_info", None, body, idempotent=True)
+
+
+def active_tasks(origin: Origin) -> Request:
+    return origin.request("GET", "/_active_tasks")
+
+
+def membership(origin: Origin) -> Request:
+    return origin.request("GET", "/_membership")
+
+
+def _node(node: str) -> str:
+    """``/_node/<node>``; a node name keeps its ``@`` (``couchdb@10.0.0.1``)."""
+    if not isinstance(node, str) or not node:
+        raise ValueError(f"node must be a non-empty str like '_local', got {node!r}")
+    return "/_node/" + quote(node, safe="@")
+
+
+def _config_path(node: str, section: str | None, key: str | None) -> str:
+    path = _node(node) + "/_config"
+    if section is None:
+        if key is not None:
+            raise ValueError("a config key needs its section")
+        return path
+    for name, part in (("section", section), ("key", key)):
+        if part is not None and (not isinstance(part, str) or not part):
+            raise ValueError(f"config {name} must be a non-empty str, got {part!r}")
+    path += "/" + quote(section, safe="")
+    return path + "/" + quote(key, safe="") if key is not None else path
+
+
+def config(origin: Origin, node: str, section: str | None, key: str | None) -> Request:
+    """``GET /_node/<node>/_config[/<section>[/<key>]]``."""
+    return origin.request("GET", _config_path(node, section, key))
+
+
+def set_config(origin: Origin, node: str, section: str, key: str, value: str) -> Request:
+    """``PUT`` of one config value; CouchDB stores config values as strings (sent as JSON)."""
+    if section is None or key is None:
+        raise ValueError("set_config() needs a section and a key")
+    if not isinstance(value, str):
+        raise TypeError(f"config values are str (CouchDB stores strings), not "
+                        f"{type(value).__name__}")
+    # Setting the same value twice leaves the same config: safe to send again.
+    return origin.request("PUT", _config_path(node, section, key), None, encode_json(value),
+                          idempotent=True)
+
+
+def delete_config(origin: Origin, node: str, section: str, key: str) -> Request:
+    if section is None or key is None:
+        raise ValueError("delete_config() needs a section and a key")
+    return origin.request("DELETE", _config_path(node, section, key))
+
+
+def stats(origin: Origin, node: str, path: str | None) -> Request:
+    """``GET /_node/<node>/_stats[/<group>/<metric>...]``; ``path`` like ``"couchdb/request_time"``."""
+    url = _node(node) + "/_stats"
+    if path is not None:
+        parts = path.strip("/").split("/") if isinstance(path, str) else None
+        if not parts or not all(parts):
+            raise ValueError(f"stats path must look like 'couchdb/request_time', got {path!r}")
+        url += "".join("/" + quote(p, safe="") for p in parts)
+    return origin.request("GET", url)
+
+
+def system(origin: Origin, node: str) -> Request:
+    return origin.request("GET", _node(node) + "/_system")
+
+
+def scheduler_jobs(origin: Origin, opts: Mapping[str, Any]) -> Request:
+    return origin.request("GET", "/_scheduler/jobs", opts)
+
+
+def scheduler_docs(origin: Origin, replicator_db: str | None, doc_id: str | None,
+                   opts: Mapping[str, Any]) -> Request:
+    """``GET /_scheduler/docs[/<replicator db>[/<doc id>]]``: the state of the replications
+    that ``_replicator`` documents describe (a db like ``a/_replicator`` travels as
+    ``a%2F_replicator``)."""
+    path = "/_scheduler/docs"
+    if replicator_db is not None:
+        path += db_path(validate_db_name(replicator_db))
+        if doc_id is not None:
+            path += "/" + quote(validate_doc_id(doc_id), safe="")
+    elif doc_id is not None:
+        raise ValueError("a replication document id needs its replicator database")
+    return origin.request("GET", path, opts)
+
+
+def db_updates(origin: Origin, opts: Mapping[str, Any]) -> Request:
+    """``GET /_db_updates``, streamed like ``_changes`` (same feeds, same body shapes)."""
+    feed = opts.get("feed", "normal")
+    if feed not in FEEDS:
+        raise ValueError(f"feed must be one of {', '.join(FEEDS)}, not {feed!r}")
+    since = opts.get("since")
+    if since is not None and not isinstance(since, (str, int)):
+        raise TypeError(f"since must be a seq as the server sent it (str or int), not {since!r}")
+    return origin.request("GET", "/_db_updates", {**opts, "feed": feed}, stream=True)
+
+
+def replicate(origin: Origin, body: Mapping[str, Any]) -> Request:
+    """``POST /_replicate`` with a body made by :func:`corduroy2.api.replication.body`. Not
+    safe to repeat by rule: a continuous one would be started twice."""
+    if not isinstance(body, Mapping) or "source" not in body or "target" not in body:
+        raise TypeError("a replication needs a source and a target")
+    return origin.request("POST", "/_replicate", None, encode_json(dict(body)))
+
+
+USER_PREFIX = "org.couchdb.user:"
+
+
+def create_user(origin: Origin, name: str, password: str, roles: Any) -> Request:
+    """``PUT /_users/org.couchdb.user:<name>``: a user document (CouchDB hashes the
+    password)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"user name must be a non-empty str, got {name!r}")
+    if not isinstance(password, str) or not password:
+        raise ValueError("password must be a non-empty str")
+    if isinstance(roles, str) or not all(isinstance(r, str) for r in roles):
+        raise TypeError("roles must be a list of str")
+    doc = {"_id": USER_PREFIX + name, "name": name, "password": password,
+           "roles": list(roles), "type": "user"}
+    return put_doc(origin, "_users", doc)
+
+
 # -- databases ------------------------------------------------------------------------------
 
 def db_info(origin: Origin, db: str) -> Request:
@@ -250,9 +385,14 @@ def bulk_docs(origin: Origin, db: str, docs: list[dict[str, Any]],
 # -- views, _all_docs, Mango ----------------------------------------------------------------
 
 def view(origin: Origin, db: str, name: str, opts: Mapping[str, Any]) -> Request:
-    """Rows of view ``"ddoc/view"`` (or ``"_all_docs"``), streamed. ``keys`` travel in a POST
-    body: a GET query string has a length limit."""
-    path = view_path(db, name)
+    """Rows of view ``"ddoc/view"`` (or ``"_all_docs"``), streamed."""
+    return rows_at(origin, view_path(db, name), opts)
+
+
+def rows_at(origin: Origin, path: str, opts: Mapping[str, Any]) -> Request:
+    """Rows of the view-like endpoint at ``path`` (a view, ``_all_docs``, ``_local_docs``, a
+    partition's...), streamed. ``keys`` travel in a POST body: a GET query string has a length
+    limit."""
     opts = dict(opts)
     if "keys" in opts:
         keys = opts.pop("keys")
@@ -265,18 +405,21 @@ def view(origin: Origin, db: str, name: str, opts: Mapping[str, Any]) -> Request
 
 def find(origin: Origin, db: str, selector: Any, opts: Mapping[str, Any]) -> Request:
     """A Mango query, streamed; options left None are not sent."""
-    if not isinstance(selector, dict):
-        raise TypeError(f"selector must be a dict, not {type(selector).__name__}")
-    body = {"selector": selector, **{k: v for k, v in opts.items() if v is not None}}
-    return origin.request("POST", db_path(db) + "/_find", None, encode_json(body),
-                          idempotent=True, stream=True)
+    return mango_at(origin, db_path(db) + "/_find", selector, opts, stream=True)
 
 
 def explain(origin: Origin, db: str, selector: Any, opts: Mapping[str, Any]) -> Request:
+    return mango_at(origin, db_path(db) + "/_explain", selector, opts, stream=False)
+
+
+def mango_at(origin: Origin, path: str, selector: Any, opts: Mapping[str, Any],
+             stream: bool) -> Request:
+    """A Mango request (``_find``, ``_explain``) at ``path``; options left None are not sent.
+    A read, though a POST: safe to send again."""
     if not isinstance(selector, dict):
         raise TypeError(f"selector must be a dict, not {type(selector).__name__}")
-    body = encode_json({"selector": selector, **opts})
-    return origin.request("POST", db_path(db) + "/_explain", None, body, idempotent=True)
+    body = {"selector": selector, **{k: v for k, v in opts.items() if v is not None}}
+    return origin.request("POST", path, None, encode_json(body), idempotent=True, stream=stream)
 
 
 def create_index(origin: Origin, db: str, fields: list[Any], ddoc: str | None,
@@ -303,6 +446,275 @@ def delete_index(origin: Origin, db: str, ddoc: str, name: str, type: str) -> Re
     path = (db_path(db) + "/_index/" + quote("_design/" + ddoc_name(ddoc), safe="") + "/"
             + quote(type, safe="") + "/" + quote(name, safe=""))
     return origin.request("DELETE", path)
+
+
+# -- revisions, maintenance, design functions, partitions, any endpoint ----------------------
+
+def doc_head(origin: Origin, db: str, doc_id: str) -> Request:
+    """``HEAD`` of a document: CouchDB's ETag is its current rev."""
+    return origin.request("HEAD", doc_path(db, validate_doc_id(doc_id)))
+
+
+def revisions(origin: Origin, db: str, doc_id: str, rev: str | None = None) -> Request:
+    """A document with its ``_revisions`` (of revision ``rev``, or of the current one)."""
+    return origin.request("GET", doc_path(db, validate_doc_id(doc_id)),
+                          {"revs": True, "rev": rev})
+
+
+def bulk_get(origin: Origin, db: str, docs: Any, opts: Mapping[str, Any]) -> Request:
+    """``_bulk_get`` of ``docs``: ids, or ``{"id": ..., "rev": ...}`` (``atts_since`` too).
+    A read, though a POST."""
+    if not isinstance(docs, (list, tuple)):
+        raise TypeError(f"bulk_get takes a list of ids or {{'id', 'rev'}} dicts, not "
+                        f"{type(docs).__name__}")
+    wanted = []
+    for item in docs:
+        if isinstance(item, str):
+            wanted.append({"id": validate_doc_id(item)})
+        elif isinstance(item, Mapping):
+            validate_doc_id(item.get("id"))
+            if item.get("rev") is not None and not isinstance(item["rev"], str):
+                raise TypeError(f"rev must be a str, not {type(item['rev']).__name__}")
+            wanted.append(dict(item))
+        else:
+            raise TypeError(f"bulk_get items are ids or {{'id', 'rev'}} dicts, not "
+                            f"{type(item).__name__}")
+    return origin.request("POST", db_path(db) + "/_bulk_get", opts,
+                          encode_json({"docs": wanted}), idempotent=True)
+
+
+def _revs_by_id(revs: Any) -> bytes:
+    """``{id: [rev, ...]}``, checked: the body of ``_revs_diff``, ``_missing_revs`` and
+    ``_purge``."""
+    if not isinstance(revs, Mapping):
+        raise TypeError(f"expected {{id: [rev, ...]}}, not {type(revs).__name__}")
+    for doc_id, doc_revs in revs.items():
+        validate_doc_id(doc_id)
+        if not isinstance(doc_revs, (list, tuple)) or not all(
+                isinstance(r, str) for r in doc_revs):
+            raise TypeError(f"the revs of {doc_id!r} must be a list of str")
+    return encode_json({k: list(v) for k, v in revs.items()})
+
+
+def revs_diff(origin: Origin, db: str, revs: Any) -> Request:
+    return origin.request("POST", db_path(db) + "/_revs_diff", None, _revs_by_id(revs),
+                          idempotent=True)
+
+
+def missing_revs(origin: Origin, db: str, revs: Any) -> Request:
+    return origin.request("POST", db_path(db) + "/_missing_revs", None, _revs_by_id(revs),
+                          idempotent=True)
+
+
+def purge(origin: Origin, db: str, revs: Any) -> Request:
+    return origin.request("POST", db_path(db) + "/_purge", None, _revs_by_id(revs))
+
+
+def get_security(origin: Origin, db: str) -> Request:
+    return origin.request("GET", db_path(db) + "/_security")
+
+
+def put_security(origin: Origin, db: str, security: Any) -> Request:
+    if not isinstance(security, Mapping):
+        raise TypeError(f"a security object must be a dict, not {type(security).__name__}")
+    return origin.request("PUT", db_path(db) + "/_security", None, encode_json(dict(security)),
+                          idempotent=True)  # the same object twice is the same state
+
+
+# CouchDB 3 refuses these POSTs without a JSON Content-Type (415), though they take no body:
+# an empty body is sent with it. Doing them twice is harmless.
+
+def compact(origin: Origin, db: str, ddoc: str | None = None) -> Request:
+    path = db_path(db) + "/_compact"
+    if ddoc is not None:
+        path += "/" + quote(ddoc_name(ddoc), safe="")
+    return origin.request("POST", path, None, b"", idempotent=True)
+
+
+def view_cleanup(origin: Origin, db: str) -> Request:
+    return origin.request("POST", db_path(db) + "/_view_cleanup", None, b"", idempotent=True)
+
+
+def sync_shards(origin: Origin, db: str) -> Request:
+    return origin.request("POST", db_path(db) + "/_sync_shards", None, b"", idempotent=True)
+
+
+def shards(origin: Origin, db: str, doc_id: str | None = None) -> Request:
+    """The database's shard map, or with ``doc_id`` the shard that holds that document."""
+    path = db_path(db) + "/_shards"
+    if doc_id is not None:
+        path += "/" + quote(validate_doc_id(doc_id), safe="")
+    return origin.request("GET", path)
+
+
+def db_setting(origin: Origin, db: str, name: str, value: int | None = None) -> Request:
+    """Read (``value`` None) or set a database's numeric setting ``name``: ``_revs_limit``,
+    ``_purged_infos_limit``."""
+    path = db_path(db) + "/" + name
+    if value is None:
+        return origin.request("GET", path)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name.lstrip('_')} must be a positive int, got {value!r}")
+    return origin.request("PUT", path, None, encode_json(value), idempotent=True)
+
+
+def local_docs(origin: Origin, db: str, opts: Mapping[str, Any]) -> Request:
+    """``_local_docs``: rows like ``_all_docs``'s, streamed."""
+    return rows_at(origin, db_path(db) + "/_local_docs", opts)
+
+
+def design_docs(origin: Origin, db: str, opts: Mapping[str, Any]) -> Request:
+    """``_design_docs``: rows like ``_all_docs``'s, streamed."""
+    return rows_at(origin, db_path(db) + "/_design_docs", opts)
+
+
+def view_queries(origin: Origin, db: str, name: str, queries: Any) -> Request:
+    """Several queries of one view (or ``_all_docs``) in one request: ``POST .../queries``."""
+    if not isinstance(queries, (list, tuple)) or not all(isinstance(q, Mapping) for q in queries):
+        raise TypeError("queries must be a list of dicts of view options")
+    body = encode_json({"queries": [dict(q) for q in queries]})
+    return origin.request("POST", view_path(db, name) + "/queries", None, body,
+                          idempotent=True)  # a read
+
+
+def design_function(db: str, kind: str, name: str) -> str:
+    """``"ddoc/func"`` -> ``/db/_design/ddoc/<kind>/func`` (``kind``: ``_show``, ``_list``,
+    ``_update``)."""
+    if not isinstance(name, str):
+        raise TypeError(f"{kind[1:]} function name must be a str like 'ddoc/name', not "
+                        f"{type(name).__name__}")
+    ddoc, sep, func = name.removeprefix("_design/").partition("/")
+    if not sep or not ddoc or not func or "/" in func:
+        raise ValueError(f"{kind[1:]} function name must look like 'ddoc/name', got {name!r}")
+    return doc_path(db, "_design/" + ddoc) + "/" + kind + "/" + quote(func, safe="")
+
+
+def _doc_segment(doc_id: str | None) -> str:
+    return "" if doc_id is None else "/" + quote(validate_doc_id(doc_id), safe="")
+
+
+def show(origin: Origin, db: str, name: str, doc_id: str | None,
+         opts: Mapping[str, Any]) -> Request:
+    """Show function ``"ddoc/show"``, of document ``doc_id`` (or of none)."""
+    return origin.request("GET", design_function(db, "_show", name) + _doc_segment(doc_id), opts)
+
+
+def list_view(origin: Origin, db: str, name: str, view_name: str,
+              opts: Mapping[str, Any]) -> Request:
+    """List function ``"ddoc/list"`` over ``view_name``: a view of the same design document
+    (``"view"``) or of another (``"other/view"``). ``keys`` travel by POST, as for views."""
+    if not isinstance(view_name, str) or not view_name or view_name.count("/") > 1 or (
+            view_name.startswith("/") or view_name.endswith("/")):
+        raise ValueError(f"the list's view must be 'view' or 'ddoc/view', got {view_name!r}")
+    path = design_function(db, "_list", name) + "/" + "/".join(
+        quote(part, safe="") for part in view_name.split("/"))
+    opts = dict(opts)
+    if "keys" in opts:
+        keys = opts.pop("keys")
+        if not isinstance(keys, (list, tuple)):
+            raise TypeError("keys must be a list")
+        return origin.request("POST", path, opts, encode_json({"keys": list(keys)}),
+                              idempotent=True)
+    return origin.request("GET", path, opts)
+
+
+def body_of(body: Any, content_type: str | None) -> tuple[bytes | None, Headers]:
+    """A request body and its Content-Type: bytes as they are (``application/octet-stream``
+    unless told), str as UTF-8 (``text/plain``), anything else as JSON."""
+    if body is None:
+        return None, ()
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        data, default = bytes(body), "application/octet-stream"
+    elif isinstance(body, str):
+        data, default = body.encode("utf-8"), "text/plain; charset=utf-8"
+    else:
+        data, default = encode_json(body), "application/json"
+    return data, (("Content-Type", content_type or default),)
+
+
+def update(origin: Origin, db: str, name: str, doc_id: str | None, body: Any,
+           content_type: str | None, opts: Mapping[str, Any]) -> Request:
+    """Update function ``"ddoc/handler"``: ``PUT`` on document ``doc_id``, or ``POST`` without
+    one. Never sent twice: what a handler does is its own."""
+    path = design_function(db, "_update", name) + _doc_segment(doc_id)
+    data, content = body_of(body, content_type)
+    check_headers(content)
+    request = origin.request("PUT" if doc_id is not None else "POST", path, opts,
+                             headers=content, idempotent=False)
+    return request if data is None else replace(request, body=data)
+
+
+def validate_partition(name: Any) -> str:
+    """Return ``name`` if it can name a partition: a non-empty str without ``:`` that does not
+    start with ``_`` (CouchDB's rule; the ``:`` separates the partition from the doc id)."""
+    if not isinstance(name, str):
+        raise TypeError(f"partition name must be a str, not {type(name).__name__}")
+    if not name or ":" in name or name.startswith("_"):
+        raise ValueError(f"invalid partition name {name!r}: it must be non-empty, without ':' "
+                         "and not start with '_'")
+    return name
+
+
+def partition_path(db: str, partition: str, rest: str = "") -> str:
+    """``/db/_partition/<p>`` and ``rest``: a path of the database's own (from
+    :func:`view_path`) moved into the partition."""
+    base = db_path(db)
+    if rest and not rest.startswith(base + "/"):
+        raise ValueError(f"{rest!r} is not a path of database {db!r}")
+    return (base + "/_partition/" + quote(validate_partition(partition), safe="")
+            + rest[len(base):])
+
+
+def partition_info(origin: Origin, db: str, partition: str) -> Request:
+    return origin.request("GET", partition_path(db, partition))
+
+
+def partition_view(origin: Origin, db: str, partition: str, name: str,
+                   opts: Mapping[str, Any]) -> Request:
+    """A partition's rows of view ``"ddoc/view"`` (or ``"_all_docs"``), streamed."""
+    return rows_at(origin, partition_path(db, partition, view_path(db, name)), opts)
+
+
+def partition_find(origin: Origin, db: str, partition: str, selector: Any,
+                   opts: Mapping[str, Any]) -> Request:
+    return mango_at(origin, partition_path(db, partition, db_path(db) + "/_find"), selector,
+                    opts, stream=True)
+
+
+def partition_explain(origin: Origin, db: str, partition: str, selector: Any,
+                      opts: Mapping[str, Any]) -> Request:
+    return mango_at(origin, partition_path(db, partition, db_path(db) + "/_explain"), selector,
+                    opts, stream=False)
+
+
+_METHOD = re.compile(r"[A-Z]+").fullmatch
+# A path as it goes on the request line: printable ASCII with no space; the query goes apart.
+_PATH = re.compile(r"/[!$&'()*+,\-./0-9:;=@A-Z_a-z~%]*").fullmatch
+
+
+def endpoint(origin: Origin, method: str, path: str, query: Mapping[str, Any] | None = None,
+             body: Any = None, headers: Mapping[str, str] | None = None) -> Request:
+    """Any endpoint: ``path`` as it goes on the wire (quoted already, starting with ``/``),
+    ``query`` encoded like every other call's (``key``... as JSON), ``body`` as in
+    :func:`body_of` (JSON by default), ``headers`` added (a Content-Type there wins). Whether
+    it may be sent twice follows the retry policy's rule for its method."""
+    if not isinstance(method, str) or not _METHOD(method):
+        raise ValueError(f"method must be an upper-case word like 'GET', got {method!r}")
+    if not isinstance(path, str) or not _PATH(path):
+        raise ValueError(f"path must start with '/' and be quoted already (no space, no '?': "
+                         f"use query=), got {path!r}")
+    if query is not None and not isinstance(query, Mapping):
+        raise TypeError(f"query must be a dict, not {type(query).__name__}")
+    if headers is not None and not isinstance(headers, Mapping):
+        raise TypeError(f"headers must be a dict, not {type(headers).__name__}")
+    extra = tuple((headers or {}).items())
+    check_headers(extra)
+    given_type = next((v for k, v in extra if k.lower() == "content-type"), None)
+    data, content = body_of(body, given_type)
+    if given_type is None:
+        extra += content
+    request = origin.request(method, path, query, headers=extra)
+    return request if data is None else replace(request, body=data)
 
 
 # -- _changes -------------------------------------------------------------------------------

@@ -242,6 +242,70 @@ BUILDERS: list[tuple[str, Any, str, str, Any, Any, bool]] = [
     ("indexes", lambda: rq.indexes(ORIGIN, "db"), "GET", f"{H}/db/_index", None, None, False),
     ("delete_index", lambda: rq.delete_index(ORIGIN, "db", "i", "n", "json"), "DELETE",
      f"{H}/db/_index/_design%2Fi/json/n", None, None, False),
+    # -- revisions, maintenance, design functions, partitions, any endpoint
+    ("doc_head", lambda: rq.doc_head(ORIGIN, "db", "a/b"), "HEAD", f"{H}/db/a%2Fb", None, None,
+     False),
+    ("revisions", lambda: rq.revisions(ORIGIN, "db", "_design/d", "2-b"), "GET",
+     f"{H}/db/_design/d?revs=true&rev=2-b", None, None, False),
+    ("bulk_get", lambda: rq.bulk_get(ORIGIN, "db", ["a", {"id": "b", "rev": "1-b"}],
+                                     {"revs": True}), "POST", f"{H}/db/_bulk_get?revs=true",
+     {"docs": [{"id": "a"}, {"id": "b", "rev": "1-b"}]}, True, False),
+    ("revs_diff", lambda: rq.revs_diff(ORIGIN, "db", {"a": ["1-a"]}), "POST",
+     f"{H}/db/_revs_diff", {"a": ["1-a"]}, True, False),
+    ("missing_revs", lambda: rq.missing_revs(ORIGIN, "db", {"a": ("1-a", "2-b")}), "POST",
+     f"{H}/db/_missing_revs", {"a": ["1-a", "2-b"]}, True, False),
+    ("purge", lambda: rq.purge(ORIGIN, "db", {"a": ["1-a"]}), "POST", f"{H}/db/_purge",
+     {"a": ["1-a"]}, None, False),
+    ("get_security", lambda: rq.get_security(ORIGIN, "db"), "GET", f"{H}/db/_security", None,
+     None, False),
+    ("put_security", lambda: rq.put_security(ORIGIN, "db", {"members": {"roles": ["r"]}}),
+     "PUT", f"{H}/db/_security", {"members": {"roles": ["r"]}}, True, False),
+    ("shards", lambda: rq.shards(ORIGIN, "db"), "GET", f"{H}/db/_shards", None, None, False),
+    ("shards of a doc", lambda: rq.shards(ORIGIN, "db", "a/b"), "GET", f"{H}/db/_shards/a%2Fb",
+     None, None, False),
+    ("revs_limit", lambda: rq.db_setting(ORIGIN, "db", "_revs_limit"), "GET",
+     f"{H}/db/_revs_limit", None, None, False),
+    ("set revs_limit", lambda: rq.db_setting(ORIGIN, "db", "_revs_limit", 5), "PUT",
+     f"{H}/db/_revs_limit", 5, True, False),
+    ("set purged_infos_limit", lambda: rq.db_setting(ORIGIN, "db", "_purged_infos_limit", 9),
+     "PUT", f"{H}/db/_purged_infos_limit", 9, True, False),
+    ("local_docs", lambda: rq.local_docs(ORIGIN, "db", {"limit": 2}), "GET",
+     f"{H}/db/_local_docs?limit=2", None, None, True),
+    ("design_docs keys", lambda: rq.design_docs(ORIGIN, "db", {"keys": ["_design/a"]}), "POST",
+     f"{H}/db/_design_docs", {"keys": ["_design/a"]}, True, True),
+    ("view_queries", lambda: rq.view_queries(ORIGIN, "db", "d/v", [{"limit": 1}, {"key": 2}]),
+     "POST", f"{H}/db/_design/d/_view/v/queries", {"queries": [{"limit": 1}, {"key": 2}]},
+     True, False),
+    ("all_docs queries", lambda: rq.view_queries(ORIGIN, "db", "_all_docs", []), "POST",
+     f"{H}/db/_all_docs/queries", {"queries": []}, True, False),
+    ("show", lambda: rq.show(ORIGIN, "db", "d/s", None, {"q": "x"}), "GET",
+     f"{H}/db/_design/d/_show/s?q=x", None, None, False),
+    ("show a doc", lambda: rq.show(ORIGIN, "db", "_design/d/s", "a/b", {}), "GET",
+     f"{H}/db/_design/d/_show/s/a%2Fb", None, None, False),
+    ("list", lambda: rq.list_view(ORIGIN, "db", "d/l", "v", {"limit": 1}), "GET",
+     f"{H}/db/_design/d/_list/l/v?limit=1", None, None, False),
+    ("list other ddoc keys", lambda: rq.list_view(ORIGIN, "db", "d/l", "e/v", {"keys": [1]}),
+     "POST", f"{H}/db/_design/d/_list/l/e/v", {"keys": [1]}, True, False),
+    ("update new", lambda: rq.update(ORIGIN, "db", "d/u", None, {"a": 1}, None, {}), "POST",
+     f"{H}/db/_design/d/_update/u", {"a": 1}, False, False),
+    ("update a doc", lambda: rq.update(ORIGIN, "db", "d/u", "x", None, None, {"f": 1}), "PUT",
+     f"{H}/db/_design/d/_update/u/x?f=1", b"", False, False),
+    ("partition_info", lambda: rq.partition_info(ORIGIN, "db", "p 1"), "GET",
+     f"{H}/db/_partition/p%201", None, None, False),
+    ("partition all_docs", lambda: rq.partition_view(ORIGIN, "db", "p", "_all_docs",
+                                                     {"limit": 1}), "GET",
+     f"{H}/db/_partition/p/_all_docs?limit=1", None, None, True),
+    ("partition view keys", lambda: rq.partition_view(ORIGIN, "a/b", "p", "d/v", {"keys": [1]}),
+     "POST", f"{H}/a%2Fb/_partition/p/_design/d/_view/v", {"keys": [1]}, True, True),
+    ("partition find", lambda: rq.partition_find(ORIGIN, "db", "p", {"a": 1}, {"limit": None}),
+     "POST", f"{H}/db/_partition/p/_find", {"selector": {"a": 1}}, True, True),
+    ("partition explain", lambda: rq.partition_explain(ORIGIN, "db", "p", {"a": 1}, {}),
+     "POST", f"{H}/db/_partition/p/_explain", {"selector": {"a": 1}}, True, False),
+    ("endpoint", lambda: rq.endpoint(ORIGIN, "GET", "/_node/_local/_versions"), "GET",
+     f"{H}/_node/_local/_versions", None, None, False),
+    ("endpoint query body", lambda: rq.endpoint(ORIGIN, "POST", "/db/_find",
+                                                {"key": "k", "n": None}, {"selector": {}}),
+     "POST", f"{H}/db/_find?key=%22k%22", {"selector": {}}, None, False),
     ("changes", lambda: rq.changes(ORIGIN, "db", {"since": "3-a", "limit": 1}), "GET",
      f"{H}/db/_changes?since=3-a&limit=1&feed=normal", None, None, True),
     ("changes doc_ids", lambda: rq.changes(ORIGIN, "db", {"doc_ids": ["a"]}), "POST",
@@ -270,6 +334,40 @@ def test_builder(build: Any, method: str, url: str, body: Any, idempotent: Any,
     assert (request.timeout, request.idle_timeout) == (30.0, 5.0)
 
 
+# POSTs that take no body, but that CouchDB 3 refuses (415) without a JSON Content-Type.
+EMPTY_JSON_POSTS: list[tuple[str, Any, str]] = [
+    ("compact", lambda: rq.compact(ORIGIN, "db"), f"{H}/db/_compact"),
+    ("compact ddoc", lambda: rq.compact(ORIGIN, "db", "_design/d"), f"{H}/db/_compact/d"),
+    ("view_cleanup", lambda: rq.view_cleanup(ORIGIN, "db"), f"{H}/db/_view_cleanup"),
+    ("sync_shards", lambda: rq.sync_shards(ORIGIN, "db"), f"{H}/db/_sync_shards"),
+]
+
+
+@pytest.mark.parametrize("build, url", [row[1:] for row in EMPTY_JSON_POSTS],
+                         ids=[row[0] for row in EMPTY_JSON_POSTS])
+def test_maintenance_posts_are_empty_json(build: Any, url: str) -> None:
+    request = build()
+    assert (request.method, request.url, request.body, request.idempotent) == (
+        "POST", url, b"", True)
+    assert ("Content-Type", "application/json") in request.headers
+
+
+def test_update_and_endpoint_bodies_carry_their_type() -> None:
+    def content_type(request: Request) -> str:
+        return dict(request.headers)["Content-Type"]
+
+    text = rq.update(ORIGIN, "db", "d/u", None, "héllo", None, {})
+    assert (text.body, content_type(text)) == ("héllo".encode(), "text/plain; charset=utf-8")
+    data = rq.update(ORIGIN, "db", "d/u", "x", b"\x00\xff", None, {})
+    assert (data.body, content_type(data)) == (b"\x00\xff", "application/octet-stream")
+    typed = rq.update(ORIGIN, "db", "d/u", None, "a=1", "application/x-www-form-urlencoded", {})
+    assert content_type(typed) == "application/x-www-form-urlencoded"
+    raw = rq.endpoint(ORIGIN, "PUT", "/db/_local/x", None, b"{}",
+                      {"Content-Type": "application/json", "X-A": "1"})
+    assert [k for k, _ in raw.headers].count("Content-Type") == 1
+    assert ("X-A", "1") in raw.headers and raw.body == b"{}"
+
+
 def test_copy_destination_header_is_an_id_with_the_rev_overwritten() -> None:
     request = rq.copy_doc(ORIGIN, "db", "a", None, "b c/d", "3-b")
     assert dict(request.headers)["Destination"] == "b%20c/d?rev=3-b"
@@ -293,6 +391,36 @@ BAD: list[tuple[str, Any, type[Exception]]] = [
     ("view keys not a list", lambda: rq.view(ORIGIN, "db", "d/v", {"keys": "k"}), TypeError),
     ("find selector", lambda: rq.find(ORIGIN, "db", "x", {}), TypeError),
     ("ddoc name", lambda: rq.design_info(ORIGIN, "db", ""), ValueError),
+    # -- revisions, maintenance, design functions, partitions, any endpoint
+    ("head id None", lambda: rq.doc_head(ORIGIN, "db", None), ValueError),  # type: ignore[arg-type]
+    ("bulk_get not a list", lambda: rq.bulk_get(ORIGIN, "db", "a", {}), TypeError),
+    ("bulk_get without id", lambda: rq.bulk_get(ORIGIN, "db", [{"rev": "1-a"}], {}), ValueError),
+    ("bulk_get item", lambda: rq.bulk_get(ORIGIN, "db", [3], {}), TypeError),
+    ("revs_diff not a dict", lambda: rq.revs_diff(ORIGIN, "db", ["1-a"]), TypeError),
+    ("revs_diff revs", lambda: rq.revs_diff(ORIGIN, "db", {"a": "1-a"}), TypeError),
+    ("purge empty id", lambda: rq.purge(ORIGIN, "db", {"": ["1-a"]}), ValueError),
+    ("security", lambda: rq.put_security(ORIGIN, "db", ["admins"]), TypeError),
+    ("revs_limit 0", lambda: rq.db_setting(ORIGIN, "db", "_revs_limit", 0), ValueError),
+    ("revs_limit str", lambda: rq.db_setting(ORIGIN, "db", "_revs_limit", "5"), ValueError),
+    ("compact ddoc", lambda: rq.compact(ORIGIN, "db", ""), ValueError),
+    ("view_queries", lambda: rq.view_queries(ORIGIN, "db", "d/v", {"limit": 1}), TypeError),
+    ("show name", lambda: rq.show(ORIGIN, "db", "noslash", None, {}), ValueError),
+    ("show id", lambda: rq.show(ORIGIN, "db", "d/s", "", {}), ValueError),
+    ("list view", lambda: rq.list_view(ORIGIN, "db", "d/l", "a/b/c", {}), ValueError),
+    ("update name", lambda: rq.update(ORIGIN, "db", 3, None, None, None, {}), TypeError),
+    ("update NaN", lambda: rq.update(ORIGIN, "db", "d/u", None, {"v": NAN}, None, {}),
+     ValueError),
+    ("partition with :", lambda: rq.partition_info(ORIGIN, "db", "a:b"), ValueError),
+    ("partition with _", lambda: rq.partition_info(ORIGIN, "db", "_p"), ValueError),
+    ("partition empty", lambda: rq.partition_find(ORIGIN, "db", "", {}, {}), ValueError),
+    ("partition int", lambda: rq.partition_view(ORIGIN, "db", 1, "_all_docs", {}), TypeError),
+    ("endpoint method", lambda: rq.endpoint(ORIGIN, "get", "/"), ValueError),
+    ("endpoint relative path", lambda: rq.endpoint(ORIGIN, "GET", "_all_dbs"), ValueError),
+    ("endpoint query in path", lambda: rq.endpoint(ORIGIN, "GET", "/db?x=1"), ValueError),
+    ("endpoint space", lambda: rq.endpoint(ORIGIN, "GET", "/a b"), ValueError),
+    ("endpoint header", lambda: rq.endpoint(ORIGIN, "GET", "/", None, None, {"X": "a\nb"}),
+     ValueError),
+    ("endpoint query", lambda: rq.endpoint(ORIGIN, "GET", "/", [("a", 1)]), TypeError),
     ("feed", lambda: rq.changes(ORIGIN, "db", {"feed": "x"}), ValueError),
     ("doc_ids", lambda: rq.changes(ORIGIN, "db", {"doc_ids": "a"}), TypeError),
     ("since", lambda: rq.changes(ORIGIN, "db", {"since": 1.5}), TypeError),
@@ -302,5 +430,89 @@ BAD: list[tuple[str, Any, type[Exception]]] = [
 @pytest.mark.parametrize("build, error", [row[1:] for row in BAD], ids=[row[0] for row in BAD])
 def test_builder_refuses_bad_arguments_before_anything_is_sent(build: Any,
                                                                error: type[Exception]) -> None:
+    with pytest.raises(error):
+        build()
+
+
+# -- server administration and replication ------------------------------------------------------
+
+ADMIN_BUILDERS: list[tuple[str, Any, str, str, Any, Any, bool]] = [
+    ("up", lambda: rq.up(ORIGIN), "GET", f"{H}/_up", None, None, False),
+    ("dbs_info", lambda: rq.dbs_info(ORIGIN, ["a", "b/c"]), "POST", f"{H}/_dbs_info",
+     {"keys": ["a", "b/c"]}, True, False),
+    ("active_tasks", lambda: rq.active_tasks(ORIGIN), "GET", f"{H}/_active_tasks", None, None,
+     False),
+    ("membership", lambda: rq.membership(ORIGIN), "GET", f"{H}/_membership", None, None, False),
+    ("config all", lambda: rq.config(ORIGIN, "_local", None, None), "GET",
+     f"{H}/_node/_local/_config", None, None, False),
+    ("config section", lambda: rq.config(ORIGIN, "couchdb@10.0.0.1", "log", None), "GET",
+     f"{H}/_node/couchdb@10.0.0.1/_config/log", None, None, False),
+    ("config key", lambda: rq.config(ORIGIN, "_local", "a b", "c/d"), "GET",
+     f"{H}/_node/_local/_config/a%20b/c%2Fd", None, None, False),
+    ("set_config", lambda: rq.set_config(ORIGIN, "_local", "log", "level", "debug"), "PUT",
+     f"{H}/_node/_local/_config/log/level", "debug", True, False),
+    ("delete_config", lambda: rq.delete_config(ORIGIN, "_local", "log", "level"), "DELETE",
+     f"{H}/_node/_local/_config/log/level", None, None, False),
+    ("stats", lambda: rq.stats(ORIGIN, "_local", None), "GET", f"{H}/_node/_local/_stats", None,
+     None, False),
+    ("stats path", lambda: rq.stats(ORIGIN, "n@h", "couchdb/request_time"), "GET",
+     f"{H}/_node/n@h/_stats/couchdb/request_time", None, None, False),
+    ("system", lambda: rq.system(ORIGIN, "_local"), "GET", f"{H}/_node/_local/_system", None,
+     None, False),
+    ("scheduler_jobs", lambda: rq.scheduler_jobs(ORIGIN, {"limit": 5}), "GET",
+     f"{H}/_scheduler/jobs?limit=5", None, None, False),
+    ("scheduler_docs all", lambda: rq.scheduler_docs(ORIGIN, None, None, {}), "GET",
+     f"{H}/_scheduler/docs", None, None, False),
+    ("scheduler_docs db", lambda: rq.scheduler_docs(ORIGIN, "a/_replicator", None, {}), "GET",
+     f"{H}/_scheduler/docs/a%2F_replicator", None, None, False),
+    ("scheduler_docs doc", lambda: rq.scheduler_docs(ORIGIN, "_replicator", "r 1", {}), "GET",
+     f"{H}/_scheduler/docs/_replicator/r%201", None, None, False),
+    ("db_updates", lambda: rq.db_updates(ORIGIN, {"since": "now"}), "GET",
+     f"{H}/_db_updates?since=now&feed=normal", None, None, True),
+    ("db_updates continuous", lambda: rq.db_updates(ORIGIN, {"feed": "continuous"}), "GET",
+     f"{H}/_db_updates?feed=continuous", None, None, True),
+    ("replicate", lambda: rq.replicate(ORIGIN, {"source": "http://a/s", "target": "http://a/t",
+                                                "continuous": True}),
+     "POST", f"{H}/_replicate", {"source": "http://a/s", "target": "http://a/t",
+                                 "continuous": True}, None, False),
+    ("create_user", lambda: rq.create_user(ORIGIN, "bob", "pw", ["r"]), "PUT",
+     f"{H}/_users/org.couchdb.user%3Abob", {"_id": "org.couchdb.user:bob", "name": "bob",
+                                            "password": "pw", "roles": ["r"], "type": "user"},
+     None, False),
+]
+
+
+@pytest.mark.parametrize("build, method, url, body, idempotent, stream",
+                         [row[1:] for row in ADMIN_BUILDERS], ids=[row[0] for row in ADMIN_BUILDERS])
+def test_admin_builder(build: Any, method: str, url: str, body: Any, idempotent: Any,
+                       stream: bool) -> None:
+    test_builder(build, method, url, body, idempotent, stream)
+
+
+ADMIN_BAD: list[tuple[str, Any, type[Exception]]] = [
+    ("dbs_info str", lambda: rq.dbs_info(ORIGIN, "a"), TypeError),
+    ("dbs_info bad name", lambda: rq.dbs_info(ORIGIN, ["Bad"]), ValueError),
+    ("config node", lambda: rq.config(ORIGIN, "", None, None), ValueError),
+    ("config key without section", lambda: rq.config(ORIGIN, "_local", None, "k"), ValueError),
+    ("config empty key", lambda: rq.config(ORIGIN, "_local", "s", ""), ValueError),
+    ("set_config not str", lambda: rq.set_config(ORIGIN, "_local", "s", "k", 5), TypeError),
+    ("set_config no key", lambda: rq.set_config(ORIGIN, "_local", "s", None, "v"),  # type: ignore[arg-type]
+     ValueError),
+    ("delete_config no key", lambda: rq.delete_config(ORIGIN, "_local", "s", None),  # type: ignore[arg-type]
+     ValueError),
+    ("stats path", lambda: rq.stats(ORIGIN, "_local", "a//b"), ValueError),
+    ("scheduler doc without db", lambda: rq.scheduler_docs(ORIGIN, None, "x", {}), ValueError),
+    ("db_updates feed", lambda: rq.db_updates(ORIGIN, {"feed": "x"}), ValueError),
+    ("db_updates since", lambda: rq.db_updates(ORIGIN, {"since": 1.5}), TypeError),
+    ("replicate no target", lambda: rq.replicate(ORIGIN, {"source": "http://a/s"}), TypeError),
+    ("user no name", lambda: rq.create_user(ORIGIN, "", "pw", []), ValueError),
+    ("user no password", lambda: rq.create_user(ORIGIN, "bob", "", []), ValueError),
+    ("user roles str", lambda: rq.create_user(ORIGIN, "bob", "pw", "admin"), TypeError),
+]
+
+
+@pytest.mark.parametrize("build, error", [row[1:] for row in ADMIN_BAD],
+                         ids=[row[0] for row in ADMIN_BAD])
+def test_admin_builder_refuses_bad_arguments(build: Any, error: type[Exception]) -> None:
     with pytest.raises(error):
         build()
