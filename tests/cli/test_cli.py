@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pty
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from urllib.parse import quote
 import orjson
 import pytest
 
-from corduroy2.blocking import Database
+from corduroy2.blocking import Couch, Database
 from corduroy2.cli.dump import resume_point
 
 from ..conftest import Server
@@ -334,3 +335,63 @@ def test_import_corduroy2_loads_no_cli_library(cli: Cli) -> None:
 
 def cli_command() -> list[str]:
     return [sys.executable, "-m", "corduroy2"]
+
+
+# -- replicate -------------------------------------------------------------------------------
+
+
+def endpoints(cli: Cli, server: Server, *names: str) -> list[str]:
+    """How the command names databases for a replication: by name (the --url server's
+    credentials go in CouchDB's auth object), or on pouchdb-server, which fails on that form
+    (deviation replication_endpoint_objects) but lets anyone at its databases, plain URLs."""
+    if server.deviates("replication_endpoint_objects"):
+        return [f"{server.url}/{name}" for name in names]
+    return list(names)
+
+
+def replicator_docs(couch: Couch) -> list[str]:
+    rows = couch.database("_replicator").all_docs()
+    return [row.id for row in rows if not row.id.startswith("_design/")]
+
+
+def test_replicate_follows_to_the_end(cli: Cli, dbs: Databases, server: Server,
+                                      couch: Couch) -> None:
+    source, target = dbs.create(), dbs.create()  # pouchdb-server hangs creating one anonymously
+    fill(source, 30)
+    before = replicator_docs(couch)
+    out = cli.run("replicate", *endpoints(cli, server, source.name, target.name))
+    assert (out.returncode, out.stderr) == (0, b""), out.stderr
+    result = orjson.loads(out.stdout)
+    assert result["state"] == "completed" and result["docs_written"] == 30
+    assert set(result) <= {"id", "state", "docs_read", "docs_written", "doc_write_failures",
+                           "missing_revisions_found", "revisions_checked", "changes_pending",
+                           "checkpointed_source_seq", "last_seq", "through_seq"}
+    assert len(target.all_docs(limit=100).rows) == 30
+    assert replicator_docs(couch) == before  # the record of a finished one is removed
+
+
+def test_continuous_replicate_runs_until_interrupted(cli: Cli, dbs: Databases, server: Server,
+                                                     couch: Couch) -> None:
+    source, target = dbs.create(), dbs.create()
+    before = set(replicator_docs(couch))
+    proc = subprocess.Popen(
+        [*cli_command(), "replicate", "--continuous",
+         *endpoints(cli, server, source.name, target.name)],
+        env=cli.env(), cwd=cli.home, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        source.save({"_id": "live"})
+        deadline = time.monotonic() + 30
+        while target.get(["live"]) == [None]:
+            assert time.monotonic() < deadline, "the replication did not carry the change"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+        cli.check_no_secret(stdout, stderr)
+        assert proc.returncode == 130
+        [started] = set(replicator_docs(couch)) - before
+        assert f"_replicator/{started}".encode() in stderr  # it goes on, and says where
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for doc_id in set(replicator_docs(couch)) - before:
+            couch.replication(doc_id).cancel()
