@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "get": ("bench.get_doc", "GET one small document: each backend next to its raw transport"),
     "rows": ("bench.rows", "a 1,000,000-row view: rows kept / dropped next to a raw download"),
     "changes": ("bench.changes", "a 200,000-change continuous feed: lines/s next to the raw rate"),
+    "cli": ("bench.cli", "corduroy2 dump/load of 100,000 docs next to couchbackup/couchrestore"),
 }
 
 

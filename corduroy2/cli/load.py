@@ -32,7 +32,7 @@ __all__ = ["load", "Failures", "MAX_BATCH_BYTES"]
 #: documents (documents with attachments can be large).
 MAX_BATCH_BYTES = 8 << 20
 #: Failed ids listed on stderr; the count always covers them all.
-SHOW_IDS = 1000
+SHOW_IDS = 100
 
 
 @dataclass

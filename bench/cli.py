@@ -1,0 +1,232 @@
+"""The ``corduroy2`` command's dump and load next to ``@cloudant/couchbackup`` /
+``couchrestore`` (npm, installed here into .cache on first use), on the same server.
+
+A source database of ``--docs`` documents (about 250 bytes each; ``--attachments`` of them with
+one ``--attachment-size`` binary attachment) is dumped to a file by each tool, and each tool's
+file is loaded into a fresh database by the same tool. Each side runs in a fresh process; wall
+time and the process's peak RSS (``wait4``) are reported, best of ``--repeats``. Both tools
+include attachments (couchbackup's ``--attachments``, which it calls experimental) and both
+write only the winning revisions (couchbackup in ``--mode shallow``: its ``full`` mode also
+saves revision histories and conflicts, which ``corduroy2 dump`` does not). Each restored
+database is checked: every document and attachment arrived.
+
+The server is ``COUCHDB_URL`` (admin credentials in it) if set, else a pouchdb-server started
+here. pouchdb-server needs a shim for couchbackup's client (``bench/pouchdb_shim.js``: it
+inflates gzipped request bodies and adds ``doc_del_count``), and both tools go through it; its
+databases are open to anonymous users, so there both tools run without credentials (couchbackup
+logs in with ``POST /_session`` fields pouchdb-server does not know).
+
+Targets (issue 18): faster than couchbackup in both directions; peak RSS under 100 MB.
+
+    python -m bench cli [--docs N] [--attachments K] [--attachment-size BYTES] [--repeats R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / ".cache"
+COUCHBACKUP_VERSION = "2.11.12"
+SHIM = Path(__file__).resolve().parent / "pouchdb_shim.js"
+RSS_TARGET_MB = 100
+
+
+@dataclass
+class Run:
+    tool: str
+    direction: str
+    wall: float
+    rss_mb: float
+
+
+def install_couchbackup() -> Path:
+    """``@cloudant/couchbackup`` under .cache (once); returns its ``node_modules/.bin``."""
+    prefix = CACHE / f"couchbackup-{COUCHBACKUP_VERSION}"
+    bin_dir = prefix / "node_modules" / ".bin"
+    prefix.mkdir(parents=True, exist_ok=True)
+    with open(prefix / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (bin_dir / "couchrestore").exists():
+            if shutil.which("npm") is None:
+                raise SystemExit("bench cli needs node and npm (for @cloudant/couchbackup)")
+            subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--no-save",
+                            "--prefix", str(prefix), f"@cloudant/couchbackup@{COUCHBACKUP_VERSION}"],
+                           check=True, capture_output=True)
+    return bin_dir
+
+
+def timed(cmd: list[str], env: dict[str, str], stdin: Any = None) -> tuple[float, float]:
+    """Run ``cmd``; its wall time (s) and peak RSS (MB). Fails loudly if it fails."""
+    with tempfile.TemporaryFile() as err:
+        start = time.monotonic()
+        proc = subprocess.Popen(cmd, env=env, stdin=stdin, stdout=subprocess.DEVNULL,
+                                stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise SystemExit(f"{cmd[0]} failed ({proc.returncode}):\n"
+                             f"{err.read().decode(errors='replace')[-2000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def with_credentials(url: str, auth: tuple[str, str] | None) -> str:
+    if auth is None:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{quote(auth[0], safe='')}:{quote(auth[1], safe='')}@{rest}"
+
+
+def seed(db: Any, docs: int, attachments: int, size: int) -> dict[str, str]:
+    """Fill ``db``; returns the md5 (base64, as CouchDB's digest) of each attachment by doc id."""
+    digests: dict[str, str] = {}
+    batch: list[dict[str, Any]] = []
+    every = max(docs // max(attachments, 1), 1)
+    for i in range(docs):
+        doc: dict[str, Any] = {"_id": f"doc-{i:07d}", "type": "item", "n": i,
+                               "title": f"Title number {i}", "tags": ["red", "green", "blue"],
+                               "created": "2024-05-01T12:00:00Z", "body": "lorem ipsum " * 12}
+        if attachments and i % every == 0 and len(digests) < attachments:
+            data = os.urandom(size)
+            doc["_attachments"] = {"blob.bin": {"content_type": "application/octet-stream",
+                                                "data": base64.b64encode(data).decode()}}
+            digests[doc["_id"]] = "md5-" + base64.b64encode(hashlib.md5(data).digest()).decode()
+        batch.append(doc)
+        if len(batch) == 2000 or i == docs - 1:
+            assert db.save(batch).ok
+            batch = []
+    return digests
+
+
+def check(db: Any, docs: int, digests: dict[str, str]) -> None:
+    count = db.info()["doc_count"]
+    if count != docs:
+        raise SystemExit(f"{db.name}: {count} docs restored, not {docs}")
+    for doc_id, digest in digests.items():
+        stub = db.get(doc_id)["_attachments"]["blob.bin"]
+        if stub["digest"] != digest:
+            raise SystemExit(f"{db.name}/{doc_id}: attachment differs after the round trip")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench cli", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--docs", type=int, default=100_000)
+    parser.add_argument("--attachments", type=int, default=20)
+    parser.add_argument("--attachment-size", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args(argv)
+    log = (lambda text: print(text, file=sys.stderr, flush=True))
+
+    sys.path.insert(0, str(REPO))
+    from corduroy2.blocking import Couch
+    from corduroy2.protocol.urls import split_credentials
+    from corduroy2.testing import PouchDBServer
+
+    bin_dir = install_couchbackup()
+    pouch = shim = None
+    work = Path(tempfile.mkdtemp(prefix="bench-cli-"))
+    made: list[str] = []
+    try:
+        external = os.environ.get("COUCHDB_URL")
+        if external:
+            url, auth = split_credentials(external)
+            tool_url = with_credentials(url, auth)
+        else:
+            pouch = PouchDBServer(CACHE)
+            pouch.start()
+            url, auth = pouch.url, pouch.admin
+            shim = subprocess.Popen(["node", str(SHIM), str(pouch.port)],
+                                    stdout=subprocess.PIPE, text=True)
+            assert shim.stdout is not None
+            tool_url = f"http://127.0.0.1:{shim.stdout.readline().strip()}"
+        couch = Couch(url, auth=auth)
+
+        def fresh() -> Any:
+            name = f"bench-cli-{uuid.uuid4().hex[:10]}"
+            made.append(name)
+            return couch.create(name)
+
+        source = fresh()
+        log(f"seeding {args.docs:,} docs ({args.attachments} with a "
+            f"{args.attachment_size:,}-byte attachment) on {url}")
+        digests = seed(source, args.docs, args.attachments, args.attachment_size)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COUCHDB_")}
+        env.update(PYTHONPATH=str(REPO), COUCHDB_URL=tool_url)
+        ours = [sys.executable, "-m", "corduroy2"]
+        runs: list[Run] = []
+        sizes: dict[str, int] = {}
+        for repeat in range(args.repeats):
+            for tool in ("corduroy2", "couchbackup"):
+                out = work / f"{tool}.dump"
+                if tool == "corduroy2":
+                    cmd = [*ours, "dump", source.name, "-o", str(out), "--attachments", "-q"]
+                else:
+                    cmd = [str(bin_dir / "couchbackup"), "-u", tool_url, "-d", source.name,
+                           "-o", str(out), "-m", "shallow", "-a", "-q"]
+                wall, rss = timed(cmd, env)
+                runs.append(Run(tool, "dump", wall, rss))
+                sizes[tool] = out.stat().st_size
+                log(f"  {tool:<12} dump {wall:6.2f} s  {rss:6.1f} MB")
+
+                target = fresh()
+                if tool == "corduroy2":
+                    wall, rss = timed([*ours, "load", target.name, str(out), "-q"], env)
+                else:
+                    with open(out, "rb") as f:
+                        wall, rss = timed([str(bin_dir / "couchrestore"), "-u", tool_url,
+                                           "-d", target.name, "-a", "-q"], env, stdin=f)
+                runs.append(Run(tool, "load", wall, rss))
+                log(f"  {tool:<12} load {wall:6.2f} s  {rss:6.1f} MB")
+                check(target, args.docs, digests)
+                couch.delete(target.name)
+                made.remove(target.name)
+        report(runs, args.docs, sizes)
+    finally:
+        for name in made:
+            try:
+                Couch(url, auth=auth).delete(name)
+            except Exception:
+                pass
+        if shim is not None:
+            shim.terminate()
+            shim.wait()
+        if pouch is not None:
+            pouch.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def report(runs: list[Run], docs: int, sizes: dict[str, int]) -> None:
+    best: dict[tuple[str, str], Run] = {}
+    for run in runs:
+        key = (run.tool, run.direction)
+        if key not in best or run.wall < best[key].wall:
+            best[key] = run
+    print(f"\n{docs:,} docs; dump files: " + ", ".join(
+        f"{tool} {size / 1e6:.1f} MB" for tool, size in sizes.items()))
+    print(f"{'tool':<12} {'':<5} {'wall s':>7} {'docs/s':>9} {'peak RSS MB':>12}")
+    for (tool, direction), run in sorted(best.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        print(f"{tool:<12} {direction:<5} {run.wall:7.2f} {docs / run.wall:9,.0f} "
+              f"{run.rss_mb:12.1f}")
+    for direction in ("dump", "load"):
+        ours, theirs = best[("corduroy2", direction)], best[("couchbackup", direction)]
+        verdict = "faster" if ours.wall < theirs.wall else "NOT faster"
+        print(f"{direction}: corduroy2 {theirs.wall / ours.wall:.2f}x couchbackup's speed "
+              f"({verdict}); peak RSS {ours.rss_mb:.0f} MB "
+              f"({'under' if ours.rss_mb < RSS_TARGET_MB else 'OVER'} {RSS_TARGET_MB} MB)")
