@@ -124,91 +124,118 @@ def check(db: Any, docs: int, digests: dict[str, str]) -> None:
             raise SystemExit(f"{db.name}/{doc_id}: attachment differs after the round trip")
 
 
+class Target:
+    """The server for one tool's round: ``COUCHDB_URL``, or a fresh pouchdb-server (which gets
+    slower as it holds more data: each tool gets one in the same state) behind the shim."""
+
+    def __init__(self) -> None:
+        from corduroy2.protocol.urls import split_credentials
+        from corduroy2.testing import PouchDBServer
+
+        self._pouch: Any = None
+        self._shim: subprocess.Popen[str] | None = None
+        external = os.environ.get("COUCHDB_URL")
+        if external:
+            self.url, self.auth = split_credentials(external)
+            self.tool_url = with_credentials(self.url, self.auth)
+            return
+        self._pouch = PouchDBServer(CACHE)
+        self._pouch.start()
+        self.url, self.auth = self._pouch.url, self._pouch.admin
+        self._shim = subprocess.Popen(["node", str(SHIM), str(self._pouch.port)],
+                                      stdout=subprocess.PIPE, text=True)
+        assert self._shim.stdout is not None
+        self.tool_url = f"http://127.0.0.1:{self._shim.stdout.readline().strip()}"
+
+    def stop(self) -> None:
+        if self._shim is not None:
+            self._shim.terminate()
+            self._shim.wait()
+        if self._pouch is not None:
+            self._pouch.stop()
+
+
+def one_round(tool: str, args: argparse.Namespace, bin_dir: Path, work: Path,
+              log: Any) -> tuple[list[Run], int]:
+    """Seed a source, dump it with ``tool``, load the dump into a fresh database with it."""
+    from corduroy2.blocking import Couch
+
+    server = Target()
+    couch = Couch(server.url, auth=server.auth)
+    made: list[str] = []
+
+    def fresh() -> Any:
+        made.append(f"bench-cli-{uuid.uuid4().hex[:10]}")
+        return couch.create(made[-1])
+
+    try:
+        source = fresh()
+        digests = seed(source, args.docs, args.attachments, args.attachment_size)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COUCHDB_")}
+        env.update(PYTHONPATH=str(REPO), COUCHDB_URL=server.tool_url)
+        ours = [sys.executable, "-m", "corduroy2"]
+        out = work / f"{tool}.dump"
+        runs = []
+        if tool == "couchbackup":
+            dump = [str(bin_dir / "couchbackup"), "-u", server.tool_url, "-d", source.name,
+                    "-o", str(out), "-m", "shallow", "-a", "-q"]
+        else:
+            dump = [*ours, "dump", source.name, "-o", str(out), "--attachments", "-q"]
+        wall, rss = timed(dump, env)
+        runs.append(Run(tool, "dump", wall, rss))
+        log(f"  {tool:<20} dump {wall:6.2f} s  {rss:6.1f} MB")
+        target = fresh()
+        if tool == "couchbackup":
+            with open(out, "rb") as f:
+                wall, rss = timed([str(bin_dir / "couchrestore"), "-u", server.tool_url,
+                                   "-d", target.name, "-a", "-q"], env, stdin=f)
+        else:
+            keep = ["--keep-revs"] if tool.endswith("keep-revs") else []
+            wall, rss = timed([*ours, "load", target.name, str(out), "-q", *keep], env)
+        runs.append(Run(tool, "load", wall, rss))
+        log(f"  {tool:<20} load {wall:6.2f} s  {rss:6.1f} MB")
+        check(target, args.docs, digests)
+        return runs, out.stat().st_size
+    finally:
+        for name in made:
+            try:
+                couch.delete(name)
+            except Exception:
+                pass
+        couch.close()
+        server.stop()
+
+
+#: corduroy2's load writes new revisions by default (conflicts reported); couchrestore writes
+#: the dumped revisions (new_edits=false), which ``load --keep-revs`` does too.
+TOOLS = ("corduroy2", "couchbackup", "corduroy2 --keep-revs")
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench cli", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench cli",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=int, default=100_000)
     parser.add_argument("--attachments", type=int, default=20)
     parser.add_argument("--attachment-size", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args(argv)
     log = (lambda text: print(text, file=sys.stderr, flush=True))
-
     sys.path.insert(0, str(REPO))
-    from corduroy2.blocking import Couch
-    from corduroy2.protocol.urls import split_credentials
-    from corduroy2.testing import PouchDBServer
 
     bin_dir = install_couchbackup()
-    pouch = shim = None
     work = Path(tempfile.mkdtemp(prefix="bench-cli-"))
-    made: list[str] = []
+    log(f"{args.docs:,} docs ({args.attachments} with a {args.attachment_size:,}-byte "
+        f"attachment), on {os.environ.get('COUCHDB_URL') and 'COUCHDB_URL' or 'pouchdb-server'}")
+    runs: list[Run] = []
+    sizes: dict[str, int] = {}
     try:
-        external = os.environ.get("COUCHDB_URL")
-        if external:
-            url, auth = split_credentials(external)
-            tool_url = with_credentials(url, auth)
-        else:
-            pouch = PouchDBServer(CACHE)
-            pouch.start()
-            url, auth = pouch.url, pouch.admin
-            shim = subprocess.Popen(["node", str(SHIM), str(pouch.port)],
-                                    stdout=subprocess.PIPE, text=True)
-            assert shim.stdout is not None
-            tool_url = f"http://127.0.0.1:{shim.stdout.readline().strip()}"
-        couch = Couch(url, auth=auth)
-
-        def fresh() -> Any:
-            name = f"bench-cli-{uuid.uuid4().hex[:10]}"
-            made.append(name)
-            return couch.create(name)
-
-        source = fresh()
-        log(f"seeding {args.docs:,} docs ({args.attachments} with a "
-            f"{args.attachment_size:,}-byte attachment) on {url}")
-        digests = seed(source, args.docs, args.attachments, args.attachment_size)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("COUCHDB_")}
-        env.update(PYTHONPATH=str(REPO), COUCHDB_URL=tool_url)
-        ours = [sys.executable, "-m", "corduroy2"]
-        runs: list[Run] = []
-        sizes: dict[str, int] = {}
-        for repeat in range(args.repeats):
-            for tool in ("corduroy2", "couchbackup"):
-                out = work / f"{tool}.dump"
-                if tool == "corduroy2":
-                    cmd = [*ours, "dump", source.name, "-o", str(out), "--attachments", "-q"]
-                else:
-                    cmd = [str(bin_dir / "couchbackup"), "-u", tool_url, "-d", source.name,
-                           "-o", str(out), "-m", "shallow", "-a", "-q"]
-                wall, rss = timed(cmd, env)
-                runs.append(Run(tool, "dump", wall, rss))
-                sizes[tool] = out.stat().st_size
-                log(f"  {tool:<12} dump {wall:6.2f} s  {rss:6.1f} MB")
-
-                target = fresh()
-                if tool == "corduroy2":
-                    wall, rss = timed([*ours, "load", target.name, str(out), "-q"], env)
-                else:
-                    with open(out, "rb") as f:
-                        wall, rss = timed([str(bin_dir / "couchrestore"), "-u", tool_url,
-                                           "-d", target.name, "-a", "-q"], env, stdin=f)
-                runs.append(Run(tool, "load", wall, rss))
-                log(f"  {tool:<12} load {wall:6.2f} s  {rss:6.1f} MB")
-                check(target, args.docs, digests)
-                couch.delete(target.name)
-                made.remove(target.name)
-        report(runs, args.docs, sizes)
+        for _ in range(args.repeats):
+            for tool in TOOLS:
+                done, sizes[tool] = one_round(tool, args, bin_dir, work, log)
+                runs.extend(done)
     finally:
-        for name in made:
-            try:
-                Couch(url, auth=auth).delete(name)
-            except Exception:
-                pass
-        if shim is not None:
-            shim.terminate()
-            shim.wait()
-        if pouch is not None:
-            pouch.stop()
         shutil.rmtree(work, ignore_errors=True)
+    report(runs, args.docs, sizes)
     return 0
 
 
@@ -220,13 +247,16 @@ def report(runs: list[Run], docs: int, sizes: dict[str, int]) -> None:
             best[key] = run
     print(f"\n{docs:,} docs; dump files: " + ", ".join(
         f"{tool} {size / 1e6:.1f} MB" for tool, size in sizes.items()))
-    print(f"{'tool':<12} {'':<5} {'wall s':>7} {'docs/s':>9} {'peak RSS MB':>12}")
+    print(f"{'tool':<22} {'':<5} {'wall s':>7} {'docs/s':>9} {'peak RSS MB':>12}")
     for (tool, direction), run in sorted(best.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        print(f"{tool:<12} {direction:<5} {run.wall:7.2f} {docs / run.wall:9,.0f} "
+        print(f"{tool:<22} {direction:<5} {run.wall:7.2f} {docs / run.wall:9,.0f} "
               f"{run.rss_mb:12.1f}")
-    for direction in ("dump", "load"):
-        ours, theirs = best[("corduroy2", direction)], best[("couchbackup", direction)]
-        verdict = "faster" if ours.wall < theirs.wall else "NOT faster"
-        print(f"{direction}: corduroy2 {theirs.wall / ours.wall:.2f}x couchbackup's speed "
+    theirs = {d: best[("couchbackup", d)] for d in ("dump", "load")}
+    for (tool, direction), ours in sorted(best.items()):
+        if tool == "couchbackup":
+            continue
+        other = theirs[direction]
+        verdict = "faster" if ours.wall < other.wall else "NOT faster"
+        print(f"{tool} {direction}: {other.wall / ours.wall:.2f}x couchbackup's speed "
               f"({verdict}); peak RSS {ours.rss_mb:.0f} MB "
               f"({'under' if ours.rss_mb < RSS_TARGET_MB else 'OVER'} {RSS_TARGET_MB} MB)")

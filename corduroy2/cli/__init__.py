@@ -100,7 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE|-")
     p.add_argument("--batch", type=int, default=500, metavar="N",
                    help="documents per _bulk_docs request (default: 500)")
+    p.add_argument("--parallel", type=int, default=4, metavar="K",
+                   help="batches in flight at once (default: 4)")
     p.add_argument("--create", action="store_true", help="create DB if it does not exist")
+    p.add_argument("--keep-revs", action="store_true",
+                   help="keep the documents' revisions (new_edits=false: a faithful restore "
+                        "into an empty database; existing documents are not checked)")
 
     p = command("replicate", replicate.replicate,
                 "replicate SRC to TGT (db names on --url's server, or URLs) and follow it")
