@@ -175,6 +175,23 @@ def test_load_reports_conflicts_and_bad_lines(cli: Cli, dbs: Databases, tmp_path
     assert db.get("doc-00001")["already"] == "here"  # not overwritten
 
 
+def test_load_keep_revs_writes_the_dumped_revisions(cli: Cli, dbs: Databases,
+                                                    tmp_path: Path) -> None:
+    source = dbs.create()
+    fill(source, 3)
+    source.save(source.get("doc-00001"))  # a second revision
+    dump_file = tmp_path / "dump.ndjson"
+    assert cli.run("dump", source.name, "-o", str(dump_file)).returncode == 0
+    with open(dump_file, "ab") as f:
+        f.write(b'{"_id": "no-rev"}\n')
+    target = dbs.create()
+    out = cli.run("load", target.name, str(dump_file), "--keep-revs", "--batch", "2")
+    assert out.returncode == 1
+    assert out.stderr.decode().startswith("corduroy2: 1 of 4 docs not written (1 no _rev to keep)")
+    for doc_id in ("doc-00000", "doc-00001", "doc-00002"):
+        assert target.get(doc_id) == source.get(doc_id)  # the same _rev too
+
+
 def test_load_into_a_missing_database_fails_without_create(cli: Cli, dbs: Databases,
                                                            tmp_path: Path) -> None:
     source = tmp_path / "in.ndjson"
