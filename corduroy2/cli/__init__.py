@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from .. import CouchError
 from . import commands, dump, load, replicate
 from .commands import Context
-from .connect import DEFAULT_URL, connect
+from .connect import DEFAULT_URL, Server, connect
 from .output import Output
 
 __all__ = ["main", "run", "build_parser"]
@@ -120,28 +120,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     args = build_parser().parse_args(argv)  # exits 2 on a usage error
-    secrets: list[str] = []
+    server: Server | None = None
     try:
         server = connect(getattr(args, "url", None), os.environ)
-        secrets.extend(server.secrets)
         ctx = Context(server, Output(), progress=_draw_progress(args))
-        try:
-            status = int(args.run(args, ctx))
-        finally:
-            secrets.extend(server.secrets)  # a URL named on the command line may add some
+        status = int(args.run(args, ctx))
         ctx.out.flush()
         return status
     except CouchError as exc:
-        return _fail(exc, EXIT_ERROR, secrets)
+        return _fail(exc, EXIT_ERROR, server)
     except (ValueError, TypeError) as exc:
         # Bad input on the command line: a JSON argument, a db name, a URL, a file's content.
-        return _fail(exc, EXIT_USAGE, secrets)
+        return _fail(exc, EXIT_USAGE, server)
     except BrokenPipeError:
         # The reader went away (``| head``): say nothing more.
         _silence_stdout()
         return EXIT_ERROR
     except OSError as exc:  # a file that cannot be read or written
-        return _fail(exc, EXIT_ERROR, secrets)
+        return _fail(exc, EXIT_ERROR, server)
     except KeyboardInterrupt:
         sys.stderr.write("corduroy2: interrupted\n")
         return EXIT_INTERRUPTED
@@ -151,11 +147,11 @@ def _draw_progress(args: argparse.Namespace) -> bool:
     return not getattr(args, "quiet", False) and sys.stderr.isatty()
 
 
-def _fail(exc: BaseException, status: int, secrets: list[str]) -> int:
-    """The one-line message: the error's class and text, credentials scrubbed (they should
-    never reach an error's text; this is the last line of defence)."""
+def _fail(exc: BaseException, status: int, server: Server | None) -> int:
+    """The one-line message: the error's class and text, the passwords in use scrubbed (they
+    should never reach an error's text; this is the last line of defence)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    for secret in secrets:
+    for secret in server.secrets if server is not None else ():
         if secret:
             text = text.replace(secret, "***")
     sys.stderr.write(f"corduroy2: {type(exc).__name__}: {text}\n")

@@ -105,10 +105,22 @@ def changes(args: argparse.Namespace, ctx: Context) -> int:
         for change in page["results"]:
             ctx.out.json(change)
         since = page["last_seq"]
-        if len(page["results"]) < CHANGES_PAGE:
+        if _last_page(page):
             break
     ctx.out.json({"last_seq": since})
     return 0
+
+
+def _last_page(page: dict[str, Any]) -> bool:
+    """Whether a page of the feed reached its current end: CouchDB 3 says how many changes are
+    ``pending`` (a sharded database may answer fewer than ``limit`` before the end); a server
+    that does not say (pouchdb-server) ended with a short page."""
+    if not page["results"]:
+        return True
+    pending = page.get("pending")
+    if isinstance(pending, int):
+        return pending == 0
+    return len(page["results"]) < CHANGES_PAGE
 
 
 def _follow(db: Any, since: Any, opts: dict[str, Any], out: Output) -> int:
