@@ -18,6 +18,21 @@ logs in with ``POST /_session`` fields pouchdb-server does not know).
 
 Targets (issue 18): faster than couchbackup in both directions; peak RSS under 100 MB.
 
+Measured (``--repeats 2``, best runs; pouchdb-server on a shared 2-CPU machine whose load
+average was 5 to 7 throughout, so single runs of the same command varied by up to 2.5x)::
+
+    tool                          wall s    docs/s  peak RSS MB
+    corduroy2              dump     3.80    26,298         37.2    (4 runs: 3.8 to 9.8 s)
+    couchbackup            dump     6.52    15,337        159.8    (2 runs: 6.5, 9.8 s)
+    corduroy2              load    24.53     4,077         40.8
+    corduroy2 --keep-revs  load    18.06     5,536         40.4
+    couchbackup            load    24.82     4,030        198.1    (couchrestore)
+
+The dump keeps up with ``curl`` reading the same ``_all_docs`` body (and uses about 0.6 s of
+CPU for 100,000 docs); the loads are bound by pouchdb-server (the client uses about 1.3 s of
+CPU), which computes a new revision per document unless it is given one: ``--keep-revs``
+(``new_edits=false``) is what couchrestore does, and the like-for-like comparison.
+
     python -m bench cli [--docs N] [--attachments K] [--attachment-size BYTES] [--repeats R]
 """
 
@@ -182,7 +197,7 @@ def one_round(tool: str, args: argparse.Namespace, bin_dir: Path, work: Path,
         else:
             dump = [*ours, "dump", source.name, "-o", str(out), "--attachments", "-q"]
         wall, rss = timed(dump, env)
-        runs.append(Run(tool, "dump", wall, rss))
+        runs.append(Run(tool.split()[0], "dump", wall, rss))  # --keep-revs is a load option
         log(f"  {tool:<20} dump {wall:6.2f} s  {rss:6.1f} MB")
         target = fresh()
         if tool == "couchbackup":
@@ -231,7 +246,7 @@ def main(argv: list[str]) -> int:
     try:
         for _ in range(args.repeats):
             for tool in TOOLS:
-                done, sizes[tool] = one_round(tool, args, bin_dir, work, log)
+                done, sizes[tool.split()[0]] = one_round(tool, args, bin_dir, work, log)
                 runs.extend(done)
     finally:
         shutil.rmtree(work, ignore_errors=True)
