@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "attachments": ("bench.attachments",
                     "a 256 MB attachment up and down: MB/s next to the raw transport, peak RSS"),
     "fake": ("bench.fake", "FakeCouch: start time, and the behaviour suite's time next to pouchdb"),
+    "cli": ("bench.cli", "corduroy2 dump/load of 100,000 docs next to couchbackup/couchrestore"),
 }
 
 
