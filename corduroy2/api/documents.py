@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +63,8 @@ class ConflictResolution:
 
     ``resolved`` maps id -> the saved doc (its ``_rev`` updated in place); ``pending`` maps id ->
     :class:`PendingDoc` for every doc that was not written (``error`` is ``"conflict"``,
-    ``"forbidden"``, ...). ``results`` is the server's per-doc list, in input order.
+    ``"forbidden"``, ...). ``results`` is the server's per-doc list, in input order (with
+    ``new_edits=False``, CouchDB's list of the refused docs only).
 
     Unlike corduroy 0.9 this is not an exception subclass: it is a result, so nothing can
     mistake it for a failure to raise.
@@ -72,7 +74,12 @@ class ConflictResolution:
         self.results = results
         self.resolved: dict[str, dict[str, Any]] = {}
         self.pending: dict[str, PendingDoc] = {}
-        for doc, result in zip(docs, results):
+        if len(results) == len(docs):
+            pairs: Iterable[tuple[dict[str, Any], dict[str, Any]]] = zip(docs, results)
+        else:  # new_edits=false: CouchDB answers only for the docs it refused
+            refused = {result.get("id"): result for result in results}
+            pairs = ((doc, refused.get(doc.get("_id"), {})) for doc in docs)
+        for doc, result in pairs:
             doc_id: str = result.get("id") or doc.get("_id") or ""
             if "error" in result:
                 self.pending[doc_id] = PendingDoc(doc, result["error"], result.get("reason"))
