@@ -428,7 +428,7 @@ class Database:
             raise ValueError("iter_changes() reads a continuous or eventsource feed")
         request = requests.changes(self._origin, self.name, with_heartbeat(opts))
         return self.couch.front_door.iterate(
-            self.couch.sender, request, _identity, high_water,
+            self.couch.sender, request, keep_raw, high_water,
             lambda req, consumer, done: ChangesSink(req, consumer, done, feed,
                                                     limit=_limit(opts)),
         )

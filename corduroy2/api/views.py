@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import collections
 import gc
-from collections.abc import Callable, Iterator, Sequence
+import types
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any, overload
 
 from ..backend import Outcome, Transfer
@@ -238,14 +239,28 @@ class Each:
         return self._build([], fields)
 
 
+@types.coroutine
+def ready(value: Any) -> Generator[Any, None, Any]:
+    """An awaitable that is already settled: ``await ready(x)`` is ``x`` at once, on any
+    loop (asyncio, Tornado, Twisted's ``Deferred.fromCoroutine``), without a Future or a
+    Deferred or a trip through the loop. A generator that returns before its first ``yield``
+    is the cheapest such object CPython has: awaiting it never raises StopIteration."""
+    return value
+    yield  # pragma: no cover  (makes this a generator; never reached)
+
+
 class RowIterator:
     """``async for row in db.iter_view(...)``: rows as they are parsed, in bounded memory.
 
     At most about ``high_water`` parsed rows wait in the queue (plus the rows of one received
-    chunk): past that the transport is paused until the reader has taken half of them. Each
-    ``__anext__`` returns the backend's native promise (a Future, or a Deferred under Twisted's
-    ``Deferred.fromCoroutine``). ``fields`` holds the top-level members once the body has ended.
-    ``close()`` (or ``async with``) aborts the request when the reader stops early.
+    chunk): past that the transport is paused until the reader has taken half of them.
+    ``__anext__`` returns an awaitable: when a row is already waiting, a settled one
+    (:func:`ready`) that makes no promise; otherwise the backend's native promise (a Future, or
+    a Deferred under Twisted's ``Deferred.fromCoroutine``), which a cancel aborts the request
+    through. Making a promise per row cost the iterator half its rate or more next to the
+    callback path (``python -m bench changes``, ``iter/cb``, issue 19).
+    ``fields`` holds the top-level members once the body has ended. ``close()`` (or
+    ``async with``) aborts the request when the reader stops early.
     """
 
     def __init__(self, sender: Sender, request: Request, wrap: Wrap,
@@ -271,7 +286,7 @@ class RowIterator:
         return None
 
     def rows(self, rows: list[Any]) -> None:
-        self._queue.extend(map(self._wrap, rows))
+        self._queue.extend(rows if self._wrap is keep_raw else map(self._wrap, rows))
         self._wake()
         if len(self._queue) >= self._high and not self._paused and self._transfer is not None:
             self._paused = True
@@ -298,14 +313,18 @@ class RowIterator:
         sink = self._make_sink(self._request, self, self._finished)
         self._transfer = sink.keep_transfer(self._sender.send(self._request, sink))
 
+    def _take(self) -> Any:
+        """The next queued row; the transport resumes once half the queue has been read."""
+        row = self._queue.popleft()
+        if self._paused and len(self._queue) <= self._high // 2:
+            self._paused = False
+            assert self._transfer is not None
+            self._transfer.resume()
+        return row
+
     def _deliver(self, done: Callable[[Outcome], None]) -> None:
         if self._queue:
-            row = self._queue.popleft()
-            if self._paused and len(self._queue) <= self._high // 2:
-                self._paused = False
-                assert self._transfer is not None
-                self._transfer.resume()
-            done(Outcome(value=row))
+            done(Outcome(value=self._take()))
         elif self._error is not None:
             done(Outcome(error=self._error))
         else:
@@ -322,6 +341,8 @@ class RowIterator:
         return self
 
     def __anext__(self) -> Any:
+        if self._queue:  # parsed already: no promise to make
+            return ready(self._take())
         if self._transfer is None and not self._ended:
             self._start()
         return self._sender.backend.run(self._next)
