@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "get": ("bench.get_doc", "GET one small document: each backend next to its raw transport"),
     "rows": ("bench.rows", "a 1,000,000-row view: rows kept / dropped next to a raw download"),
     "changes": ("bench.changes", "a 200,000-change continuous feed: lines/s next to the raw rate"),
+    "peers": ("bench.peers", "corduroy2 beside couchdb-python, aiocouch, ibmcloudant: the issue 19 table"),
     "fake": ("bench.fake", "FakeCouch: start time, and the behaviour suite's time next to pouchdb"),
 }
 
