@@ -229,6 +229,7 @@ class RowIterator:
         self._waiter: Callable[[Outcome], None] | None = None
         self._transfer: Transfer | None = None
         self._paused = False
+        self._keep = 0  # __anext__'s fast path takes a row while the queue holds more than this
         self._ended = False
         self._error: BaseException | None = None
         self.fields: dict[str, Any] = {}
@@ -243,6 +244,7 @@ class RowIterator:
         self._wake()
         if len(self._queue) >= self._high and not self._paused and self._transfer is not None:
             self._paused = True
+            self._keep = self._high // 2 + 1  # rows __anext__ may take before _take() resumes
             self._transfer.pause()
 
     def end(self, fields: dict[str, Any]) -> None:
@@ -271,6 +273,7 @@ class RowIterator:
         row = self._queue.popleft()
         if self._paused and len(self._queue) <= self._high // 2:
             self._paused = False
+            self._keep = 0
             assert self._transfer is not None
             self._transfer.resume()
         return row
@@ -294,7 +297,10 @@ class RowIterator:
         return self
 
     def __anext__(self) -> Any:
-        if self._queue:  # parsed already: no promise to make
+        queue = self._queue
+        if len(queue) > self._keep:  # parsed already, and no resume due: no promise to make
+            return ready(queue.popleft())
+        if queue:
             return ready(self._take())
         if self._transfer is None and not self._ended:
             self._start()
