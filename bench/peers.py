@@ -36,7 +36,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from bench.rows import BACKENDS, REPO, peak_rss_mb, pin_apart, replay
