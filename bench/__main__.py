@@ -18,6 +18,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                                    "requests/s and time to fail over"),
     "attachments": ("bench.attachments",
                     "a 256 MB attachment up and down: MB/s next to the raw transport, peak RSS"),
+    "peers": ("bench.peers",
+              "corduroy2 beside couchdb-python, aiocouch, ibmcloudant: the issue 19 table"),
     "fake": ("bench.fake", "FakeCouch: start time, and the behaviour suite's time next to pouchdb"),
     "cli": ("bench.cli", "corduroy2 dump/load of 100,000 docs next to couchbackup/couchrestore"),
 }

@@ -25,7 +25,7 @@ from .replication import (DEFAULT_REPLICATOR_DB, Replication, replication_body,
                           write_replicator_doc)
 from .replies import checked_response
 from .status import Status
-from .views import Keep
+from .views import Keep, keep_raw
 
 if TYPE_CHECKING:
     from .database import Database
@@ -384,7 +384,7 @@ class Couch:
         request = requests.db_updates(self.origin, with_heartbeat(opts))
         limit = opts.get("limit") if type(opts.get("limit")) is int else None
         return self.front_door.iterate(
-            self.sender, request, _same, high_water,
+            self.sender, request, keep_raw, high_water,
             lambda req, consumer, done: ChangesSink(req, consumer, done, feed, limit=limit))
 
     # -- replication ---------------------------------------------------------------------------

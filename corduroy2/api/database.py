@@ -21,8 +21,6 @@ from .views import (
     Each,
     FindResult,
     Keep,
-    Row,
-    Rows,
     ViewResult,
     build_find,
     build_view,
@@ -317,8 +315,7 @@ class Database:
     def _rows(self, request: Request, wrap: Any, build: Any, on_row: OnRow, on_rows: OnRows,
               freeze_gc: bool, callback: Callback) -> Any:
         if on_row is None and on_rows is None:
-            # View rows are kept raw and wrapped when read (build_view); docs are wrapped now.
-            consumer: Any = Keep(keep_raw if build is build_view else wrap, build, freeze_gc)
+            consumer: Any = Keep(wrap, build, freeze_gc)
         else:
             consumer = Each(wrap, build, on_row, on_rows)
         return self._runner.run(_stream(request, consumer), callback)
@@ -393,11 +390,11 @@ class Database:
             want = page_size if limit is None else min(page_size, limit - state.get("seen", 0))
             query = {**opts, **state.get("next", {}), "limit": want + 1}
             request = requests.view(self._origin, self.name, name, query)
-            result: ViewResult = yield Stream(request, Keep(keep_raw, build_view))
-            assert isinstance(result.rows, Rows)
-            rows = result.rows.raw  # the extra row is dropped from the page itself
+            result: ViewResult = yield Stream(request, Keep(wrap_row, build_view))
+            rows = result.rows
+            assert isinstance(rows, list)
             if len(rows) > want:
-                last = Row(rows.pop())
+                last = rows.pop()  # the extra row is dropped from the page itself
                 following = {"startkey": last.key}
                 if by_docid:
                     following["startkey_docid"] = last.id
@@ -494,7 +491,7 @@ class Database:
         request = requests.changes(self._origin, self.name, with_heartbeat(opts))
         cluster = self.couch.sender.nodes is not None  # a feed that may resume elsewhere
         return self.couch.front_door.iterate(
-            self.couch.sender, request, _identity, high_water,
+            self.couch.sender, request, keep_raw, high_water,
             lambda req, consumer, done: ChangesSink(req, consumer, done, feed,
                                                     limit=_limit(opts), remember=cluster),
         )

@@ -15,7 +15,7 @@ from ..protocol import requests
 from ..protocol.requests import Request
 from .calls import Op, Stream
 from .documents import Document
-from .views import Each, Keep, build_find, build_view, keep_raw, wrap_row
+from .views import Each, Keep, build_find, build_view, wrap_row
 
 if TYPE_CHECKING:
     from .couch import Callback
@@ -100,8 +100,7 @@ def run_rows(runner: Any, request: Request, wrap: Any, build: Any, on_row: OnRow
     """Run a row-bearing request: kept for the buffered result, or handed to ``on_row`` /
     ``on_rows`` and dropped."""
     if on_row is None and on_rows is None:
-        # View rows are kept raw and wrapped when read (build_view); docs are wrapped now.
-        consumer: Any = Keep(keep_raw if build is build_view else wrap, build, freeze_gc)
+        consumer: Any = Keep(wrap, build, freeze_gc)
     else:
         consumer = Each(wrap, build, on_row, on_rows)
     return runner.run(_stream(request, consumer), callback)

@@ -11,7 +11,7 @@ from ..protocol.requests import Request
 from ..protocol.responses import Response, make_error
 from .calls import Op, Raw
 from .documents import Document
-from .views import Rows, ViewResult
+from .views import Row, ViewResult
 
 __all__ = ["checked_response", "current_rev", "rev_list", "bulk_get_results", "view_results"]
 
@@ -67,6 +67,6 @@ def view_results(reply: dict[str, Any]) -> list[ViewResult]:
     results = []
     for result in reply["results"]:
         rows = result.pop("rows", [])
-        results.append(ViewResult(Rows(rows), result))
+        results.append(ViewResult(list(map(Row, rows)), result))
     return results
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import collections
 import gc
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, overload
+import types
+from collections.abc import Callable, Generator, Iterator, Sequence
+from operator import methodcaller
+from typing import Any
 
 from ..backend import Outcome, Transfer
 from ..pipeline.exchange import Sender
@@ -23,89 +25,41 @@ from .sinks import Finished, RowSink
 __all__ = ["Row", "ViewResult", "FindResult", "RowIterator", "Pages", "Keep", "Each"]
 
 
-class Row:
+class Row(dict):  # type: ignore[type-arg]
     """One view row: ``.id``, ``.key``, ``.value``, ``.doc`` (a Document or None), ``.error``
-    (e.g. ``"not_found"`` for a missing key in ``_all_docs?keys``). ``row["key"]`` reads the raw
-    row. A light wrapper, so that a million rows cost one small object each."""
+    (e.g. ``"not_found"`` for a missing key in ``_all_docs?keys``); ``row["key"]`` reads it as
+    the dict it is.
 
-    __slots__ = ("raw",)
+    A dict subclass, so that the parser's rows become Rows at C speed: ``map(Row, rows)`` per
+    received batch copies each parsed dict in C and lets the original go, and the attributes
+    are C-level getters (``methodcaller``). A million rows in hand this way cost less than the
+    floor's one ``orjson.loads`` of the whole body (``python -m bench rows``, ``list/raw``,
+    issue 19); a slotted wrapper over the dict, made per row in Python, cost 1.2-1.5x it.
+    """
 
-    def __init__(self, raw: dict[str, Any]) -> None:
-        self.raw = raw
+    __slots__ = ()
 
-    @property
-    def id(self) -> str | None:
-        return self.raw.get("id")
-
-    @property
-    def key(self) -> Any:
-        return self.raw.get("key")
-
-    @property
-    def value(self) -> Any:
-        return self.raw.get("value")
+    id = property(methodcaller("get", "id"))
+    key = property(methodcaller("get", "key"))
+    value = property(methodcaller("get", "value"))
+    error = property(methodcaller("get", "error"))
 
     @property
     def doc(self) -> Document | None:
-        doc = self.raw.get("doc")
+        doc = self.get("doc")
         return None if doc is None else Document(doc)
 
     @property
-    def error(self) -> str | None:
-        return self.raw.get("error")
-
-    def __getitem__(self, name: str) -> Any:
-        return self.raw[name]
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Row):
-            return self.raw == other.raw
-        return NotImplemented
+    def raw(self) -> dict[str, Any]:
+        """The row as CouchDB sent it: the Row itself (kept for corduroy2 0.x code)."""
+        return self
 
     def __repr__(self) -> str:
         if self.error:
             return f"<Row {self.key!r} «{self.error}»>"
         ident = f" {self.id}" if self.id is not None else ""
-        doc = " +doc" if self.raw.get("doc") is not None else ""
+        doc = " +doc" if self.get("doc") is not None else ""
         return f"<Row {self.key!r}{ident} / {self.value!r}{doc}>"
-
-
-class Rows(Sequence[Row]):
-    """The rows of a buffered result: the parsed dicts, each wrapped in a :class:`Row` when it
-    is read (a million wrappers made up front cost a sixth of the whole query). ``row.raw`` is
-    the stored dict itself, so nothing read through a Row is a copy."""
-
-    __slots__ = ("raw",)
-
-    def __init__(self, raw: list[dict[str, Any]]) -> None:
-        self.raw = raw
-
-    def __len__(self) -> int:
-        return len(self.raw)
-
-    @overload
-    def __getitem__(self, index: int) -> Row: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[Row]: ...
-
-    def __getitem__(self, index: int | slice) -> Row | list[Row]:
-        if isinstance(index, slice):
-            return [Row(r) for r in self.raw[index]]
-        return Row(self.raw[index])
-
-    def __iter__(self) -> Iterator[Row]:
-        return map(Row, self.raw)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Rows):
-            return self.raw == other.raw
-        if isinstance(other, list):
-            return list(self) == other
-        return NotImplemented
-
-    def __repr__(self) -> str:
-        return f"<Rows {len(self.raw)}>"
 
 
 class ViewResult:
@@ -238,14 +192,28 @@ class Each:
         return self._build([], fields)
 
 
+@types.coroutine
+def ready(value: Any) -> Generator[Any, None, Any]:
+    """An awaitable that is already settled: ``await ready(x)`` is ``x`` at once, on any
+    loop (asyncio, Tornado, Twisted's ``Deferred.fromCoroutine``), without a Future or a
+    Deferred or a trip through the loop. A generator that returns before its first ``yield``
+    is the cheapest such object CPython has: awaiting it never raises StopIteration."""
+    return value
+    yield  # type: ignore[unreachable]  # makes this a generator; never reached
+
+
 class RowIterator:
     """``async for row in db.iter_view(...)``: rows as they are parsed, in bounded memory.
 
     At most about ``high_water`` parsed rows wait in the queue (plus the rows of one received
-    chunk): past that the transport is paused until the reader has taken half of them. Each
-    ``__anext__`` returns the backend's native promise (a Future, or a Deferred under Twisted's
-    ``Deferred.fromCoroutine``). ``fields`` holds the top-level members once the body has ended.
-    ``close()`` (or ``async with``) aborts the request when the reader stops early.
+    chunk): past that the transport is paused until the reader has taken half of them.
+    ``__anext__`` returns an awaitable: when a row is already waiting, a settled one
+    (:func:`ready`) that makes no promise; otherwise the backend's native promise (a Future, or
+    a Deferred under Twisted's ``Deferred.fromCoroutine``), which a cancel aborts the request
+    through. Making a promise per row cost the iterator half its rate or more next to the
+    callback path (``python -m bench changes``, ``iter/cb``, issue 19).
+    ``fields`` holds the top-level members once the body has ended. ``close()`` (or
+    ``async with``) aborts the request when the reader stops early.
     """
 
     def __init__(self, sender: Sender, request: Request, wrap: Wrap,
@@ -261,6 +229,7 @@ class RowIterator:
         self._waiter: Callable[[Outcome], None] | None = None
         self._transfer: Transfer | None = None
         self._paused = False
+        self._keep = 0  # __anext__'s fast path takes a row while the queue holds more than this
         self._ended = False
         self._error: BaseException | None = None
         self.fields: dict[str, Any] = {}
@@ -271,10 +240,11 @@ class RowIterator:
         self.fields = fields  # what came before the rows (an attachment's head)
 
     def rows(self, rows: list[Any]) -> None:
-        self._queue.extend(map(self._wrap, rows))
+        self._queue.extend(rows if self._wrap is keep_raw else map(self._wrap, rows))
         self._wake()
         if len(self._queue) >= self._high and not self._paused and self._transfer is not None:
             self._paused = True
+            self._keep = self._high // 2 + 1  # rows __anext__ may take before _take() resumes
             self._transfer.pause()
 
     def end(self, fields: dict[str, Any]) -> None:
@@ -298,14 +268,19 @@ class RowIterator:
         sink = self._make_sink(self._request, self, self._finished)
         self._transfer = sink.keep_transfer(self._sender.send(self._request, sink))
 
+    def _take(self) -> Any:
+        """The next queued row; the transport resumes once half the queue has been read."""
+        row = self._queue.popleft()
+        if self._paused and len(self._queue) <= self._high // 2:
+            self._paused = False
+            self._keep = 0
+            assert self._transfer is not None
+            self._transfer.resume()
+        return row
+
     def _deliver(self, done: Callable[[Outcome], None]) -> None:
         if self._queue:
-            row = self._queue.popleft()
-            if self._paused and len(self._queue) <= self._high // 2:
-                self._paused = False
-                assert self._transfer is not None
-                self._transfer.resume()
-            done(Outcome(value=row))
+            done(Outcome(value=self._take()))
         elif self._error is not None:
             done(Outcome(error=self._error))
         else:
@@ -322,6 +297,11 @@ class RowIterator:
         return self
 
     def __anext__(self) -> Any:
+        queue = self._queue
+        if len(queue) > self._keep:  # parsed already, and no resume due: no promise to make
+            return ready(queue.popleft())
+        if queue:
+            return ready(self._take())
         if self._transfer is None and not self._ended:
             self._start()
         return self._sender.backend.run(self._next)
@@ -367,8 +347,8 @@ class Pages:
         return self._runner.run(self._fetch(self._state), None)
 
 
-def wrap_row(raw: Any) -> Row:
-    return Row(raw)
+#: Raw row -> :class:`Row`: the class itself, so that ``map(wrap_row, rows)`` runs in C.
+wrap_row = Row
 
 
 def keep_raw(raw: Any) -> Any:
@@ -376,8 +356,7 @@ def keep_raw(raw: Any) -> Any:
 
 
 def build_view(rows: list[Any], fields: dict[str, Any]) -> ViewResult:
-    """For rows kept raw (:func:`keep_raw`): wrapped lazily by :class:`Rows`."""
-    return ViewResult(Rows(rows), fields)
+    return ViewResult(rows, fields)
 
 
 def build_find(docs: list[Any], fields: dict[str, Any]) -> FindResult:
