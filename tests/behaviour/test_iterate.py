@@ -2,8 +2,9 @@
 (``async for``; a plain ``for`` in blocking mode) and ``pages``.
 
 These are iterators, not calling styles, so the tests run once per backend. Async backends
-iterate inside a coroutine (under ``Deferred.fromCoroutine`` for Twisted: ``__anext__`` gives a
-Deferred when it must wait); the blocking backend iterates in a worker thread so the shared loop stays free.
+iterate inside a coroutine (under ``Deferred.fromCoroutine`` for Twisted: ``__anext__`` gives
+a Deferred when it must wait); the blocking backend iterates in a worker thread so the shared
+loop stays free.
 """
 
 from __future__ import annotations
