@@ -216,7 +216,7 @@ class Exchange:
                 transfer.pause()
 
     def _attempted(self) -> None:
-        """The attempt has ended: deliver, fail, renew or retry."""
+        """The attempt has ended: deliver, fail, renew, fail over or retry."""
         self._current = self._transfer = None
         if log.isEnabledFor(logging.DEBUG):
             self._log_attempt()
