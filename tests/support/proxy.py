@@ -33,6 +33,8 @@ class Proxy:
         self.held = 0  # connections accepted while hanging
         self.connections = 0
         self.cuts = 0
+        #: When set, each new connection is cut after this many bytes from the server.
+        self.cut_new_after: int | None = None
         self._listen(self._listener)
 
     def _listen(self, listener: socket.socket) -> None:
@@ -60,6 +62,8 @@ class Proxy:
                 client.close()
                 continue
             pair = _Pair(self, client, upstream)
+            if self.cut_new_after is not None:
+                pair.cut_after(self.cut_new_after)
             with self._lock:
                 self._pairs.append(pair)
                 self.connections += 1
