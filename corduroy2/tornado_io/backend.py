@@ -431,6 +431,7 @@ class TornadoBackend(Backend):
         self._http: AsyncHTTPClient | None = None
         self._loop: IOLoop | None = None  # the loop _http is bound to
         self._silences = SilenceWatch(self.call_later)  # its timer runs on that loop too
+        self._checked: tuple[tuple[str, str], ...] | None = None  # the headers checked last
         # Custom TLS settings are checked now, so that bad certificate files fail when the Couch
         # is made. The simple client uses this context (else Tornado's default, which verifies
         # the same way); curl is given the same settings as options (it does its own TLS).
@@ -494,6 +495,11 @@ class TornadoBackend(Backend):
                          http: AsyncHTTPClient) -> HTTPRequest:
         """The HTTPRequest for ``request``; what all requests share is in the client's
         defaults (_defaults)."""
+        if request.headers != self._checked:
+            # ValueError, which does not show the value (Tornado's would). Checked once per
+            # header set, as Twisted's backend does: a handle sends the same one again and again.
+            check_headers(request.headers)
+            self._checked = request.headers
         headers = _headers(request.headers)
         body = request.body
         upload: dict[str, Any] = {}
@@ -555,7 +561,6 @@ class TornadoBackend(Backend):
 
 def _headers(fields: tuple[tuple[str, str], ...]) -> httputil.HTTPHeaders:
     """A new HTTPHeaders for each request (the clients add to it)."""
-    check_headers(fields)  # ValueError, which does not show the value (Tornado's would)
     headers = httputil.HTTPHeaders()
     for name, value in fields:
         headers.add(name, value)

@@ -429,3 +429,23 @@ def test_a_tornado_couch_follows_its_caller_to_a_new_event_loop(
     finally:
         couch.close()
     assert len(fault.requests) == 2
+
+
+async def test_a_header_that_cannot_be_sent_is_refused_every_time(
+        h: Harness, fault: WatchedFaultServer) -> None:
+    """Every backend refuses a header value with a line break (a header injected by a value)
+    before sending, each time it is asked (a backend remembers the header set it checked
+    last: a refused one must not pass the second time), and sends good ones in between."""
+    from corduroy2.protocol.requests import Request
+
+    fault.add("GET", "/", [Reply.json({"ok": True})])
+    couch = h.couch()
+    good = Request("GET", fault.url + "/", (("Accept", "application/json"),))
+    bad = Request("GET", fault.url + "/", (("X-Note", "a\r\nInjected: yes"),))
+    for request in (bad, bad, good, bad):
+        if request is bad:
+            exc = await h.fails(TransportError, couch.runner.call, request, None)
+            assert "X-Note" in str(exc) and "Injected" not in str(exc)
+        else:
+            assert await h.run(couch.runner.call, request, None) == {"ok": True}
+    assert len(fault.received("GET", "/")) == 1
