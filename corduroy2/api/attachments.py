@@ -117,11 +117,8 @@ class AttachmentSink(RowSink):
     def on_end(self) -> None:
         if self._over:
             return
-        request = self._request
         if self._status >= 400:
-            self._report(None, make_error(self._status, self._headers,
-                                          b"".join(self._error_chunks),
-                                          method=request.method, url=request.url))
+            self._report(None, self._error_reply())
             return
         try:
             value = self._consumer.end(self._fields)

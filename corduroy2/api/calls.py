@@ -142,8 +142,7 @@ class Call:
             return Response(status, headers, body)
         request = self._request
         if status >= 400:
-            raise make_error(status, headers, body, method=request.method,
-                             url=headers.url or request.url)
+            raise make_error(status, headers, body, method=request.method, url=request.url)
         value = (decode_json(body, method=request.method, url=headers.url or request.url)
                  if body else None)
         return value if self._post is None else self._post(value)

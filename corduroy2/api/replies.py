@@ -22,7 +22,7 @@ def checked_response(request: Request) -> Op[Response]:
     response: Response = yield Raw(request)
     if response.status >= 400:
         raise make_error(response.status, response.headers, response.body,
-                         method=request.method, url=response.headers.url or request.url)
+                         method=request.method, url=request.url)
     return response
 
 
@@ -34,7 +34,7 @@ def current_rev(request: Request) -> Op[str | None]:
         return None
     if response.status >= 400:
         raise make_error(response.status, response.headers, response.body,
-                         method=request.method, url=response.headers.url or request.url)
+                         method=request.method, url=request.url)
     etag = response.headers.get("ETag", "")
     if len(etag) < 3 or not (etag.startswith('"') and etag.endswith('"')):
         # A weak validator (W/"...") is a hash of the body, not a rev: pouchdb-server sends one.

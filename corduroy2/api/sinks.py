@@ -110,14 +110,17 @@ class RowSink:
         else:
             raise StopTransfer() from exc  # a synchronous backend: stop reading now
 
+    def _error_reply(self) -> CouchError:
+        """The error reply (>= 400), collected whole, as its exception."""
+        return make_error(self._status, self._headers, b"".join(self._error_chunks),
+                          method=self._request.method, url=self._request.url)
+
     def on_end(self) -> None:
         if self._over:
             return
         request = self._request
         if self._parser is None:
-            error = make_error(self._status, self._headers, b"".join(self._error_chunks),
-                               method=request.method, url=self._headers.url or request.url)
-            self._report(None, error)
+            self._report(None, self._error_reply())
             return
         try:
             self._parser.receive_data(b"")

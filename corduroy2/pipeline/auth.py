@@ -386,9 +386,8 @@ class CookieAuth(_Renewable):
                 done(Outcome(error=error))
                 return
             assert status is not None and headers is not None
-            where = {"method": request.method, "url": headers.url or request.url}
             try:
-                check_status(status, headers, body, **where)
+                check_status(status, headers, body, method=request.method, url=request.url)
                 if not self._take_cookie(headers, login=True):
                     raise DecodeError(f"the login answered without an AuthSession cookie "
                                       f"({request.method} {request.url})")

@@ -474,18 +474,19 @@ def view(origin: Origin, db: str, name: str, opts: Mapping[str, Any]) -> Request
     return rows_at(origin, view_path(db, name), opts)
 
 
-def rows_at(origin: Origin, path: str, opts: Mapping[str, Any]) -> Request:
+def rows_at(origin: Origin, path: str, opts: Mapping[str, Any], stream: bool = True
+            ) -> Request:
     """Rows of the view-like endpoint at ``path`` (a view, ``_all_docs``, ``_local_docs``, a
-    partition's...), streamed. ``keys`` travel in a POST body: a GET query string has a length
-    limit."""
+    partition's, a list function's...), streamed unless ``stream`` is False. ``keys`` travel in
+    a POST body: a GET query string has a length limit."""
     opts = dict(opts)
     if "keys" in opts:
         keys = opts.pop("keys")
         if not isinstance(keys, (list, tuple)):
             raise TypeError("keys must be a list")
         return origin.request("POST", path, opts, encode_json({"keys": list(keys)}),
-                              idempotent=True, stream=True)
-    return origin.request("GET", path, opts, stream=True)
+                              idempotent=True, stream=stream)
+    return origin.request("GET", path, opts, stream=stream)
 
 
 def find(origin: Origin, db: str, selector: Any, opts: Mapping[str, Any]) -> Request:
@@ -693,14 +694,7 @@ def list_view(origin: Origin, db: str, name: str, view_name: str,
         raise ValueError(f"the list's view must be 'view' or 'ddoc/view', got {view_name!r}")
     path = design_function(db, "_list", name) + "/" + "/".join(
         quote(part, safe="") for part in view_name.split("/"))
-    opts = dict(opts)
-    if "keys" in opts:
-        keys = opts.pop("keys")
-        if not isinstance(keys, (list, tuple)):
-            raise TypeError("keys must be a list")
-        return origin.request("POST", path, opts, encode_json({"keys": list(keys)}),
-                              idempotent=True)
-    return origin.request("GET", path, opts)
+    return rows_at(origin, path, opts, stream=False)  # a list's output is read whole
 
 
 def body_of(body: Any, content_type: str | None) -> tuple[bytes | None, Headers]:

@@ -122,7 +122,12 @@ def make_error(
     ``body`` may be the raw bytes or an already decoded object (an error met mid-stream).
     CouchDB sends ``{"error", "reason"}``; Mango sends ``{"error", "message"}``; anything else
     (HTML from a proxy, an empty body) still gives the right class.
+
+    ``url`` is the request's; when the reply came from a cluster's node (:class:`Headers`
+    with ``url`` set), the error names the URL that node answered instead.
     """
+    if isinstance(headers, Headers) and headers.url:
+        url = headers.url
     decoded: Any = body
     if isinstance(body, (bytes, bytearray, memoryview)):
         try:

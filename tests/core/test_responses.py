@@ -279,3 +279,13 @@ def test_decode_json_garbage_raises_decode_error(body: bytes) -> None:
 def test_decode_error_message_previews_the_body() -> None:
     with pytest.raises(errors.DecodeError, match="garbage"):
         decode_json(b"garbage" + b"x" * 1000)
+
+
+def test_an_error_from_a_clusters_node_names_the_url_that_node_answered() -> None:
+    single = Headers([("Content-Type", "application/json")])
+    assert make_error(404, single, b"{}", method="GET", url="http://n1/db/x").url == \
+        "http://n1/db/x"
+    answered = Headers([("Content-Type", "application/json")])
+    answered.node, answered.url = "http://n2", "http://n2/db/x"
+    assert make_error(404, answered, b"{}", method="GET", url="http://n1/db/x").url == \
+        "http://n2/db/x"
