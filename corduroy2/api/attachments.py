@@ -33,7 +33,7 @@ from .calls import Op, Raw, Runner, Stream
 from .sinks import RowConsumer, RowSink
 
 __all__ = ["Attachment", "AttachmentSink", "upload_body", "put", "get", "info", "delete",
-           "download_request", "parse_range", "FILE_PIECE"]
+           "download_request", "parse_range", "passed_on", "FILE_PIECE"]
 
 #: What one read of an uploaded file asks for.
 FILE_PIECE = 256 * 1024
@@ -340,3 +340,17 @@ def parse_range(header: str | None) -> tuple[int, int | None] | None:
         return None
     start, end = int(match[1]), int(match[2]) if match[2] else None
     return None if end is not None and end < start else (start, end)
+
+
+#: CouchDB's response headers that a web handler passes on to the browser.
+PASSED_ON = ("Content-Type", "Content-Length", "ETag", "Accept-Ranges", "Content-Range",
+             "Cache-Control")
+#: Those a 304 Not Modified keeps: it has no body for the others to describe.
+_NOT_MODIFIED = ("ETag", "Cache-Control")
+
+
+def passed_on(status: int, headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The headers a web handler sends with a response of ``status`` served from CouchDB's
+    reply ``headers``. For the web handlers of both front doors."""
+    names = _NOT_MODIFIED if status == 304 else PASSED_ON
+    return [(name, headers[name]) for name in names if headers.get(name) is not None]

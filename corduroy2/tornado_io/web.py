@@ -31,18 +31,13 @@ from typing import Any
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler
 
-from ..api.attachments import parse_range
+from ..api.attachments import parse_range, passed_on
 from ..api.database import Database
 from ..errors import CouchError, NotFound, RangeNotSatisfiable
 
 __all__ = ["AttachmentHandler"]
 
 log = logging.getLogger("corduroy2")
-
-#: Response headers passed on from CouchDB.
-PASSED_ON = ("Content-Type", "Content-Length", "ETag", "Accept-Ranges", "Content-Range",
-             "Cache-Control")
-
 
 class AttachmentHandler(RequestHandler):
     """Serves attachments of ``database`` (a Tornado front door's
@@ -110,14 +105,10 @@ class AttachmentHandler(RequestHandler):
 
     def _start(self, fields: dict[str, Any], doc_id: str, name: str) -> None:
         self.set_status(fields["status"])
-        headers = fields["headers"]
-        for header in PASSED_ON:
-            value = headers.get(header)
-            if value is not None:
-                self.set_header(header, value)
         if fields["status"] == 304:
-            self.clear_header("Content-Type")
-            self.clear_header("Content-Length")
+            self.clear_header("Content-Type")  # the handler's default one
+        for header, value in passed_on(fields["status"], fields["headers"]):
+            self.set_header(header, value)
         self.set_extra_headers(doc_id, name)
 
     def _refuse(self, exc: CouchError) -> None:

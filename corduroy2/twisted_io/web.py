@@ -32,7 +32,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from ..api.attachments import parse_range
+from ..api.attachments import parse_range, passed_on
 from ..api.database import Database
 from ..errors import CouchError, NotFound, RangeNotSatisfiable
 from .backend import Gate
@@ -40,11 +40,6 @@ from .backend import Gate
 __all__ = ["AttachmentResource"]
 
 log = logging.getLogger("corduroy2")
-
-#: Response headers passed on from CouchDB.
-PASSED_ON = ("Content-Type", "Content-Length", "ETag", "Accept-Ranges", "Content-Range",
-             "Cache-Control")
-
 
 @implementer(IPushProducer)
 class _Body:
@@ -185,12 +180,8 @@ class AttachmentResource(Resource):
 
     def _start(self, request: Request, fields: dict[str, Any], doc_id: str, name: str) -> None:
         request.setResponseCode(fields["status"])
-        if fields["status"] != 304:
-            headers = fields["headers"]
-            for header in PASSED_ON:
-                value = headers.get(header)
-                if value is not None:
-                    request.setHeader(header, value)
+        for header, value in passed_on(fields["status"], fields["headers"]):
+            request.setHeader(header, value)
         self.set_extra_headers(request, doc_id, name)
 
     def _refuse(self, request: Request, exc: CouchError) -> None:
