@@ -303,7 +303,7 @@ def get(runner: Runner, request: Request, on_data: OnData | None, callback: Any)
     """``Database.get_attachment``: an :class:`Attachment` (its ``data`` None with
     ``on_data``), or None for 304 Not Modified."""
     consumer: RowConsumer = _Keep() if on_data is None else _Each(on_data)
-    return runner.run(_stream(Stream(request, consumer, AttachmentSink)), callback)
+    return runner.stream(Stream(request, consumer, AttachmentSink), callback)
 
 
 def info(runner: Runner, request: Request, callback: Any) -> Any:
@@ -321,11 +321,6 @@ def info(runner: Runner, request: Request, callback: Any) -> Any:
         return Attachment(None, **_meta(response.status, response.headers))
 
     return runner.run(op(), callback)
-
-
-def _stream(step: Stream) -> Op[Any]:
-    value = yield step
-    return value
 
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")

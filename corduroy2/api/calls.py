@@ -270,6 +270,11 @@ class Runner:
         """Run the operation ``op``; its value is what the generator returns."""
         return self._start(Run(self.sender, op), callback)
 
+    def stream(self, step: Stream, callback: Callable[[Any, Status], Any] | None) -> Any:
+        """Parse ``step``'s streamed reply into its consumer; the value is what the consumer's
+        ``end`` returns."""
+        return self.run(_streamed(step), callback)
+
     def _start(self, driver: Call | Run, callback: Callable[[Any, Status], Any] | None) -> Any:
         if callback is None:
             return self.sender.backend.run(driver.start)
@@ -285,6 +290,11 @@ class Runner:
 
         driver.start(deliver)
         return None
+
+
+def _streamed(step: Stream) -> Op[Any]:
+    value = yield step
+    return value
 
 
 def _status(code: int | None, headers: Headers | None, exc: BaseException | None,

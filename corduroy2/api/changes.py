@@ -20,7 +20,7 @@ from ..protocol.requests import Request, resume_feed
 from ..protocol.responses import Headers
 from .sinks import Finished, RowConsumer, RowSink
 
-__all__ = ["HEARTBEAT_MS", "with_heartbeat", "longpoll_timeout", "Delivered", "ChangesSink",
+__all__ = ["HEARTBEAT_MS", "with_heartbeat", "longpoll_timeout", "feed_limit", "feed_result", "Delivered", "ChangesSink",
            "ChangesFeed"]
 
 log = logging.getLogger("corduroy2")
@@ -99,6 +99,17 @@ class Delivered:
                 kept.append(change)
         return kept
 
+
+
+def feed_limit(opts: dict[str, Any]) -> int | None:
+    """The ``limit`` asked of a feed, when it is an int (the sink enforces it client-side)."""
+    limit = opts.get("limit")
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
+
+
+def feed_result(rows: list[Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """A normal or longpoll feed's value: ``{"results": [...], "last_seq": ..., ...}``."""
+    return {"results": rows, **fields}
 
 class ChangesSink(RowSink):
     """A :class:`~corduroy2.api.calls.RowSink` for streamed feeds: changes reach the consumer

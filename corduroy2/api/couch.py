@@ -19,7 +19,7 @@ from ..protocol.requests import Origin, check_headers
 from ..protocol.responses import Response, decode_json
 from ..protocol.urls import split_credentials, validate_db_name
 from .calls import Op, Runner, Stream, Wait
-from .changes import ChangesSink, longpoll_timeout, with_heartbeat
+from .changes import ChangesSink, feed_limit, feed_result, longpoll_timeout, with_heartbeat
 from .front_door import FrontDoor
 from .replication import (DEFAULT_REPLICATOR_DB, Replication, replication_body,
                           write_replicator_doc)
@@ -372,7 +372,7 @@ class Couch:
         request = requests.db_updates(self.origin, with_heartbeat(opts))
         if feed == "longpoll" and request.timeout is None:
             request = replace(request, timeout=longpoll_timeout(opts))
-        return self.runner.run(_streamed(request, Keep(_same, _feed_result)), callback)
+        return self.runner.stream(Stream(request, Keep(keep_raw, feed_result)), callback)
 
     def iter_db_updates(self, *, high_water: int = 1000, **opts: Any) -> Any:
         """Iterate a continuous (or eventsource) ``_db_updates`` feed as its events arrive
@@ -382,7 +382,7 @@ class Couch:
         if feed not in ("continuous", "eventsource"):
             raise ValueError("iter_db_updates() reads a continuous or eventsource feed")
         request = requests.db_updates(self.origin, with_heartbeat(opts))
-        limit = opts.get("limit") if type(opts.get("limit")) is int else None
+        limit = feed_limit(opts)
         return self.front_door.iterate(
             self.sender, request, keep_raw, high_water,
             lambda req, consumer, done: ChangesSink(req, consumer, done, feed, limit=limit))
@@ -446,19 +446,6 @@ def _split_nodes(url: URLs) -> tuple[tuple[str, ...], tuple[str, str] | None]:
     if len(found) > 1:
         raise ValueError("the node URLs carry different credentials: give auth= instead")
     return tuple(nodes), next(iter(found), None)
-
-
-def _streamed(request: requests.Request, consumer: Keep) -> Op[Any]:
-    result = yield Stream(request, consumer)
-    return result
-
-
-def _same(value: Any) -> Any:
-    return value
-
-
-def _feed_result(rows: list[Any], fields: dict[str, Any]) -> dict[str, Any]:
-    return {"results": rows, **fields}
 
 
 def _login(step: Wait, url: str) -> Op[Any]:

@@ -9,22 +9,24 @@ from urllib.parse import unquote
 
 from ..errors import Conflict, DecodeError, NotFound
 from ..protocol import requests
-from ..protocol.requests import Request, encode_json
+from ..protocol.requests import encode_json
 from ..protocol.urls import validate_db_name, validate_doc_id
 from . import attachments
 from .calls import Op, Stream
-from .changes import ChangesSink, longpoll_timeout, with_heartbeat
+from .changes import ChangesSink, feed_limit, feed_result, longpoll_timeout, with_heartbeat
 from . import replies
 from .documents import ConflictResolution, Document
 from .partition import Partition
 from .views import (
-    Each,
     FindResult,
     Keep,
+    OnRow,
+    OnRows,
     ViewResult,
     build_find,
     build_view,
     keep_raw,
+    run_rows,
     wrap_row,
 )
 
@@ -34,8 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["Database", "Merge"]
 
 Merge = Callable[[dict[str, Any], dict[str, Any]], "dict[str, Any] | None"]
-OnRow = Callable[[Any], Any] | None
-OnRows = Callable[[list[Any]], Any] | None
 
 # Fetched at once when a doc without _id is saved (corduroy's default).
 UUID_BATCH = 50
@@ -190,7 +190,7 @@ class Database:
         ``close()`` aborts the download. Options as :meth:`get_attachment`'s."""
         request = attachments.download_request(self._origin, self.name, doc_or_id, name, rev,
                                                range, if_none_match, True)
-        return self.couch.front_door.iterate(self.couch.sender, request, _identity,
+        return self.couch.front_door.iterate(self.couch.sender, request, keep_raw,
                                               high_water, attachments.AttachmentSink)
 
     def attachment_info(self, doc_or_id: Any, name: str, *, rev: str | None = None,
@@ -312,14 +312,6 @@ class Database:
 
     # -- views, _all_docs, _find -----------------------------------------------------------
 
-    def _rows(self, request: Request, wrap: Any, build: Any, on_row: OnRow, on_rows: OnRows,
-              freeze_gc: bool, callback: Callback) -> Any:
-        if on_row is None and on_rows is None:
-            consumer: Any = Keep(wrap, build, freeze_gc)
-        else:
-            consumer = Each(wrap, build, on_row, on_rows)
-        return self._runner.run(_stream(request, consumer), callback)
-
     def view(self, name: str, *, on_row: OnRow = None, on_rows: OnRows = None,
              freeze_gc: bool = False, callback: Callback = None, **opts: Any) -> Any:
         """Query view ``"ddoc/view"`` (or ``"_all_docs"``). Returns a
@@ -336,7 +328,7 @@ class Database:
         :class:`~corduroy2.api.views.Keep` for what that costs).
         """
         request = requests.view(self._origin, self.name, name, opts)
-        return self._rows(request, wrap_row, build_view, on_row, on_rows, freeze_gc, callback)
+        return run_rows(self._runner, request, wrap_row, build_view, on_row, on_rows, freeze_gc, callback)
 
     def all_docs(self, *, on_row: OnRow = None, on_rows: OnRows = None,
                  freeze_gc: bool = False, callback: Callback = None, **opts: Any) -> Any:
@@ -351,7 +343,7 @@ class Database:
         Returns a :class:`~corduroy2.api.views.FindResult` (docs, ``bookmark``, ``warning``);
         ``on_row``/``on_rows`` stream the docs as in :meth:`view`."""
         request = requests.find(self._origin, self.name, selector, opts)
-        return self._rows(request, Document, build_find, on_row, on_rows, False, callback)
+        return run_rows(self._runner, request, Document, build_find, on_row, on_rows, False, callback)
 
     def iter_view(self, name: str, *, high_water: int = 1000, **opts: Any) -> Any:
         """Iterate a view's rows as they arrive (``async for``; a plain ``for`` in blocking
@@ -475,10 +467,10 @@ class Database:
                 )
             return self.couch.front_door.feed(self, request, feed, callback, latency,
                                               max_batch, opts.get("since"), on_error,
-                                              _limit(opts))
+                                              feed_limit(opts))
         if feed == "longpoll" and request.timeout is None:
             request = replace(request, timeout=longpoll_timeout(opts))
-        return self._runner.run(_stream(request, Keep(_identity, _changes_result)), callback)
+        return self._runner.stream(Stream(request, Keep(keep_raw, feed_result)), callback)
 
     def iter_changes(self, *, high_water: int = 1000, **opts: Any) -> Any:
         """Iterate a continuous (or eventsource) feed's changes as they arrive: ``async for``
@@ -493,7 +485,7 @@ class Database:
         return self.couch.front_door.iterate(
             self.couch.sender, request, keep_raw, high_water,
             lambda req, consumer, done: ChangesSink(req, consumer, done, feed,
-                                                    limit=_limit(opts), remember=cluster),
+                                                    limit=feed_limit(opts), remember=cluster),
         )
 
     def follow(self, handler: Callable[[dict[str, Any]], Any], **kwargs: Any) -> Any:
@@ -662,14 +654,14 @@ class Database:
         """The ``_local`` documents (``_local_docs``), with the options and streaming of
         :meth:`all_docs`. They are not replicated, and have no ``_changes`` entries."""
         request = requests.local_docs(self._origin, self.name, opts)
-        return self._rows(request, wrap_row, build_view, on_row, on_rows, False, callback)
+        return run_rows(self._runner, request, wrap_row, build_view, on_row, on_rows, False, callback)
 
     def design_docs(self, *, on_row: OnRow = None, on_rows: OnRows = None,
                     callback: Callback = None, **opts: Any) -> Any:
         """The design documents (``_design_docs``), with the options and streaming of
         :meth:`all_docs`."""
         request = requests.design_docs(self._origin, self.name, opts)
-        return self._rows(request, wrap_row, build_view, on_row, on_rows, False, callback)
+        return run_rows(self._runner, request, wrap_row, build_view, on_row, on_rows, False, callback)
 
     def iter_local_docs(self, *, high_water: int = 1000, **opts: Any) -> Any:
         """:meth:`iter_view` over ``_local_docs``."""
@@ -730,24 +722,6 @@ def _merge_into(doc: dict[str, Any], merged: dict[str, Any], server: dict[str, A
         doc.update(merged)
         doc["_id"] = doc_id
     doc["_rev"] = server["_rev"]
-
-
-def _stream(request: Request, consumer: Any) -> Op[Any]:
-    result = yield Stream(request, consumer)
-    return result
-
-
-def _limit(opts: dict[str, Any]) -> int | None:
-    limit = opts.get("limit")
-    return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
-
-
-def _identity(value: Any) -> Any:
-    return value
-
-
-def _changes_result(rows: list[Any], fields: dict[str, Any]) -> dict[str, Any]:
-    return {"results": rows, **fields}
 
 
 def _docs_from_rows(reply: dict[str, Any]) -> list[Document | None]:

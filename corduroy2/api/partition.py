@@ -8,23 +8,17 @@ back-pressure), through the same consumers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..protocol import requests
-from ..protocol.requests import Request
-from .calls import Op, Stream
 from .documents import Document
-from .views import Each, Keep, build_find, build_view, wrap_row
+from .views import OnRow, OnRows, build_find, build_view, run_rows, wrap_row
 
 if TYPE_CHECKING:
     from .couch import Callback
     from .database import Database
 
-__all__ = ["Partition", "run_rows"]
-
-OnRow = Callable[[Any], Any] | None
-OnRows = Callable[[list[Any]], Any] | None
+__all__ = ["Partition"]
 
 
 class Partition:
@@ -94,18 +88,3 @@ class Partition:
         request = requests.partition_find(self._origin, self.db.name, self.name, selector, opts)
         return self._front_door.iterate(self._sender, request, Document, high_water)
 
-
-def run_rows(runner: Any, request: Request, wrap: Any, build: Any, on_row: OnRow,
-             on_rows: OnRows, freeze_gc: bool, callback: Callback) -> Any:
-    """Run a row-bearing request: kept for the buffered result, or handed to ``on_row`` /
-    ``on_rows`` and dropped."""
-    if on_row is None and on_rows is None:
-        consumer: Any = Keep(wrap, build, freeze_gc)
-    else:
-        consumer = Each(wrap, build, on_row, on_rows)
-    return runner.run(_stream(request, consumer), callback)
-
-
-def _stream(request: Request, consumer: Any) -> Op[Any]:
-    result = yield Stream(request, consumer)
-    return result

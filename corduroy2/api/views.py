@@ -18,11 +18,12 @@ from typing import Any
 from ..backend import Outcome, Transfer
 from ..pipeline.exchange import Sender
 from ..protocol.requests import Request
-from .calls import Op, Runner
+from .calls import Op, Runner, Stream
 from .documents import Document
 from .sinks import Finished, RowSink
 
-__all__ = ["Row", "ViewResult", "FindResult", "RowIterator", "Pages", "Keep", "Each"]
+__all__ = ["Row", "ViewResult", "FindResult", "RowIterator", "Pages", "Keep", "Each", "OnRow",
+           "OnRows", "run_rows"]
 
 
 class Row(dict):  # type: ignore[type-arg]
@@ -361,3 +362,18 @@ def build_view(rows: list[Any], fields: dict[str, Any]) -> ViewResult:
 
 def build_find(docs: list[Any], fields: dict[str, Any]) -> FindResult:
     return FindResult(docs, fields)
+
+
+OnRow = Callable[[Any], Any] | None
+OnRows = Callable[[list[Any]], Any] | None
+
+
+def run_rows(runner: Runner, request: Request, wrap: Any, build: Any, on_row: OnRow,
+             on_rows: OnRows, freeze_gc: bool, callback: Any) -> Any:
+    """Run a row-bearing request: kept for the buffered result (``build(rows, fields)``), or
+    handed to ``on_row`` / ``on_rows`` and dropped."""
+    if on_row is None and on_rows is None:
+        consumer: Any = Keep(wrap, build, freeze_gc)
+    else:
+        consumer = Each(wrap, build, on_row, on_rows)
+    return runner.stream(Stream(request, consumer), callback)
