@@ -305,25 +305,33 @@ def _prepare(request: Request) -> tuple[_Origin, str, bytes]:
     and query) and its header lines (for :func:`~._repairs.put_header_lines`). TransportError
     if a header cannot be sent: the message names it, never its value (it may be a
     credential)."""
-    try:
-        lines = _header_lines(request.headers)
-    except ValueError as exc:
-        raise TransportError(f"request not sent: {exc}", **_where(request)) from exc
     # Our URLs are built from a base URL that urlsplit accepted and quoted paths and queries
     # (no fragment, no whitespace), so the target is all that follows the origin.
     url = request.url
     slash = url.find("/", url.find("//") + 2)
-    if slash < 0:
-        return _origin(url), "/", lines
-    return _origin(url[:slash]), url[slash:], lines
+    origin, target = (_origin(url), "/") if slash < 0 else (_origin(url[:slash]), url[slash:])
+    try:
+        lines = _header_lines(origin.netloc, request.headers)
+    except ValueError as exc:
+        raise TransportError(f"request not sent: {exc}", **_where(request)) from exc
+    return origin, target, lines
 
 
 @functools.lru_cache(maxsize=32)
-def _header_lines(fields: tuple[tuple[str, str], ...]) -> bytes:
-    """Checked and encoded once per header set: a Couch sends the same few again and again
-    (checking and encoding them on every request: +15,500 instructions per request)."""
+def _header_lines(netloc: str, fields: tuple[tuple[str, str], ...]) -> bytes:
+    """A request's header lines: the two that ``putrequest()`` would add (Host and
+    Accept-Encoding: identity), then ``fields``. Checked and encoded once per server and
+    header set: a Couch sends the same few again and again (checking and encoding them on
+    every request: +15,500 instructions per request; letting ``putrequest()`` add its two,
+    which it checks and encodes each time: +23,600, ``bench get --only blocking
+    --instructions``, 4.0 % → 8.5 % of a GET over raw http.client)."""
     check_headers(fields)
-    return b"\r\n".join(f"{name}: {value}".encode("latin-1") for name, value in fields)
+    try:
+        host = netloc.encode("ascii")
+    except UnicodeEncodeError:  # as putrequest() does
+        host = netloc.encode("idna")
+    own = (f"{name}: {value}".encode("latin-1") for name, value in fields)
+    return b"\r\n".join((b"Host: " + host, b"Accept-Encoding: identity", *own))
 
 
 @functools.lru_cache(maxsize=32)
@@ -339,11 +347,11 @@ def _write(conn: _Connection, reused: bool, request: Request, target: str,
            lines: bytes, budget: _Budget) -> None:
     try:
         budget.apply(conn)
-        # What conn.request() sends: Host and Accept-Encoding: identity (putrequest), a
+        # What conn.request() sends: Host and Accept-Encoding: identity (in our lines), a
         # Content-Length when there is a body; then our headers as they are, repeats included
         # (request() takes a dict).
         http_conn = conn.http
-        http_conn.putrequest(request.method, target)
+        http_conn.putrequest(request.method, target, skip_host=True, skip_accept_encoding=True)
         body = request.body
         if isinstance(body, BodySource):
             # Sent piece by piece as http.client iterates it; chunked when its length is not
@@ -352,14 +360,12 @@ def _write(conn: _Connection, reused: bool, request: Request, target: str,
                 http_conn.putheader("Transfer-Encoding", "chunked")
             else:
                 http_conn.putheader("Content-Length", str(body.length))
-            if lines:
-                put_header_lines(http_conn, lines)
+            put_header_lines(http_conn, lines)
             http_conn.endheaders(iter(body), encode_chunked=body.length is None)
             return
         if body is not None:
             http_conn.putheader("Content-Length", str(len(body)))
-        if lines:
-            put_header_lines(http_conn, lines)
+        put_header_lines(http_conn, lines)
         http_conn.endheaders(body)
     except _NATIVE as exc:
         raise _mapped(_SENDING, exc, request, budget, reused) from exc
