@@ -41,6 +41,9 @@ def make_couch(backend: str, url: str | list[str], auth: Any, **kwargs: Any) -> 
         return tornado_io.Couch(url, auth, client=client, **kwargs)  # type: ignore[no-any-return]
     if backend.startswith("twisted"):
         twisted_io = pytest.importorskip("corduroy2.twisted_io", reason="twisted is not installed")
+        if backend == "twisted-httptools":
+            pytest.importorskip("httptools", reason="httptools is not installed")
+            kwargs["client"] = "httptools"
         return twisted_io.Couch(url, auth, **kwargs)  # type: ignore[no-any-return]
     from corduroy2 import blocking
 
