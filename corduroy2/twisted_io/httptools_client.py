@@ -34,9 +34,9 @@ from urllib.parse import urlsplit
 
 import httptools
 from twisted.internet import defer, error as ierror
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from ..backend import SilenceWatch, Sink, Transfer, TransportOptions, tls_meaning
@@ -266,7 +266,7 @@ class _Upload:
         source = exchange.request.body
         assert isinstance(source, BodySource)
         self._exchange = exchange
-        self._transport = conn.transport
+        self._transport: Any = conn.transport
         self._chunked = source.length is None
         self._producer = StreamProducer(source)
         self.done = False
@@ -307,6 +307,9 @@ class _Upload:
 class _Connection(Protocol):
     """One HTTP/1.1 connection: writes its exchange's request, feeds what arrives to llhttp,
     and llhttp's callbacks (the ``on_*`` methods) feed the exchange's sink."""
+
+    #: TCP's (or TLS over TCP's) transport: set when connected, before anyone uses it.
+    transport: Any
 
     def __init__(self, pool: _Pool) -> None:
         self.pool: _Pool | None = pool  # None once it no longer counts in the pool
@@ -523,7 +526,7 @@ class _Pool:
 
     def _connect(self, exchange: _Exchange) -> None:
         self.count += 1
-        connecting = connectProtocol(self._endpoint, _Connection(self))
+        connecting = self._endpoint.connect(_OneConnection(_Connection(self)))
         exchange.connecting = connecting
         connecting.addCallbacks(self._connected, self._not_connected,
                                 callbackArgs=(exchange,), errbackArgs=(exchange,))
@@ -572,6 +575,21 @@ class _Pool:
             self.count -= 1
             closing.append(conn.close())
         return closing
+
+
+class _OneConnection(Factory):
+    """Builds the one protocol given (``connectProtocol``'s factory, made quiet): a noisy
+    factory logs "Starting factory" and "Stopping factory" for every connection, and until
+    an application begins logging, Twisted keeps its recent log events, and with each its
+    source, so a connection's objects would outlive it."""
+
+    noisy = False
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+
+    def buildProtocol(self, addr: Any) -> _Connection:  # noqa: N802 (Twisted's name)
+        return self._conn
 
 
 def _wants_fresh(exchange: _Exchange) -> bool:

@@ -15,6 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from corduroy2.backend import Collector
+from corduroy2.errors import Timeout
+from corduroy2.protocol.requests import Request
+
 from ..support.faultserver import Reply
 from .conftest import Harness, WatchedFaultServer
 
@@ -86,3 +90,46 @@ async def test_connections_bounded_and_requests_queued_in_order(
     assert fault.connections_accepted == limit
     if limit == 1:
         assert [r.query for r in fault.requests] == [f"rev={i}" for i in range(7)]
+
+
+@pytest.mark.parametrize("backend", ["twisted-httptools"])
+async def test_cancelled_and_timed_out_requests_leave_nothing_behind(
+        h: Harness, fault: WatchedFaultServer) -> None:
+    """Requests cancelled while on a connection or waiting for one, and one timed out: each
+    connection is dropped, its slot freed, the queue emptied, and neither an exchange nor a
+    connection is kept alive; the next request works on a new connection."""
+    import gc
+
+    from corduroy2.twisted_io.httptools_client import _Connection, _Exchange
+
+    def alive() -> list[str]:
+        gc.collect()
+        return [type(o).__name__ for o in gc.get_objects()
+                if isinstance(o, (_Exchange, _Connection))]
+
+    fault.add("GET", "/db/slow", Reply.json({"_id": "slow"}, stall_before_headers=5.0))
+    fault.add("GET", "/db/fast", Reply.json({"_id": "fast"}))
+    couch = h.couch(max_connections=2)
+    db = couch.database("db")
+    calls = [db.get("slow") for _ in range(5)]
+    errors: list[Exception] = []
+    sink = Collector(lambda status, headers, body, error: errors.append(error))
+    # Queued behind the others, then timed out.
+    couch.backend.send(Request("GET", fault.url + "/db/slow", timeout=0.2), sink)
+    while len(fault.requests) < 2:
+        await asyncio.sleep(0.01)
+    (pool,) = couch.backend._pools.values()
+    assert pool.count == 2 and len(pool._waiting) == 4
+    while not errors:
+        await asyncio.sleep(0.01)
+    assert type(errors[0]) is Timeout and len(pool._waiting) == 3
+    for call in calls:  # two on their connections, three waiting (then connecting)
+        call.cancel()
+        call.addErrback(lambda failure: None)
+    for connection in (1, 2):
+        assert await fault.hung_up(connection)
+    assert (pool.count, list(pool._waiting), pool.idle) == (0, [], [])
+    await asyncio.sleep(0.05)  # the reactor lets go of the closed connections
+    assert alive() == []
+    assert (await h.resolve(db.get("fast")))["_id"] == "fast"
+    assert fault.connections_accepted == 3 and len(fault.requests) == 3
