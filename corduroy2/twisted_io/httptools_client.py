@@ -104,7 +104,8 @@ class _HeadersOnly(Exception):
 class _Exchange:
     """One request and its response: the :class:`~corduroy2.backend.Transfer` handle ``send``
     returns. It waits in its pool's queue, or for its connection, then runs on one; it ends
-    exactly once (:meth:`_end`), the sink hearing ``on_end`` or ``on_error`` then."""
+    exactly once (:meth:`completed` or :meth:`fail`), the sink hearing ``on_end`` or
+    ``on_error`` then."""
 
     __slots__ = ("request", "head", "sink", "pool", "conn", "connecting", "finished", "paused",
                  "started", "retried", "upload", "timer", "idle_timeout", "heard_at",
@@ -463,6 +464,7 @@ class _Pool:
         self._endpoint = endpoint
         self.idle: list[_Connection] = []
         self.count = 0  # connections open or opening
+        self.closed = False  # the backend was closed: connections are not kept any more
         self._waiting: collections.deque[_Exchange] = collections.deque()
 
     def assign(self, exchange: _Exchange, fresh: bool = False) -> None:
@@ -483,7 +485,7 @@ class _Pool:
 
     def release(self, conn: _Connection, reusable: bool) -> None:
         """``conn``'s exchange is complete: it serves the next request waiting, or waits."""
-        if not reusable or not conn.open:
+        if not reusable or not conn.open or self.closed:
             self.forget(conn)
             if conn.open:
                 conn.transport.loseConnection()
@@ -567,7 +569,9 @@ class _Pool:
         return err
 
     def close(self) -> list[defer.Deferred[None]]:
-        """Close the idle connections; one Deferred for each, fired once it is closed."""
+        """Close the idle connections, and each busy one once its exchange is over; one
+        Deferred for each idle one, fired once it is closed."""
+        self.closed = True
         idle, self.idle = self.idle, []
         closing = []
         for conn in idle:
