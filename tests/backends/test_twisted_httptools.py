@@ -133,3 +133,64 @@ async def test_cancelled_and_timed_out_requests_leave_nothing_behind(
     assert alive() == []
     assert (await h.resolve(db.get("fast")))["_id"] == "fast"
     assert fault.connections_accepted == 3 and len(fault.requests) == 3
+
+
+class _RawServer:
+    """Answers each connection's first request with ``raw`` bytes as they are, then closes."""
+
+    def __init__(self, raw: bytes) -> None:
+        import socket
+        import threading
+
+        self.raw = raw
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += conn.recv(65536)
+                conn.sendall(self.raw)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+JSON_BODY = json.dumps(VALUE).encode()
+FRAMINGS = {
+    # HTTP/1.0 style: no length, no chunks; the body ends with the connection.
+    "until-close": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + JSON_BODY,
+    # An informational response first (a proxy's 100 Continue), then the answer.
+    "after-100": (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: "
+                  b"application/json\r\nContent-Length: %d\r\n\r\n%s"
+                  % (len(JSON_BODY), JSON_BODY)),
+}
+
+
+@pytest.mark.parametrize("backend", ["twisted", "twisted-httptools"])
+@pytest.mark.parametrize("framing", sorted(FRAMINGS))
+async def test_framings_the_fault_server_does_not_make(h: Harness, framing: str) -> None:
+    server = _RawServer(FRAMINGS[framing])
+    try:
+        assert await h.run(h.couch(server.url).info) == VALUE
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("backend", ["twisted-httptools"])
+async def test_garbage_instead_of_a_response_is_a_transport_error(h: Harness) -> None:
+    from corduroy2.errors import TransportError
+
+    server = _RawServer(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+    try:
+        exc = await h.fails(TransportError, h.couch(server.url).info)
+        assert "invalid HTTP response" in str(exc)
+    finally:
+        server.close()
