@@ -27,9 +27,9 @@ from ..behaviour.conftest import make_couch
 from ..conftest import LOOP
 from ..support.faultserver import FaultServer, Reply, _Abort
 
-BACKENDS = ["tornado-curl", "tornado-simple", "twisted", "blocking"]
+BACKENDS = ["tornado-curl", "tornado-simple", "twisted", "twisted-httptools", "blocking"]
 #: Backends that keep connections alive. Tornado's simple client opens one per request.
-KEEPALIVE = ["tornado-curl", "twisted", "blocking"]
+KEEPALIVE = ["tornado-curl", "twisted", "twisted-httptools", "blocking"]
 
 #: Upper bound for any single call in these tests.
 CALL_TIMEOUT = 5.0
@@ -120,7 +120,7 @@ class Harness:
 
     async def resolve(self, result: Any, timeout: float = CALL_TIMEOUT) -> Any:
         """Await a native promise (Future or Deferred) with a time bound."""
-        if self.backend == "twisted":
+        if self.backend.startswith("twisted"):
             from twisted.internet.defer import Deferred
 
             assert isinstance(result, Deferred), f"expected a Deferred, got {result!r}"

@@ -230,7 +230,7 @@ async def test_iter_attachment_pauses_the_download(backend: str, harness: Any) -
 
 
 def as_promise(backend: str, coro: Any) -> Any:
-    if backend == "twisted":
+    if backend.startswith("twisted"):
         from twisted.internet.defer import Deferred
 
         return Deferred.fromCoroutine(coro)
@@ -238,7 +238,7 @@ def as_promise(backend: str, coro: Any) -> Any:
 
 
 async def asleep(backend: str, seconds: float) -> None:
-    if backend == "twisted":
+    if backend.startswith("twisted"):
         from twisted.internet import reactor
         from twisted.internet.task import deferLater
 

@@ -64,7 +64,8 @@ class ViewStreamer:
         self.listener.close()
 
 
-@pytest.mark.parametrize("backend", ["tornado-curl", "tornado-simple", "twisted", "blocking"])
+@pytest.mark.parametrize("backend", ["tornado-curl", "tornado-simple", "twisted", "twisted-httptools",
+                                     "blocking"])
 async def test_slow_reader_pauses_the_transport(backend: str) -> None:
     server = ViewStreamer()
     couch = make_couch(backend, server.url, None, retry=False)
@@ -91,7 +92,7 @@ async def test_slow_reader_pauses_the_transport(backend: str) -> None:
     async def take(n: int | None) -> None:
         if backend == "blocking":
             await LOOP.run_in_executor(None, read, n)
-        elif backend == "twisted":
+        elif backend.startswith("twisted"):
             from twisted.internet.defer import Deferred
 
             await Deferred.fromCoroutine(aread(n)).asFuture(LOOP)

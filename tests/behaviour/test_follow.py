@@ -68,7 +68,7 @@ class Following:
             assert not self.thread.is_alive()
             return seq
         result = self.follower.stop()
-        if self.backend == "twisted":
+        if self.backend.startswith("twisted"):
             return await result.asFuture(LOOP)
         return await result
 
@@ -217,7 +217,7 @@ async def test_handler_promise_is_awaited_in_order(backend: str, server: Server,
     run = Following(backend, couch, dbname)
     events: list[tuple[str, str]] = []  # ("start" | "settled", id), as they happen
 
-    if backend == "twisted":
+    if backend.startswith("twisted"):
         from twisted.internet import reactor
         from twisted.internet.task import deferLater
 
@@ -234,7 +234,7 @@ async def test_handler_promise_is_awaited_in_order(backend: str, server: Server,
         def finished(_: Any) -> None:
             events.append(("settled", change["id"]))
 
-        if backend == "twisted":
+        if backend.startswith("twisted"):
             promise.addCallback(finished)
         else:
             promise.add_done_callback(finished)
