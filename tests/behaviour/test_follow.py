@@ -29,7 +29,7 @@ from ..support.wait import until
 from ..support.proxy import Proxy
 from .conftest import BACKENDS, make_couch
 
-FAST = {"heartbeat": 0.2, "backoff_base": 0.01, "backoff_cap": 0.1}
+FAST = {"heartbeat": 0.05, "backoff_base": 0.01, "backoff_cap": 0.1}
 
 
 @pytest.fixture
@@ -120,7 +120,7 @@ async def test_every_change_in_order_across_cuts(backend: str, server: Server, a
     assert not writer.is_alive()
     total = len(written)
     await until(lambda: len(seen) >= total)
-    await asyncio.sleep(0.3)  # anything extra (a duplicate) would show up now
+    await asyncio.sleep(0.1)  # anything extra (a duplicate) would show up now
     last = await run.stop()
 
     assert proxy.cuts >= 20 and run.follower.connections > 21
@@ -161,7 +161,7 @@ async def test_restart_from_checkpoint(backend: str, server: Server, admin: Any,
     again: list[dict[str, Any]] = []
     second.start(again.append, checkpoint="ck", since=0, **FAST)  # the checkpoint wins
     await until(lambda: len(again) == 3)
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.1)
     await second.stop()
     # Nothing before the checkpoint, each change once (in shard order on a sharded CouchDB).
     assert sorted(c["id"] for c in again) == ["b0", "b1", "b2"]
@@ -173,7 +173,7 @@ async def test_stalled_connection_is_replaced(backend: str, server: Server, admi
     couch = make_couch(backend, proxy.url, server.auth)
     run = Following(backend, couch, dbname)
     seen: list[str] = []
-    run.start(lambda c: seen.append(c["id"]), heartbeat=0.2, stall_timeout=0.8,
+    run.start(lambda c: seen.append(c["id"]), heartbeat=0.05, stall_timeout=0.3,
               backoff_base=0.01, backoff_cap=0.1)
     wdb = admin.database(dbname)
     wdb.save({"_id": "before"})
@@ -206,7 +206,7 @@ async def test_deleted_database_stops_with_error(backend: str, server: Server, a
     assert isinstance(errors[0], NotFound)
     await until(lambda: not run.follower.running, timeout=10)
     connections = run.follower.connections
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.25)  # > backoff_cap
     assert run.follower.connections == connections  # it does not loop on a 404
     admin.create(dbname)  # for the fixture's cleanup
     if run.thread is not None:
@@ -252,7 +252,7 @@ async def test_handler_promise_is_awaited_in_order(backend: str, server: Server,
     admin.database(dbname).save([{"_id": i} for i in written])
     run.start(handler, **FAST)
     await until(lambda: sum(what == "settled" for what, _ in events) >= 10)
-    await asyncio.sleep(0.2)  # anything extra (a duplicate) would show up now
+    await asyncio.sleep(0.1)  # anything extra (a duplicate) would show up now
     await run.stop()
     started = [i for what, i in events if what == "start"]
     assert Counter(started) == Counter(written)  # every change, once
