@@ -103,7 +103,7 @@ async def test_every_change_in_order_across_cuts(backend: str, server: Server, a
             doc_id = f"doc{len(written):04d}"
             wdb.save({"_id": doc_id, "n": len(written)})
             written.append(doc_id)
-            time.sleep(0.004)
+            time.sleep(0.002)
 
     rng = random.Random(1234)
     writer = threading.Thread(target=write, daemon=True)
@@ -114,7 +114,7 @@ async def test_every_change_in_order_across_cuts(backend: str, server: Server, a
     while run.follower.connections <= 21:
         assert time.monotonic() < deadline, f"only {run.follower.connections} connections"
         proxy.cut_after(rng.randint(0, 120))
-        await asyncio.sleep(rng.uniform(0.01, 0.06))
+        await asyncio.sleep(rng.uniform(0.005, 0.03))
     cutting.clear()
     await LOOP.run_in_executor(None, writer.join, 30)
     assert not writer.is_alive()
