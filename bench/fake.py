@@ -5,13 +5,13 @@
   pouchdb-server's start, once, for scale;
 * suite: the behaviour suite's wall time (``pytest tests/behaviour``) with
   ``COUCHDB_SERVER=fake`` next to ``COUCHDB_SERVER=pouchdb`` (target: the fake >= 3x faster).
-  Both runs are timed whole (interpreter, imports, collection, server start, every test), with
-  Python's bytecode cache on, in a temporary directory that an untimed run of one small test fills
-  first: where ``PYTHONDONTWRITEBYTECODE`` is set, pytest would otherwise parse and
+  Each run is timed whole (interpreter, imports, collection, server start, every test) with
+  Python's bytecode cache on, in a temporary directory that an untimed run of one small test
+  fills first: where ``PYTHONDONTWRITEBYTECODE`` is set, pytest would otherwise parse and
   rewrite the asserts of every test module, of corduroy2 and of hypothesis (both are pytest
-  plugins) anew in each run, seconds that neither server has anything to do with. What is
-  left besides the servers' work is the tests' own waits (feeds, latency batches, retries)
-  and the clients' work, the same in both runs.
+  plugins) anew in each run, seconds that have nothing to do with either server. Besides the
+  servers' work, both runs spend the same time on the tests' own waits (feeds, latency
+  batches, stalls, retries: kept short, see tests/behaviour) and on the clients' work.
 
 Options: ``--start-only`` skips the two suite runs (several minutes); ``-k EXPR`` passes a
 selection to both runs.

@@ -90,35 +90,28 @@ async def test_every_change_in_order_across_cuts(backend: str, server: Server, a
         connection_of.append(run.follower.connections)
 
     run.start(handler, checkpoint="cuts", checkpoint_every=10, **FAST)
-    written: list[str] = []
-    cutting = threading.Event()
-    cutting.set()
+    total = 120
+    writer_done = threading.Event()
 
-    # Documents are written all the while the feed is being cut, so each cut, counted in
-    # bytes, lands among changes: on a quiet feed only heartbeats flow (one byte each), and a
-    # cut would wait for heartbeats instead.
     def write() -> None:
         wdb = admin.database(dbname)
-        while cutting.is_set() or len(written) < 120:
-            doc_id = f"doc{len(written):04d}"
-            wdb.save({"_id": doc_id, "n": len(written)})
-            written.append(doc_id)
-            time.sleep(0.002)
+        for i in range(total):
+            wdb.save({"_id": f"doc{i:04d}", "n": i})
+            time.sleep(0.004)
+        writer_done.set()
 
     rng = random.Random(1234)
     writer = threading.Thread(target=write, daemon=True)
     writer.start()
-    # Cut again and again at random byte offsets (most land mid-line) until the feed was cut
-    # and reopened 20+ times.
-    deadline = time.monotonic() + 60
-    while run.follower.connections <= 21:
+    # Cut again and again until the feed was cut and reopened 20+ times and everything was
+    # written: while changes flow, at random byte offsets (most land mid-line); once the feed
+    # is quiet it carries only heartbeats, one byte each, so at once (between two heartbeats,
+    # where a byte count would land too, without waiting for that many heartbeats).
+    deadline = time.monotonic() + 30
+    while run.follower.connections <= 21 or not writer_done.is_set():
         assert time.monotonic() < deadline, f"only {run.follower.connections} connections"
-        proxy.cut_after(rng.randint(0, 120))
-        await asyncio.sleep(rng.uniform(0.005, 0.03))
-    cutting.clear()
-    await LOOP.run_in_executor(None, writer.join, 30)
-    assert not writer.is_alive()
-    total = len(written)
+        proxy.cut_after(0 if writer_done.is_set() else rng.randint(0, 120))
+        await asyncio.sleep(rng.uniform(0.01, 0.06))
     await until(lambda: len(seen) >= total)
     await asyncio.sleep(0.1)  # anything extra (a duplicate) would show up now
     last = await run.stop()
@@ -126,6 +119,7 @@ async def test_every_change_in_order_across_cuts(backend: str, server: Server, a
     assert proxy.cuts >= 20 and run.follower.connections > 21
     # Every change, exactly once: nothing lost, nothing twice (the order across documents is
     # the shards' interleaving, not write order, so only the multiset is promised).
+    written = [f"doc{i:04d}" for i in range(total)]
     delivered = Counter(c["id"] for c in seen)
     assert len(seen) == total and delivered == Counter(written)
     assert delivered == Counter(ids_in_changes(admin, dbname))
@@ -173,7 +167,7 @@ async def test_stalled_connection_is_replaced(backend: str, server: Server, admi
     couch = make_couch(backend, proxy.url, server.auth)
     run = Following(backend, couch, dbname)
     seen: list[str] = []
-    run.start(lambda c: seen.append(c["id"]), heartbeat=0.05, stall_timeout=0.3,
+    run.start(lambda c: seen.append(c["id"]), heartbeat=0.05, stall_timeout=0.25,
               backoff_base=0.01, backoff_cap=0.1)
     wdb = admin.database(dbname)
     wdb.save({"_id": "before"})
@@ -237,7 +231,7 @@ async def test_handler_promise_is_awaited_in_order(backend: str, server: Server,
 
     def handler(change: dict[str, Any]) -> Any:
         events.append(("start", change["id"]))
-        promise = later(0.02)
+        promise = later(0.005)
 
         def finished(_: Any) -> None:
             events.append(("settled", change["id"]))
