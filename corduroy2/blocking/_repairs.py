@@ -13,7 +13,8 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Response", "StreamResponse", "TimedReader", "STREAM_BUFFER", "put_header_lines"]
+__all__ = ["Response", "StreamResponse", "HeadCut", "TimedReader", "STREAM_BUFFER",
+           "put_header_lines"]
 
 #: The read buffer of a streamed response.
 STREAM_BUFFER = 64 * 1024
@@ -22,19 +23,33 @@ STREAM_BUFFER = 64 * 1024
 class Response(http.client.HTTPResponse):
     """The response class (``HTTPConnection.response_class``, the hook ``getresponse()``
     documents) that reads the socket through a :class:`TimedReader`, with a read buffer of
-    ``buffer_size`` bytes.
+    ``buffer_size`` bytes, and tells a head cut short (:class:`HeadCut`).
 
-    The repair: ``HTTPResponse.__init__`` makes its reader (``self.fp``) with
+    The repairs: ``HTTPResponse.__init__`` makes its reader (``self.fp``) with
     ``sock.makefile("rb")`` and takes no reader of its own, so it is handed a stand-in whose
-    ``makefile`` makes ours.
+    ``makefile`` makes ours; ``begin()`` takes the end of the connection for the end of the
+    header fields, so the reader says whether it saw the end.
     """
 
     buffer_size = io.DEFAULT_BUFFER_SIZE
 
     def __init__(self, sock: socket.socket, debuglevel: int = 0, method: str | None = None,
                  url: str | None = None) -> None:
-        super().__init__(_ReaderMaker(sock, self.buffer_size),  # type: ignore[arg-type]
+        self._reader = TimedReader(sock)
+        super().__init__(_ReaderMaker(self._reader, self.buffer_size),  # type: ignore[arg-type]
                          debuglevel, method, url)
+
+    def begin(self) -> None:
+        super().begin()
+        # Reading the head only reads again until it has a whole line: the end of the
+        # connection seen meanwhile came before the blank line that ends a head.
+        if self._reader.ended:
+            raise HeadCut("the connection closed inside the response's head")
+
+
+class HeadCut(http.client.HTTPException):
+    """The connection ended before the response's head did: a status line and perhaps some
+    header fields came, but not the blank line after them."""
 
 
 class StreamResponse(Response):
@@ -60,15 +75,19 @@ class TimedReader(io.RawIOBase):
         # response) leaves the descriptor open for this reader.
         self._hold = sock.makefile("rb", buffering=0)
         self._recv_into = sock.recv_into
+        self.ended = False  # the connection's end has been read
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         try:
-            return self._recv_into(buffer)
+            count = self._recv_into(buffer)
         except BlockingIOError:
             raise TimeoutError("no data within the socket's receive timeout") from None
+        if not count:
+            self.ended = True
+        return count
 
     def close(self) -> None:
         if not self.closed:
@@ -79,13 +98,13 @@ class TimedReader(io.RawIOBase):
 class _ReaderMaker:
     """What ``HTTPResponse.__init__`` is given as its socket: its ``makefile`` is ours."""
 
-    __slots__ = ("_sock", "_size")
+    __slots__ = ("_reader", "_size")
 
-    def __init__(self, sock: socket.socket, size: int) -> None:
-        self._sock, self._size = sock, size
+    def __init__(self, reader: TimedReader, size: int) -> None:
+        self._reader, self._size = reader, size
 
     def makefile(self, mode: str) -> io.BufferedReader:
-        return io.BufferedReader(TimedReader(self._sock), self._size)
+        return io.BufferedReader(self._reader, self._size)
 
 
 def _put_header_lines(conn: http.client.HTTPConnection, lines: bytes) -> None:

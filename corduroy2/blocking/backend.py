@@ -47,7 +47,7 @@ from ..errors import ConnectError, CouchError, ResponseCut, Timeout, TransportEr
 from ..protocol.bodies import BodySource
 from ..protocol.requests import Request, check_headers
 from ..protocol.responses import Headers
-from ._repairs import Response, StreamResponse, put_header_lines
+from ._repairs import HeadCut, Response, StreamResponse, put_header_lines
 
 __all__ = ["BlockingBackend"]
 
@@ -490,6 +490,8 @@ def _mapped(phase: str, exc: OSError | http.client.HTTPException, request: Reque
         return ConnectError(f"cannot connect to {netloc}: {exc}", **where)
     if phase is _READING:
         return ResponseCut(f"response body ended early: {exc!r}", **where)
+    if isinstance(exc, HeadCut):  # the server has answered: never sent again
+        return ResponseCut(f"response cut: {exc}", **where)
     # Sending the request or waiting for the response: no response has begun.
     if isinstance(exc, _STALE):
         if reused:

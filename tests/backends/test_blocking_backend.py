@@ -192,3 +192,36 @@ def test_blocking_sends_the_head_http_client_sends(backend: BlockingBackend) -> 
 
     assert _request_head(ours).replace(b"\r\n", b"\n") == \
         _request_head(http_client).replace(b"\r\n", b"\n")
+
+
+def test_blocking_head_cut_short_is_a_cut_never_sent_again(backend: BlockingBackend) -> None:
+    """A reply whose connection ends inside its head: ResponseCut (http.client alone would
+    make it a 201 with no body), and the request is not sent again (the server answered)."""
+    import socket
+    import threading
+
+    from corduroy2.errors import ResponseCut
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/db/doc"
+        requests = []
+
+        def serve() -> None:
+            listener.settimeout(0.5)
+            try:
+                while True:
+                    conn, _ = listener.accept()
+                    with conn:
+                        requests.append(conn.recv(65536))
+                        conn.sendall(b"HTTP/1.1 201 Created\r\nContent-Type: applic")
+            except TimeoutError:
+                return
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        sink = Recorder()
+        backend.send(Request("PUT", url, body=b"{}"), sink)
+        thread.join(5)
+    assert sink.kinds == ["error"], sink.events
+    assert isinstance(sink.events[0][1], ResponseCut)
+    assert len(requests) == 1

@@ -193,3 +193,47 @@ def test_blocking_getresponse_builds_the_response_class(chunked_reply: socket.so
     response = conn.getresponse()
     assert type(response) is _repairs.StreamResponse
     assert len(response.read()) == CHUNK
+
+
+# -- Response.begin: a head cut short --------------------------------------------------------
+
+CUT_HEAD = b"HTTP/1.1 201 Created\r\nContent-Type: applic"
+
+
+@pytest.fixture
+def cut_head() -> Iterator[socket.socket]:
+    """The client end of a connection whose server sent part of a head, then closed."""
+    client, server = socket.socketpair()
+    server.sendall(CUT_HEAD)
+    server.close()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def test_blocking_response_refuses_a_head_cut_short(cut_head: socket.socket) -> None:
+    response = _repairs.Response(cut_head, method="PUT")
+    with pytest.raises(_repairs.HeadCut):
+        response.begin()
+
+
+def test_blocking_http_client_takes_a_cut_head_for_a_whole_one(cut_head: socket.socket) -> None:
+    """What the repair is for: http.client's ``begin()`` takes the end of the connection for
+    the end of the head (if this fails, it tells a cut itself and the repair may go)."""
+    response = http.client.HTTPResponse(cut_head, method="PUT")
+    response.begin()
+    assert response.status == 201 and response.read() == b""
+
+
+def test_blocking_response_takes_a_whole_head_before_the_end(cut_head: socket.socket) -> None:
+    """The control: a whole head followed by the end of the connection is no cut."""
+    client, server = socket.socketpair()
+    server.sendall(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+    server.close()
+    try:
+        response = _repairs.Response(client, method="DELETE")
+        response.begin()
+        assert response.status == 204 and response.read() == b""
+    finally:
+        client.close()
