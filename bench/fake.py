@@ -5,6 +5,7 @@
   pouchdb-server's start, once, for scale;
 * suite: the behaviour suite's wall time (``pytest tests/behaviour``) with
   ``COUCHDB_SERVER=fake`` next to ``COUCHDB_SERVER=pouchdb`` (target: the fake >= 3x faster).
+  Each server runs in a process of its own (the fake: ``tests/support/fake_server.py``).
   Each run is timed whole (interpreter, imports, collection, server start, every test) with
   Python's bytecode cache on, in a temporary directory that an untimed run of one small test
   fills first: where ``PYTHONDONTWRITEBYTECODE`` is set, pytest would otherwise parse and
