@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import gc
 import types
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from operator import methodcaller
 from typing import Any
 
@@ -217,6 +217,15 @@ class RowIterator:
     ``async with``) aborts the request when the reader stops early.
     """
 
+    #: A reader waiting for rows is woken at once when this many are queued, else on the next
+    #: loop turn, so that rows arriving piece by piece (Twisted delivers each 1.5 kB chunk of a
+    #: feed on its own) reach it together: one promise settled per batch, not per piece; and
+    #: the batch stays small enough (3 GC-tracked objects a change, under the collector's 700)
+    #: that the rows do not outlive a collection. Twisted's ``async for`` over a feed, 14,100
+    #: -> 11,794 instructions a change (``bench changes --instructions``; waking per piece:
+    #: 14,100; on the next loop turn only: 12,715, the bigger batches paying the collector).
+    WAKE_AT = 128
+
     def __init__(self, sender: Sender, request: Request, wrap: Wrap,
                  high_water: int = 1000, make_sink: MakeSink = RowSink) -> None:
         if high_water < 1:
@@ -232,6 +241,7 @@ class RowIterator:
         self._paused = False
         self._keep = 0  # __anext__'s fast path takes a row while the queue holds more than this
         self._ended = False
+        self._wake_due = False
         self._error: BaseException | None = None
         self.fields: dict[str, Any] = {}
 
@@ -242,7 +252,12 @@ class RowIterator:
 
     def rows(self, rows: list[Any]) -> None:
         self._queue.extend(rows if self._wrap is keep_raw else map(self._wrap, rows))
-        self._wake()
+        if self._waiter is not None:
+            if len(self._queue) >= self.WAKE_AT:
+                self._wake()
+            elif not self._wake_due:
+                self._wake_due = True
+                self._sender.backend.call_later(0, self._due_wake)
         if len(self._queue) >= self._high and not self._paused and self._transfer is not None:
             self._paused = True
             self._keep = self._high // 2 + 1  # rows __anext__ may take before _take() resumes
@@ -255,6 +270,10 @@ class RowIterator:
     def _finished(self, value: Any, error: BaseException | None, *_: Any) -> None:
         self._ended = True
         self._error = error
+        self._wake()
+
+    def _due_wake(self) -> None:
+        self._wake_due = False
         self._wake()
 
     def _wake(self) -> None:
@@ -294,8 +313,24 @@ class RowIterator:
             self._waiter = done
         return self
 
-    def __aiter__(self) -> RowIterator:
-        return self
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._each()
+
+    async def _each(self) -> AsyncIterator[Any]:
+        """What ``async for`` runs: a row already parsed is yielded straight from the queue;
+        waiting, resuming the transport, the end and errors are :meth:`__anext__`'s. An async
+        generator's step is C-level where ``__anext__`` costs a Python call and a settled
+        awaitable per row: ``async for`` over a feed, 11,558 -> 10,838 instructions a change
+        on tornado-curl, 14,648 -> 14,100 on Twisted (``bench changes --instructions``)."""
+        queue = self._queue
+        while True:
+            while len(queue) > self._keep:
+                yield queue.popleft()
+            try:
+                row = await self.__anext__()
+            except StopAsyncIteration:
+                return
+            yield row
 
     def __anext__(self) -> Any:
         queue = self._queue
