@@ -212,19 +212,12 @@ class RowIterator:
     (:func:`ready`) that makes no promise; otherwise the backend's native promise (a Future, or
     a Deferred under Twisted's ``Deferred.fromCoroutine``), which a cancel aborts the request
     through. Making a promise per row cost the iterator half its rate or more next to the
-    callback path (``python -m bench changes``, ``iter/cb``, issue 19).
+    callback path (``python -m bench changes``, ``iter/cb``, issue 19). ``async for`` does not
+    call ``__anext__`` per row: :meth:`__aiter__` gives an async generator that yields the rows
+    already parsed and awaits ``__anext__`` only when it must wait.
     ``fields`` holds the top-level members once the body has ended. ``close()`` (or
     ``async with``) aborts the request when the reader stops early.
     """
-
-    #: A reader waiting for rows is woken at once when this many are queued, else on the next
-    #: loop turn, so that rows arriving piece by piece (Twisted delivers each 1.5 kB chunk of a
-    #: feed on its own) reach it together: one promise settled per batch, not per piece; and
-    #: the batch stays small enough (3 GC-tracked objects a change, under the collector's 700)
-    #: that the rows do not outlive a collection. Twisted's ``async for`` over a feed, 14,100
-    #: -> 11,794 instructions a change (``bench changes --instructions``; waking per piece:
-    #: 14,100; on the next loop turn only: 12,715, the bigger batches paying the collector).
-    WAKE_AT = 128
 
     def __init__(self, sender: Sender, request: Request, wrap: Wrap,
                  high_water: int = 1000, make_sink: MakeSink = RowSink) -> None:
@@ -241,6 +234,15 @@ class RowIterator:
         self._paused = False
         self._keep = 0  # __anext__'s fast path takes a row while the queue holds more than this
         self._ended = False
+        # A reader waiting for rows is woken at once when this many are queued, else on the
+        # next loop turn, so that rows arriving piece by piece (Twisted delivers each 1.5 kB
+        # chunk of a feed on its own) reach it together: one promise settled per batch, not per
+        # piece; and the batch stays small enough (3 GC-tracked objects a change, under the
+        # collector's 700) that the rows do not outlive a collection. The sink says how many
+        # (RowSink.WAKE_AT: 128 rows; an attachment's chunk: 1). Twisted's ``async for`` over
+        # a feed: 14,100 -> 11,794 instructions a change (``bench changes --instructions``;
+        # only on the next loop turn: 12,715, the bigger batches paying the collector).
+        self._wake_at = 1
         self._wake_due = False
         self._error: BaseException | None = None
         self.fields: dict[str, Any] = {}
@@ -253,7 +255,7 @@ class RowIterator:
     def rows(self, rows: list[Any]) -> None:
         self._queue.extend(rows if self._wrap is keep_raw else map(self._wrap, rows))
         if self._waiter is not None:
-            if len(self._queue) >= self.WAKE_AT:
+            if len(self._queue) >= self._wake_at:
                 self._wake()
             elif not self._wake_due:
                 self._wake_due = True
@@ -286,6 +288,7 @@ class RowIterator:
 
     def _start(self) -> None:
         sink = self._make_sink(self._request, self, self._finished)
+        self._wake_at = sink.WAKE_AT
         self._transfer = sink.keep_transfer(self._sender.send(self._request, sink))
 
     def _take(self) -> Any:
