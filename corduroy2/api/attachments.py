@@ -93,6 +93,10 @@ class AttachmentSink(RowSink):
 
     __slots__ = ("_fields",)
 
+    #: A chunk is worth a reader's wake-up on its own (deferring it to batch chunks cost
+    #: Twisted's download 30% more instructions per MiB, a loop call per chunk).
+    WAKE_AT = 1
+
     def on_start(self, status: int, headers: Headers) -> None:
         self._status, self._headers = status, headers
         if status >= 400:

@@ -38,6 +38,11 @@ class RowSink:
     __slots__ = ("_consumer", "_done", "_request", "transfer", "_parser", "_status",
                  "_headers", "_error_chunks", "_end", "_over")
 
+    #: How many of what this sink hands over are worth waking a waiting reader for at once
+    #: (an iterator wakes it on the next loop turn otherwise: see
+    #: :class:`~corduroy2.api.views.RowIterator`): parsed rows are small.
+    WAKE_AT = 128
+
     def __init__(self, request: Request, consumer: RowConsumer,
                  done: Finished) -> None:
         self._request = request

@@ -210,6 +210,32 @@ async def test_stop_early_then_reuse(couch: Any, db: Any) -> None:
     assert [r.key for r in rows] == list(range(N)) and fields["total_rows"] == N
 
 
+async def test_two_loops_over_one_iterator(couch: Any, db: Any) -> None:
+    # leaving one loop early and iterating again goes on where the first loop stopped: the rows
+    # are the iterator's, not the loop's (async for reads through a generator of its own)
+    for high_water in (2, 1000):
+        def sync() -> Any:
+            it = db.iter_view("t/by_n", high_water=high_water)
+            first = []
+            for row in it:
+                first.append(row.key)
+                if len(first) == 3:
+                    break
+            return first, [row.key for row in it]
+
+        async def coro() -> Any:
+            it = db.iter_view("t/by_n", high_water=high_water)
+            first = []
+            async for row in it:
+                first.append(row.key)
+                if len(first) == 3:
+                    break
+            return first, [row.key async for row in it]
+
+        first, rest = await run(couch, sync, coro)
+        assert first == [0, 1, 2] and rest == list(range(3, N)), high_water
+
+
 async def test_iter_error_at_first_next(couch: Any, db: Any) -> None:
     it = db.iter_view("t/missing")  # nothing is sent yet
 
