@@ -27,9 +27,11 @@ from ..behaviour.conftest import make_couch
 from ..conftest import LOOP
 from ..support.faultserver import FaultServer, Reply, _Abort
 
-BACKENDS = ["tornado-curl", "tornado-simple", "twisted", "blocking"]
+BACKENDS = ["tornado-curl", "tornado-simple", "tornado-aiohttp", "twisted", "blocking"]
 #: Backends that keep connections alive. Tornado's simple client opens one per request.
-KEEPALIVE = ["tornado-curl", "twisted", "blocking"]
+KEEPALIVE = ["tornado-curl", "tornado-aiohttp", "twisted", "blocking"]
+#: The transports of the Tornado front door (for what only they have: a Future to cancel).
+TORNADO = ["tornado-curl", "tornado-simple", "tornado-aiohttp"]
 
 #: Upper bound for any single call in these tests.
 CALL_TIMEOUT = 5.0

@@ -405,14 +405,15 @@ async def test_header_value_with_a_line_break_is_not_sent(h: Harness,
 # -- a Tornado Couch and its event loop --------------------------------------------------------
 
 
-@pytest.mark.parametrize("client", ["simple", "curl"])
+@pytest.mark.parametrize("client", ["simple", "curl", "aiohttp"])
 def test_a_tornado_couch_follows_its_caller_to_a_new_event_loop(
         fault: WatchedFaultServer, client: str) -> None:
     """A script may call asyncio.run() more than once with one Couch: each run has a new loop,
     and the HTTP client made on the first (closed by then) must not be used on the second."""
     pytest.importorskip("tornado", reason="Tornado is not installed")
-    if client == "curl":
-        pytest.importorskip("pycurl", reason="pycurl is not installed")
+    if client in ("curl", "aiohttp"):
+        pytest.importorskip("pycurl" if client == "curl" else "aiohttp",
+                            reason=f"{client} is not installed")
     import asyncio
 
     from corduroy2.tornado_io import Couch
