@@ -38,7 +38,9 @@ import asyncio
 import socket
 import ssl
 import time
+import weakref
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from typing import Any
 
 import aiohttp
@@ -58,6 +60,43 @@ __all__ = ["AiohttpBackend"]
 _SKIP_AUTO_HEADERS = ("Accept-Encoding", "User-Agent")
 
 
+class _ClosedUnanswered(aiohttp.ServerDisconnectedError):
+    """A new connection was closed without an answer: the request is not sent again."""
+
+
+#: The exchange whose task is running (each runs in a task of its own, with its own context).
+_running: ContextVar[_Exchange | None] = ContextVar("corduroy2_aiohttp_exchange", default=None)
+
+
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's connector, which tells each exchange whether its connection is a new one.
+
+    aiohttp sends an idempotent request once more when its connection closes before any
+    answer. That is right for a kept-alive connection, which the server may have closed while
+    it sat in the pool; not for a new one, which the server took the request on and then
+    dropped (it may have acted on it; the pipeline's retry policy decides about that). So a
+    second connection for one exchange after a new one is refused, and the exchange fails as
+    the first attempt did, with the connection closed unanswered (a ResponseCut). What tells
+    the two apart is whether ``connect`` has handed the connection's protocol out before.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._handed_out: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
+        exchange = _running.get()
+        if exchange is not None and exchange.new_connection:
+            raise _ClosedUnanswered("the server closed a new connection without answering; "
+                                    "the request was not sent again")
+        connection = await super().connect(req, traces, timeout)
+        protocol = connection.protocol
+        if exchange is not None:
+            exchange.new_connection = protocol not in self._handed_out
+        self._handed_out.add(protocol)
+        return connection
+
+
 class _Exchange:
     """One request: the task that runs it, its delivery to the sink, and its handle for the
     caller (cancel, pause, resume).
@@ -70,7 +109,7 @@ class _Exchange:
     """
 
     __slots__ = ("_request", "_sink", "_silences", "idle_timeout", "heard_at", "cancelled",
-                 "_paused", "_waiter", "task", "upload_error")
+                 "_paused", "_waiter", "task", "upload_error", "new_connection")
 
     def __init__(self, request: Request, sink: Sink, idle: float | None,
                  silences: SilenceWatch) -> None:
@@ -85,12 +124,15 @@ class _Exchange:
         self.task: asyncio.Task[None] | None = None
         #: Why a streamed request body failed (the source's own error, which aiohttp wraps).
         self.upload_error: CouchError | None = None
+        #: Whether the connection of the last attempt was a new one (_Connector).
+        self.new_connection = False
         if idle:
             silences.watch(self)
 
     async def run(self, session: aiohttp.ClientSession, options: dict[str, Any]) -> None:
         request = self._request
         response: aiohttp.ClientResponse | None = None
+        _running.set(self)
         try:
             response = await session.request(request.method, URL(request.url, encoded=True),
                                              **options)
@@ -230,7 +272,7 @@ class AiohttpBackend(LoopBackend):
                 self._silences = SilenceWatch(self.call_later)
             # The resolver is getaddrinfo in a thread, as for the other transports (aiohttp
             # would take aiodns if it is installed, and one more thing to close).
-            connector = aiohttp.TCPConnector(limit=self.options.max_connections, ssl=self._ssl,
+            connector = _Connector(limit=self.options.max_connections, ssl=self._ssl,
                                              resolver=aiohttp.ThreadedResolver(loop=loop),
                                              loop=loop)
             session = self._session = aiohttp.ClientSession(
