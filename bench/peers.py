@@ -76,15 +76,18 @@ def _run(client: str, loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
     return loop.run_until_complete(coro)
 
 
-def _corduroy(client: str, url: str) -> Any:
+def _corduroy(client: str, url: str, connections: int = 10) -> Any:
+    """A corduroy2 Couch on ``client``'s backend, with as many connections as the run has
+    requests at once (as the aiohttp floor has; aiocouch keeps aiohttp's default of 100)."""
+    kwargs = {"max_connections": max(connections, 10)}
     if client.startswith("tornado"):
         from corduroy2.tornado_io import Couch
-        return Couch(url, client=client.split("-")[1])
+        return Couch(url, client=client.split("-")[1], **kwargs)
     if client == "twisted":
         from corduroy2.twisted_io import Couch as TCouch
-        return TCouch(url)
+        return TCouch(url, **kwargs)
     from corduroy2.blocking import Couch as BCouch
-    return BCouch(url)
+    return BCouch(url, **kwargs)
 
 
 def _ibm(url: str) -> Any:
@@ -105,7 +108,7 @@ def measure_get(client: str, url: str, n: int, concurrency: int) -> float:
     if client in SYNC:
         def make_get() -> Callable[[], Any]:
             if client == "blocking":
-                db = _corduroy(client, url).database("db")
+                db = _corduroy(client, url, concurrency).database("db")
                 return lambda: db.get("doc1")
             if client == "couchdb-python":
                 import couchdb
@@ -149,7 +152,7 @@ def measure_get(client: str, url: str, n: int, concurrency: int) -> float:
             async def get() -> Any:
                 return (await adb.get("doc1")).data
         else:
-            db = _corduroy(client, url).database("db")
+            db = _corduroy(client, url, concurrency).database("db")
 
             async def get() -> Any:
                 return await db.get("doc1")

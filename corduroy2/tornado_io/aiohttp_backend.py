@@ -318,29 +318,46 @@ class AiohttpBackend(LoopBackend):
                 total=request.timeout, sock_connect=self.options.connect_timeout)
         return options
 
-    def close(self) -> None:
+    def close(self) -> asyncio.Future[Any] | None:
+        """Close the connections now. Returns None, or a Future that is done once the loop
+        has seen them closed (awaiting it is optional: asyncio warns about a pending task if
+        the loop is thrown away before it has run once more)."""
+        closing = None
         if self._session is not None:
-            _close_now(self._session)
+            closing = _close_now(self._session)
             self._session = None
         self._silences.close()
+        return closing
 
 
-def _close_now(session: aiohttp.ClientSession) -> None:
+def _close_now(session: aiohttp.ClientSession) -> asyncio.Future[Any] | None:
     """Close every connection of ``session`` now, requests under way included (they fail with
-    a TransportError), whether its loop is running, stopped or closed.
+    a TransportError), whether its loop is running, stopped or closed. Returns what is left
+    to wait for, if anything: a Future of the loop's, done once the connections are gone.
 
     ``ClientSession.close()`` is a coroutine, but what it does first is synchronous: it
     closes the transports and marks the session closed. Only then does it wait, for the
-    connections' ``connection_lost`` callbacks, which run on the loop on their own and need
-    nobody to wait for them. So the coroutine is run by hand to that first wait and dropped
-    there: ``close()`` stays synchronous like the other Tornado transports', and works for a
+    connections' ``connection_lost`` callbacks, which run on the loop on their own. So the
+    coroutine is run by hand to that first wait and left there, the wait handed to the
+    caller: ``close()`` does its work at once, like the other Tornado transports', also for a
     session whose loop is gone (the caller moved to a new one)."""
     closing = session.close()
     try:
-        closing.send(None)
+        waiting = closing.send(None)
     except StopIteration:  # nothing to wait for
-        return
+        return None
     closing.close()
+    if not isinstance(waiting, asyncio.Future):
+        return None
+    # A Future of our own: the one the coroutine yielded counts as awaited already.
+    gone: asyncio.Future[Any] = waiting.get_loop().create_future()
+
+    def closed(_: object) -> None:
+        if not gone.done():
+            gone.set_result(None)
+
+    waiting.add_done_callback(closed)
+    return gone
 
 
 def _map_error(exc: BaseException, request: Request) -> CouchError:
