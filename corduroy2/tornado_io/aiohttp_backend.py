@@ -60,8 +60,9 @@ __all__ = ["AiohttpBackend"]
 _SKIP_AUTO_HEADERS = ("Accept-Encoding", "User-Agent")
 
 
-class _ClosedUnanswered(aiohttp.ServerDisconnectedError):
-    """A new connection was closed without an answer: the request is not sent again."""
+class _NotSentAgain(aiohttp.ClientError):
+    """Why the first attempt failed (its ``__cause__``), on a new connection: aiohttp is kept
+    from sending the request again (:func:`_once_on_a_new_connection`)."""
 
 
 #: The exchange whose task is running (each runs in a task of its own, with its own context).
@@ -69,32 +70,38 @@ _running: ContextVar[_Exchange | None] = ContextVar("corduroy2_aiohttp_exchange"
 
 
 class _Connector(aiohttp.TCPConnector):
-    """aiohttp's connector, which tells each exchange whether its connection is a new one.
-
-    aiohttp sends an idempotent request once more when its connection closes before any
-    answer. That is right for a kept-alive connection, which the server may have closed while
-    it sat in the pool; not for a new one, which the server took the request on and then
-    dropped (it may have acted on it; the pipeline's retry policy decides about that). So a
-    second connection for one exchange after a new one is refused, and the exchange fails as
-    the first attempt did, with the connection closed unanswered (a ResponseCut). What tells
-    the two apart is whether ``connect`` has handed the connection's protocol out before.
-    """
+    """aiohttp's connector, which tells the exchange whether its connection is a new one:
+    whether ``connect`` has handed the connection's protocol out before."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._handed_out: weakref.WeakSet[Any] = weakref.WeakSet()
 
     async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
-        exchange = _running.get()
-        if exchange is not None and exchange.new_connection:
-            raise _ClosedUnanswered("the server closed a new connection without answering; "
-                                    "the request was not sent again")
         connection = await super().connect(req, traces, timeout)
         protocol = connection.protocol
+        exchange = _running.get()
         if exchange is not None:
             exchange.new_connection = protocol not in self._handed_out
         self._handed_out.add(protocol)
         return connection
+
+
+async def _once_on_a_new_connection(request: aiohttp.ClientRequest,
+                                    handler: Any) -> aiohttp.ClientResponse:
+    """A client middleware around each attempt. aiohttp sends an idempotent request once more
+    when its connection closes before any answer. That is right for a kept-alive connection,
+    which the server may have closed while it sat in the pool; not for a new one, which the
+    server took the request on and then dropped (it may have acted on it; the pipeline's
+    retry policy decides about that). So such a failure on a new connection is passed on in a
+    form aiohttp does not retry."""
+    try:
+        return await handler(request)  # type: ignore[no-any-return]
+    except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+        exchange = _running.get()
+        if exchange is not None and exchange.new_connection:
+            raise _NotSentAgain(str(exc)) from exc
+        raise
 
 
 class _Exchange:
@@ -277,6 +284,7 @@ class AiohttpBackend(LoopBackend):
                                              loop=loop)
             session = self._session = aiohttp.ClientSession(
                 connector=connector, loop=loop, timeout=self._timeout,
+                middlewares=(_once_on_a_new_connection,),
                 cookie_jar=aiohttp.DummyCookieJar(loop=loop),
                 skip_auto_headers=_SKIP_AUTO_HEADERS, auto_decompress=False)
             self._loop = loop
@@ -362,6 +370,8 @@ def _close_now(session: aiohttp.ClientSession) -> asyncio.Future[Any] | None:
 
 def _map_error(exc: BaseException, request: Request) -> CouchError:
     """One map from aiohttp's errors to corduroy2's transport errors."""
+    if isinstance(exc, _NotSentAgain) and exc.__cause__ is not None:
+        exc = exc.__cause__
     where: dict[str, str] = {"method": request.method, "url": request.url}
     err: CouchError
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
