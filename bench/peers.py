@@ -8,7 +8,8 @@ into the project's environment) and that folder is put at the *end* of ``sys.pat
 measuring processes, so corduroy2's own dependencies keep their installed versions.
 
 Each client is driven the way its users write code, each measurement in a fresh process
-(clients pinned to the last CPU, the server to CPU 0), the best of ``--repeats``:
+(clients pinned to the last CPU, the server to CPU 0), the best of ``--repeats`` rounds (each
+round runs every client once, so that a machine whose speed drifts slows all of them alike):
 
 * ``get1`` / ``get32``: ``GET /db/doc1`` and decode, one at a time / 32 at once (async clients:
   32 coroutines; sync clients: 32 threads), served by nginx (bench/nginx.py) with CouchDB's
@@ -326,8 +327,15 @@ def main(argv: list[str]) -> int:
             print(f"\n{workload} ({n:,} {'requests' if workload.startswith('get') else 'items'})")
             print(f"  {'client':<16}{unit:>12}{'x floor':>9}{'peak MB':>9}")
             floor = None
-            for client in clients_for(workload):
-                results = [run_one(workload, client, url, n) for _ in range(args.repeats)]
+            clients = clients_for(workload)
+            # Round-robin, one process of each client per round: the machine's speed drifts
+            # (other load), and a drift then hits every client alike instead of a few.
+            runs: dict[str, list[dict[str, Any] | str]] = {client: [] for client in clients}
+            for _ in range(args.repeats):
+                for client in clients:
+                    runs[client].append(run_one(workload, client, url, n))
+            for client in clients:
+                results = runs[client]
                 good = [r for r in results if isinstance(r, dict)]
                 if not good:
                     print(f"  {client:<16}  failed: {results[0]}", flush=True)
