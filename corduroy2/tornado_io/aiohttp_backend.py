@@ -2,10 +2,11 @@
 
 Tornado's Futures are asyncio Futures (Tornado >= 5), so aiohttp runs on the loop the
 application's Tornado code runs on, and a call's result is the same Future the other Tornado
-clients give (:class:`~corduroy2.tornado_io.backend.LoopBackend`). Only aiohttp's public API is
-used: one ``ClientSession`` per ``Couch`` and loop, over a ``TCPConnector`` limited to the
-Couch's ``max_connections``; a request is one task that awaits ``session.request`` and reads
-``response.content``. This module is imported only when ``client="aiohttp"`` is asked for.
+clients give (:class:`~corduroy2.tornado_io.backend.LoopBackend`). aiohttp's public API is
+used (but for one switch, ``_repairs.without_retries``): one ``ClientSession`` per ``Couch``
+and loop, over a ``TCPConnector`` limited to the Couch's ``max_connections``; a request is one
+task that awaits ``session.request`` and reads ``response.content``. This module is imported
+only when ``client="aiohttp"`` is asked for.
 
 Why a second keep-alive client next to curl: for many small requests it is the fastest
 Python HTTP client on asyncio (issue 19: GET one document, aiohttp 1.0x, Tornado's curl client
@@ -17,6 +18,9 @@ What the session is told, and why:
 * no cookie jar (``DummyCookieJar``): sessions and their cookies are the pipeline's business;
 * no ``Accept-Encoding`` (and no decompression), like the other backends: a compressing
   server holds a live feed back until its gzip buffer fills;
+* no retries of its own: aiohttp would send an idempotent request again after a new
+  connection closed unanswered too; the transport does it after a kept-alive one only
+  (:meth:`_Exchange._may_send_again`), as curl, Twisted and ``http.client`` do;
 * no redirects followed; URLs sent exactly as built (``yarl.URL(url, encoded=True)``), since
   aiohttp would otherwise re-quote an id's ``%2F``;
 * timeouts: ``connect_timeout`` as aiohttp's ``sock_connect`` (the TCP connect and the TLS
