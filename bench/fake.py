@@ -5,8 +5,14 @@
   pouchdb-server's start, once, for scale;
 * suite: the behaviour suite's wall time (``pytest tests/behaviour``) with
   ``COUCHDB_SERVER=fake`` next to ``COUCHDB_SERVER=pouchdb`` (target: the fake >= 3x faster).
-  Much of either run is the tests' own sleeps (feeds, latency batches, retries), which no
-  server can shorten.
+  Each server runs in a process of its own (the fake: ``tests/support/fake_server.py``).
+  Each run is timed whole (interpreter, imports, collection, server start, every test) with
+  Python's bytecode cache on, in a temporary directory that an untimed run of one small test
+  fills first: where ``PYTHONDONTWRITEBYTECODE`` is set, pytest would otherwise parse and
+  rewrite the asserts of every test module, of corduroy2 and of hypothesis (both are pytest
+  plugins) anew in each run, seconds that have nothing to do with either server. Besides the
+  servers' work, both runs spend the same time on the tests' own waits (feeds, latency
+  batches, stalls, retries: kept short, see tests/behaviour) and on the clients' work.
 
 Options: ``--start-only`` skips the two suite runs (several minutes); ``-k EXPR`` passes a
 selection to both runs.
@@ -20,6 +26,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -61,9 +68,23 @@ def pouchdb_start_ms() -> float:
     return elapsed
 
 
-def suite_seconds(kind: str, select: str | None) -> tuple[float, str]:
-    env = {**os.environ, "COUCHDB_SERVER": kind}
+def suite_env(kind: str, pycache: str) -> dict[str, str]:
+    env = {**os.environ, "COUCHDB_SERVER": kind, "PYTHONPYCACHEPREFIX": pycache}
     env.pop("COUCHDB_URL", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def compile_once(pycache: str) -> None:
+    """Fill the bytecode cache (untimed): a run that collects the suite and imports every
+    backend (one small test, on the fake)."""
+    cmd = [sys.executable, "-m", "pytest", "tests/behaviour", "-q", "-p", "no:cacheprovider",
+           "-k", "test_info_and_version"]
+    subprocess.run(cmd, cwd=REPO, env=suite_env("fake", pycache), capture_output=True)
+
+
+def suite_seconds(kind: str, select: str | None, pycache: str) -> tuple[float, str]:
+    env = suite_env(kind, pycache)
     cmd = [sys.executable, "-m", "pytest", "tests/behaviour", "-q", "-p", "no:cacheprovider"]
     if select:
         cmd += ["-k", select]
@@ -87,9 +108,11 @@ def main(argv: list[str]) -> int:
     print(f"pouchdb-server start to first answer: {pouchdb_start_ms():.0f} ms")
     if args.start_only:
         return 0
-    fake_s, fake_summary = suite_seconds("fake", args.select)
-    print(f"behaviour suite on FakeCouch:      {fake_s:7.1f} s   ({fake_summary})")
-    pouch_s, pouch_summary = suite_seconds("pouchdb", args.select)
+    with tempfile.TemporaryDirectory(prefix="bench-fake-pycache-") as pycache:
+        compile_once(pycache)
+        fake_s, fake_summary = suite_seconds("fake", args.select, pycache)
+        print(f"behaviour suite on FakeCouch:      {fake_s:7.1f} s   ({fake_summary})")
+        pouch_s, pouch_summary = suite_seconds("pouchdb", args.select, pycache)
     print(f"behaviour suite on pouchdb-server: {pouch_s:7.1f} s   ({pouch_summary})")
     print(f"the fake is {pouch_s / fake_s:.2f}x faster (target >= 3x)")
     return 0

@@ -24,6 +24,9 @@ both. With two CPUs or more, nginx is pinned to CPU 0 and the client to the last
   ``orjson.loads`` vs ``corduroy2.twisted_io`` ``db.get`` (Deferred). On the shared asyncio loop
   (Twisted's asyncioreactor, as the tests run), and on Twisted's default (epoll) reactor in a
   subprocess (``twisted-epoll``).
+- twisted-httptools: the same raw ``Agent`` vs ``corduroy2.twisted_io`` over its own transport
+  (``Couch(client="httptools")``): the raw side is still Twisted's own client, so the
+  "overhead" is negative where corduroy2 is faster than Agent itself.
 - blocking: ``http.client`` keep-alive + ``orjson.loads`` vs ``corduroy2.blocking`` ``db.get``;
   c=32 is 32 threads (one connection each).
 
@@ -86,6 +89,7 @@ Issue = Callable[[Done], None]  # start one request; done(error or None) when it
 Get = Callable[[int], None]  # one blocking request on thread i's connection
 
 ALL = ["tornado-curl", "tornado-simple", "tornado-aiohttp", "twisted", "twisted-epoll",
+       "twisted-httptools",
        "blocking"]
 CONCURRENCY = (1, 32)
 
@@ -359,10 +363,11 @@ def twisted_raw(settings: Settings, concurrency: int) -> tuple[Issue, Callable[[
     return issue, pool.closeCachedConnections
 
 
-def twisted_corduroy(settings: Settings, concurrency: int) -> tuple[Issue, Callable[[], Any]]:
+def twisted_corduroy(settings: Settings, concurrency: int,
+                     client: str = "agent") -> tuple[Issue, Callable[[], Any]]:
     from corduroy2.twisted_io import Couch
 
-    couch = Couch(settings.url, max_connections=concurrency)
+    couch = Couch(settings.url, max_connections=concurrency, client=client)
     db = couch.database("db")
 
     def finished(doc: Any, done: Done) -> None:
@@ -453,8 +458,10 @@ def _async_client(settings: Settings, backend: str, side: str,
         kind = backend.split("-", 1)[1]
         maker = tornado_raw if side == "raw" else tornado_corduroy
         return maker(settings, concurrency, kind)
-    maker2 = twisted_raw if side == "raw" else twisted_corduroy
-    return maker2(settings, concurrency)
+    if side == "raw":  # Agent, under either corduroy2 transport
+        return twisted_raw(settings, concurrency)
+    return twisted_corduroy(settings, concurrency,
+                            "httptools" if backend == "twisted-httptools" else "agent")
 
 
 async def count_requests(mode: Any, settings: Settings, backend: str, side: str, n: int,

@@ -66,12 +66,12 @@ def install_peers() -> None:
 
 def _loop(client: str) -> asyncio.AbstractEventLoop:
     from bench.rows import make_loop
-    return make_loop("twisted" if client == "twisted" else "asyncio")  # type: ignore[no-any-return]
+    return make_loop("twisted" if client.startswith("twisted") else "asyncio")  # type: ignore[no-any-return]
 
 
 def _run(client: str, loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
     """Run an ``async def``'s coroutine the way the client's users do."""
-    if client == "twisted":
+    if client.startswith("twisted"):
         from twisted.internet.defer import Deferred
         return loop.run_until_complete(Deferred.fromCoroutine(coro).asFuture(loop))
     return loop.run_until_complete(coro)
@@ -84,9 +84,10 @@ def _corduroy(client: str, url: str, connections: int = 10) -> Any:
     if client.startswith("tornado"):
         from corduroy2.tornado_io import Couch
         return Couch(url, client=client.split("-")[1], **kwargs)
-    if client == "twisted":
+    if client.startswith("twisted"):
         from corduroy2.twisted_io import Couch as TCouch
-        return TCouch(url, **kwargs)
+        return TCouch(url, client="httptools" if client == "twisted-httptools" else "agent",
+                      **kwargs)
     from corduroy2.blocking import Couch as BCouch
     return BCouch(url, **kwargs)
 
@@ -168,7 +169,7 @@ def measure_get(client: str, url: str, n: int, concurrency: int) -> float:
             await worker(n)
         else:
             tasks = [worker(n // concurrency) for _ in range(concurrency)]
-            if client == "twisted":
+            if client.startswith("twisted"):
                 from twisted.internet.defer import Deferred, gatherResults
                 await gatherResults([Deferred.fromCoroutine(t) for t in tasks])
             else:
@@ -279,6 +280,8 @@ def run_one(workload: str, client: str, url: str, n: int) -> dict[str, Any] | st
 
 def clients_for(workload: str) -> list[str]:
     ours = list(BACKENDS)
+    if workload.startswith("get"):  # Twisted's second transport: measured on GETs only
+        ours.insert(ours.index("twisted") + 1, "twisted-httptools")
     if workload == "stream":
         return [FLOOR[workload], *ours]  # no peer streams rows
     return [FLOOR[workload], *PEERS, *ours]

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,10 +149,27 @@ def _probe(url: str, auth: tuple[str, str] | None) -> dict[str, Any]:
         return json.loads(response.read())  # type: ignore[no-any-return]
 
 
+def _fake_server() -> Iterator[Server]:
+    """FakeCouch in its own process (tests/support/fake_server.py says why)."""
+    with subprocess.Popen([sys.executable, "-m", "tests.support.fake_server"], cwd=REPO,
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the fake server did not start (exit {proc.wait(10)})")
+            started = json.loads(line)
+            yield Server(started["url"], tuple(started["admin"]), "fake")
+        finally:
+            proc.stdin.close()  # it stops serving and exits
+            proc.wait(10)
+
+
 @pytest.fixture(scope="session")
 def server() -> Iterator[Server]:
     """The server the suite runs against: ``COUCHDB_URL`` (with admin credentials in it) if
-    set; else ``COUCHDB_SERVER=fake`` (corduroy2.testing.FakeCouch, in this process) or
+    set; else ``COUCHDB_SERVER=fake`` (corduroy2.testing.FakeCouch, in a process of its own:
+    ``tests/support/fake_server.py``) or
     ``pouchdb`` (the default: a pouchdb-server started here on a free loopback port)."""
     external = os.environ.get("COUCHDB_URL")
     if external:
@@ -162,12 +182,7 @@ def server() -> Iterator[Server]:
         return
     kind = os.environ.get("COUCHDB_SERVER", "pouchdb")
     if kind == "fake":
-        from corduroy2.testing import FakeCouch
-
-        from .support.fake_functions import FUNCTIONS
-
-        with FakeCouch(functions=FUNCTIONS).serve() as fake:
-            yield Server(fake.url, fake.admin, "fake")
+        yield from _fake_server()
         return
     if kind != "pouchdb":
         raise pytest.UsageError(f"COUCHDB_SERVER={kind!r}: expected 'fake' or 'pouchdb'")

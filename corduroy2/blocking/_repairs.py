@@ -8,33 +8,103 @@ at the repair again (it may have become unnecessary, or need another way in).
 from __future__ import annotations
 
 import http.client
+import io
 import socket
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["StreamResponse", "STREAM_BUFFER", "put_header_lines"]
+__all__ = ["Response", "StreamResponse", "HeadCut", "TimedReader", "STREAM_BUFFER",
+           "put_header_lines"]
 
 #: The read buffer of a streamed response.
 STREAM_BUFFER = 64 * 1024
 
 
-class StreamResponse(http.client.HTTPResponse):
-    """The response class for streamed replies (``HTTPConnection.response_class``, the hook
-    ``getresponse()`` documents): a 64 KiB read buffer instead of ``makefile()``'s 8 KiB.
+class Response(http.client.HTTPResponse):
+    """The response class (``HTTPConnection.response_class``, the hook ``getresponse()``
+    documents) that reads the socket through a :class:`TimedReader`, with a read buffer of
+    ``buffer_size`` bytes, and tells a head cut short (:class:`HeadCut`).
+
+    The repairs: ``HTTPResponse.__init__`` makes its reader (``self.fp``) with
+    ``sock.makefile("rb")`` and takes no reader of its own, so it is handed a stand-in whose
+    ``makefile`` makes ours; ``begin()`` takes the end of the connection for the end of the
+    header fields, so the reader says whether it saw the end.
+    """
+
+    buffer_size = io.DEFAULT_BUFFER_SIZE
+
+    def __init__(self, sock: socket.socket, debuglevel: int = 0, method: str | None = None,
+                 url: str | None = None) -> None:
+        self._reader = TimedReader(sock)
+        super().__init__(_ReaderMaker(self._reader, self.buffer_size),  # type: ignore[arg-type]
+                         debuglevel, method, url)
+
+    def begin(self) -> None:
+        super().begin()
+        # Reading the head only reads again until it has a whole line: the end of the
+        # connection seen meanwhile came before the blank line that ends a head.
+        if self._reader.ended:
+            raise HeadCut("the connection closed inside the response's head")
+
+
+class HeadCut(http.client.HTTPException):
+    """The connection ended before the response's head did: a status line and perhaps some
+    header fields came, but not the blank line after them."""
+
+
+class StreamResponse(Response):
+    """For streamed replies: a 64 KiB read buffer instead of ``makefile()``'s 8 KiB.
 
     ``read1`` returns at most the rest of one HTTP chunk, and also stops where the buffered
     bytes end: with an 8 KiB buffer a busy feed's chunks are split in two every few chunks,
     each piece costing the row or change parser a pass of its own.
-
-    The repair: ``HTTPResponse.__init__`` makes its reader (``self.fp``) with
-    ``sock.makefile("rb")`` and takes no buffer size, so the reader is replaced right after,
-    before anything has been read from it (closing it leaves the socket open).
     """
 
-    def __init__(self, sock: socket.socket, debuglevel: int = 0, method: str | None = None,
-                 url: str | None = None) -> None:
-        super().__init__(sock, debuglevel, method, url)
-        self.fp.close()
-        self.fp = sock.makefile("rb", STREAM_BUFFER)  # type: ignore[assignment]  # BufferedReader
+    buffer_size = STREAM_BUFFER
+
+
+class TimedReader(io.RawIOBase):
+    """A socket's bytes, as ``socket.makefile("rb")``'s reader gives them, except that a
+    receive that outlasts the socket's ``SO_RCVTIMEO`` raises TimeoutError: ``makefile``'s
+    reader takes that for "no data yet" (as on a non-blocking socket), and http.client for a
+    connection the server closed."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        # The socket's own unbuffered reader, never read: while it is open, closing the
+        # socket (as HTTPConnection does, handing a reply that ends the connection to the
+        # response) leaves the descriptor open for this reader.
+        self._hold = sock.makefile("rb", buffering=0)
+        self._recv_into = sock.recv_into
+        self.ended = False  # the connection's end has been read
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            count = self._recv_into(buffer)
+        except BlockingIOError:
+            raise TimeoutError("no data within the socket's receive timeout") from None
+        if not count:
+            self.ended = True
+        return count
+
+    def close(self) -> None:
+        if not self.closed:
+            self._hold.close()
+        super().close()
+
+
+class _ReaderMaker:
+    """What ``HTTPResponse.__init__`` is given as its socket: its ``makefile`` is ours."""
+
+    __slots__ = ("_reader", "_size")
+
+    def __init__(self, reader: TimedReader, size: int) -> None:
+        self._reader, self._size = reader, size
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(self._reader, self._size)
 
 
 def _put_header_lines(conn: http.client.HTTPConnection, lines: bytes) -> None:

@@ -14,13 +14,11 @@ Only Twisted's public API is used here; the few repairs it needs are in ``_repai
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import itertools
 import logging
 import time
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 from twisted.internet import defer, error as ierror
@@ -45,15 +43,16 @@ from zope.interface import implementer
 
 from ..backend import (
     Backend, Cancel, Outcome, SilenceWatch, Sink, Start, Transfer, TransportOptions, tls_meaning,
-    warn_unverified,
 )
 from ..errors import ConnectError, CouchError, ResponseCut, Timeout, TransportError
 from ..protocol.bodies import BodySource
 from ..protocol.requests import Request, check_headers
 from ..protocol.responses import Headers
 from . import _repairs
+from .tls import MissingTLS, TLSPolicy, is_https, is_tls_error, twisted_ssl
 
-__all__ = ["TwistedBackend"]
+__all__ = ["DeferredBackend", "TwistedBackend", "Gate", "StreamProducer", "ATTEMPT_DELAY",
+           "refusal"]
 
 log = logging.getLogger("corduroy2")
 
@@ -108,7 +107,7 @@ class _BytesProducer:
 
 
 @implementer(IBodyProducer)
-class _StreamProducer:
+class StreamProducer:
     """Writes a :class:`~corduroy2.protocol.bodies.BodySource` piece by piece: a piece is
     taken only while the connection wants more. Twisted registers a body producer as a
     streaming producer, so the transport calls ``pauseProducing`` when its send buffer is full
@@ -185,96 +184,6 @@ class _Endpoints:
         if uri.scheme == b"https":
             return wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
         return endpoint
-
-
-class MissingTLS(ImportError):
-    """Twisted's TLS support (pyOpenSSL, service_identity) is not installed."""
-
-
-def _twisted_ssl() -> ModuleType:
-    """``twisted.internet.ssl``, imported when TLS is first needed, so that plain HTTP works
-    without pyOpenSSL; if it is missing, an error that says which extra to install."""
-    try:
-        return importlib.import_module("twisted.internet.ssl")
-    except ImportError as exc:
-        raise MissingTLS(f"HTTPS on Twisted needs the twisted[tls] extra (pyOpenSSL, "
-                         f"service_identity), which is not installed (no module "
-                         f"{exc.name or exc!r}): pip install 'twisted[tls]'") from exc
-
-
-def _is_https(url: str) -> bool:
-    return url[:6].lower() == "https:"
-
-
-@implementer(IPolicyForHTTPS)
-class _TLSPolicy:
-    """How every HTTPS connection of one backend is made: verified against the system's CAs or
-    ``ca_file``'s (a bundle: every certificate in it is trusted), with the host name checked
-    (``service_identity``), presenting ``cert_file``/``key_file`` if given; or, with the
-    explicit ``verify_tls=False`` opt-out, without any certificate check."""
-
-    def __init__(self, options: TransportOptions) -> None:
-        self._verify = options.verify_tls
-        self._trust: Any = None  # None: the system's CAs
-        self._client: dict[str, Any] = {}
-        if options.custom_tls:
-            # Settings the user gave are loaded now, so that a bad file, or a missing
-            # pyOpenSSL, fails when the Couch is made rather than at the first request.
-            ssl = _twisted_ssl()
-            if options.ca_file:
-                self._trust = _trust_root(ssl, options.ca_file)
-            if options.cert_file:
-                self._client = _client_certificate(options.cert_file, options.key_file)
-        if not self._verify:
-            warn_unverified()
-
-    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        ssl = _twisted_ssl()
-        if not self._verify:
-            return ssl.CertificateOptions(verify=False, **self._client)
-        return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._trust,
-                                       extraCertificateOptions=dict(self._client))
-
-
-def _trust_root(ssl: ModuleType, ca_file: str) -> Any:
-    """Every certificate of the PEM bundle ``ca_file``, as the CAs to trust."""
-    with open(ca_file, "rb") as f:
-        certs = [ssl.Certificate.loadPEM(pem) for pem in _pem_blocks(f.read())]
-    if not certs:
-        raise ValueError(f"no PEM certificate in ca_file {ca_file!r}")
-    return ssl.trustRootFromCertificates(certs)
-
-
-def _client_certificate(cert_file: str, key_file: str | None) -> dict[str, Any]:
-    """``CertificateOptions`` arguments presenting the client certificate (then its chain) and
-    key, as ``cryptography`` objects: what pyOpenSSL takes without deprecation warnings."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    with open(cert_file, "rb") as f:
-        cert_pem = f.read()
-    key_pem = cert_pem
-    if key_file:
-        with open(key_file, "rb") as f:
-            key_pem = f.read()
-    chain = x509.load_pem_x509_certificates(cert_pem)
-    key = load_pem_private_key(key_pem, password=None)
-    if key.public_key() != chain[0].public_key():
-        raise ValueError(f"key_file does not match cert_file {cert_file!r}")
-    client: dict[str, Any] = {"certificate": chain[0], "privateKey": key}
-    if chain[1:]:
-        client["extraCertChain"] = chain[1:]
-    return client
-
-
-def _pem_blocks(data: bytes) -> list[bytes]:
-    marker = b"-----END CERTIFICATE-----"
-    blocks = []
-    for part in data.split(marker)[:-1]:
-        begin = part.find(b"-----BEGIN CERTIFICATE-----")
-        if begin >= 0:
-            blocks.append(part[begin:] + marker + b"\n")
-    return blocks
 
 
 class _Transfer(Protocol):
@@ -445,21 +354,13 @@ class _DelayedCall:
             self._call.cancel()
 
 
-class TwistedBackend(Backend):
-    """``reactor`` defaults to the global reactor, looked up on first use."""
+class DeferredBackend(Backend):
+    """What both Twisted transports share: the reactor (the global one, looked up on first use,
+    unless one is given), Deferreds as the native promise, and the reactor's timers."""
 
     def __init__(self, options: TransportOptions | None = None, reactor: Any = None) -> None:
         super().__init__(options)
         self._reactor = reactor
-        self._agent: web_client.Agent | None = None
-        self._pool: web_client.HTTPConnectionPool | None = None
-        # The last request headers converted, and their Twisted form: a Couch sends the same
-        # ones again and again, and Agent copies them before adding its own.
-        self._headers: tuple[tuple[tuple[str, str], ...], TwistedHeaders] = ((), TwistedHeaders())
-        # Made now, so that the TLS settings given (a bad certificate file, or pyOpenSSL
-        # missing) fail when the Couch is made.
-        self._tls = _TLSPolicy(self.options)
-        self._silences: SilenceWatch | None = None
 
     @property
     def reactor(self) -> Any:
@@ -468,54 +369,6 @@ class TwistedBackend(Backend):
 
             self._reactor = reactor
         return self._reactor
-
-    def _get_agent(self) -> web_client.Agent:
-        if self._agent is None:
-            self._pool = web_client.HTTPConnectionPool(self.reactor, persistent=True)
-            self._pool.maxPersistentPerHost = self.options.max_connections
-            self._agent = web_client.Agent.usingEndpointFactory(
-                self.reactor,
-                _Endpoints(self.reactor, self._tls, self.options.connect_timeout),
-                pool=self._pool,
-            )
-        return self._agent
-
-    def send(self, request: Request, sink: Sink) -> Transfer:
-        if self._silences is None:
-            self._silences = SilenceWatch(self.reactor.callLater)
-        transfer = _Transfer(request, sink, self.reactor,
-                             request.timeout or self.options.request_timeout,
-                             request.idle_timeout or self.options.idle_timeout, self._silences)
-        try:
-            headers = self._twisted_headers(request)
-            if _is_https(request.url):
-                # Checked here: without TLS support, Agent.request would raise out of send()
-                # instead of failing this transfer.
-                _twisted_ssl()
-        except (ValueError, MissingTLS) as exc:
-            transfer._end(_refusal(exc, request))
-            return transfer
-        body = request.body
-        producer: _StreamProducer | _BytesProducer | None = (
-            None if body is None else _StreamProducer(body) if isinstance(body, BodySource)
-            else _BytesProducer(body))
-        requesting = self._get_agent().request(
-            request.method.encode("ascii"), request.url.encode("ascii"), headers, producer
-        )
-        transfer.requesting = requesting
-        requesting.addCallbacks(transfer.got_response, transfer.request_failed)
-        return transfer
-
-    def _twisted_headers(self, request: Request) -> TwistedHeaders:
-        """The request's headers for Agent; ValueError if one could not be sent as it is."""
-        fields, headers = self._headers
-        if fields != request.headers:
-            check_headers(request.headers)  # Twisted would make a line break a space
-            fields, headers = request.headers, TwistedHeaders()
-            for name, value in fields:
-                headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
-            self._headers = (fields, headers)
-        return headers
 
     def run(self, start: Start) -> defer.Deferred[Any]:
         handle: list[Cancel] = []
@@ -555,6 +408,70 @@ class TwistedBackend(Backend):
     def call_later(self, delay: float, fn: Callable[[], None]) -> Cancel:
         return _DelayedCall(self.reactor.callLater(delay, fn))
 
+
+class TwistedBackend(DeferredBackend):
+    """``reactor`` defaults to the global reactor, looked up on first use."""
+
+    def __init__(self, options: TransportOptions | None = None, reactor: Any = None) -> None:
+        super().__init__(options, reactor)
+        self._agent: web_client.Agent | None = None
+        self._pool: web_client.HTTPConnectionPool | None = None
+        # The last request headers converted, and their Twisted form: a Couch sends the same
+        # ones again and again, and Agent copies them before adding its own.
+        self._headers: tuple[tuple[tuple[str, str], ...], TwistedHeaders] = ((), TwistedHeaders())
+        # Made now, so that the TLS settings given (a bad certificate file, or pyOpenSSL
+        # missing) fail when the Couch is made.
+        self._tls = TLSPolicy(self.options)
+        self._silences: SilenceWatch | None = None
+
+    def _get_agent(self) -> web_client.Agent:
+        if self._agent is None:
+            self._pool = web_client.HTTPConnectionPool(self.reactor, persistent=True)
+            self._pool.maxPersistentPerHost = self.options.max_connections
+            self._agent = web_client.Agent.usingEndpointFactory(
+                self.reactor,
+                _Endpoints(self.reactor, self._tls, self.options.connect_timeout),
+                pool=self._pool,
+            )
+        return self._agent
+
+    def send(self, request: Request, sink: Sink) -> Transfer:
+        if self._silences is None:
+            self._silences = SilenceWatch(self.reactor.callLater)
+        transfer = _Transfer(request, sink, self.reactor,
+                             request.timeout or self.options.request_timeout,
+                             request.idle_timeout or self.options.idle_timeout, self._silences)
+        try:
+            headers = self._twisted_headers(request)
+            if is_https(request.url):
+                # Checked here: without TLS support, Agent.request would raise out of send()
+                # instead of failing this transfer.
+                twisted_ssl()
+        except (ValueError, MissingTLS) as exc:
+            transfer._end(refusal(exc, request))
+            return transfer
+        body = request.body
+        producer: StreamProducer | _BytesProducer | None = (
+            None if body is None else StreamProducer(body) if isinstance(body, BodySource)
+            else _BytesProducer(body))
+        requesting = self._get_agent().request(
+            request.method.encode("ascii"), request.url.encode("ascii"), headers, producer
+        )
+        transfer.requesting = requesting
+        requesting.addCallbacks(transfer.got_response, transfer.request_failed)
+        return transfer
+
+    def _twisted_headers(self, request: Request) -> TwistedHeaders:
+        """The request's headers for Agent; ValueError if one could not be sent as it is."""
+        fields, headers = self._headers
+        if fields != request.headers:
+            check_headers(request.headers)  # Twisted would make a line break a space
+            fields, headers = request.headers, TwistedHeaders()
+            for name, value in fields:
+                headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+            self._headers = (fields, headers)
+        return headers
+
     def close(self) -> defer.Deferred[None]:
         """Close cached connections; the Deferred fires when they are closed."""
         if self._silences is not None:
@@ -565,7 +482,9 @@ class TwistedBackend(Backend):
         return pool.closeCachedConnections()
 
 
-def _refusal(exc: Exception, request: Request) -> CouchError:
+
+
+def refusal(exc: Exception, request: Request) -> CouchError:
     """The error for a request refused before it was sent: a header that cannot be sent as it
     is (ValueError), or HTTPS without Twisted's TLS support (MissingTLS)."""
     where: dict[str, str] = {"method": request.method, "url": request.url}
@@ -599,11 +518,11 @@ def _map_failure(failure: Failure, request: Request) -> CouchError:
     err: CouchError
     if any(isinstance(c, (ierror.TimeoutError, defer.TimeoutError)) for c in causes):
         err = Timeout(f"timed out: {text}", **where)
-    elif any(_is_tls_error(c) for c in causes):
+    elif any(is_tls_error(c) for c in causes):
         meaning = tls_meaning(" ".join(repr(c) for c in causes))
         err = ConnectError(f"{meaning}: {text}", **where)
     elif isinstance(failure.value, (ierror.ConnectError, ierror.DNSLookupError)) or any(
-        isinstance(c, ierror.ConnectError) or _is_tls_error(c) for c in causes
+        isinstance(c, ierror.ConnectError) or is_tls_error(c) for c in causes
     ):
         err = ConnectError(f"cannot connect: {text}", **where)
     elif isinstance(failure.value, (ResponseNeverReceived, ResponseFailed)):
@@ -616,10 +535,3 @@ def _map_failure(failure: Failure, request: Request) -> CouchError:
         err = TransportError(f"unexpected transport failure: {text}", **where)
     err.__cause__ = failure.value
     return err
-
-
-def _is_tls_error(exc: BaseException | None) -> bool:
-    """pyOpenSSL's errors, and service_identity's (the certificate is not for this host)."""
-    return exc is not None and type(exc).__module__.startswith(("OpenSSL", "service_identity"))
-
-

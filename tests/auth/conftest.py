@@ -48,7 +48,7 @@ class Runner:
         return couch
 
     async def resolve(self, result: Any) -> Any:
-        if self.backend == "twisted":
+        if self.backend.startswith("twisted"):
             from twisted.internet.defer import Deferred
 
             assert isinstance(result, Deferred), result

@@ -183,7 +183,7 @@ def _promise(run: Runner, value: str, kind: str) -> Any:
     """``value`` as the front door's promise, settled a little later."""
     if kind == "plain":
         return value
-    if run.backend == "twisted":
+    if run.backend.startswith("twisted"):
         from twisted.internet import defer, reactor
 
         if kind == "coroutine":

@@ -27,9 +27,10 @@ from ..behaviour.conftest import make_couch
 from ..conftest import LOOP
 from ..support.faultserver import FaultServer, Reply, _Abort
 
-BACKENDS = ["tornado-curl", "tornado-simple", "tornado-aiohttp", "twisted", "blocking"]
+BACKENDS = ["tornado-curl", "tornado-simple", "tornado-aiohttp", "twisted", "twisted-httptools",
+            "blocking"]
 #: Backends that keep connections alive. Tornado's simple client opens one per request.
-KEEPALIVE = ["tornado-curl", "tornado-aiohttp", "twisted", "blocking"]
+KEEPALIVE = ["tornado-curl", "tornado-aiohttp", "twisted", "twisted-httptools", "blocking"]
 #: The transports of the Tornado front door (for what only they have: a Future to cancel).
 TORNADO = ["tornado-curl", "tornado-simple", "tornado-aiohttp"]
 
@@ -122,7 +123,7 @@ class Harness:
 
     async def resolve(self, result: Any, timeout: float = CALL_TIMEOUT) -> Any:
         """Await a native promise (Future or Deferred) with a time bound."""
-        if self.backend == "twisted":
+        if self.backend.startswith("twisted"):
             from twisted.internet.defer import Deferred
 
             assert isinstance(result, Deferred), f"expected a Deferred, got {result!r}"

@@ -92,7 +92,7 @@ async def test_slow_reader_pauses_the_transport(backend: str) -> None:
     async def take(n: int | None) -> None:
         if backend == "blocking":
             await LOOP.run_in_executor(None, read, n)
-        elif backend == "twisted":
+        elif backend.startswith("twisted"):
             from twisted.internet.defer import Deferred
 
             await Deferred.fromCoroutine(aread(n)).asFuture(LOOP)

@@ -141,3 +141,87 @@ def test_blocking_connection_kept_after_a_whole_reply(backend: BlockingBackend,
         backend.send(Request("GET", fault.url + "/", stream=stream), sink)
         assert sink.kinds[-1] == "end" and sink.body == BODY
     assert [r.connection for r in fault.requests] == [1, 1, 1]
+
+
+def _request_head(send: Any) -> bytes:
+    """The head of the request ``send(url)`` makes, as a listening socket receives it (its
+    port shown as PORT)."""
+    import socket
+    import threading
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/db/doc?rev=1-a"
+        got: list[bytes] = []
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(4096)
+                got.append(data)
+                conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        send(url)
+        thread.join(5)
+        port = str(listener.getsockname()[1]).encode()
+    return got[0].replace(b":" + port, b":PORT")
+
+
+def test_blocking_sends_the_head_http_client_sends(backend: BlockingBackend) -> None:
+    """Host and Accept-Encoding come with our cached header lines rather than from
+    ``putrequest()``: the bytes are the same as ``HTTPConnection.request()``'s."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    headers = (("Accept", "application/json"), ("User-Agent", "corduroy2/test"))
+
+    def ours(url: str) -> None:
+        sink = Recorder()
+        backend.send(Request("GET", url, headers), sink)
+        assert sink.kinds == ["start", "end"], sink.events
+
+    def http_client(url: str) -> None:
+        parts = urlsplit(url)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port)
+        conn.request("GET", f"{parts.path}?{parts.query}", headers=dict(headers))
+        conn.getresponse().read()
+        conn.close()
+
+    assert _request_head(ours).replace(b"\r\n", b"\n") == \
+        _request_head(http_client).replace(b"\r\n", b"\n")
+
+
+def test_blocking_head_cut_short_is_a_cut_never_sent_again(backend: BlockingBackend) -> None:
+    """A reply whose connection ends inside its head: ResponseCut (http.client alone would
+    make it a 201 with no body), and the request is not sent again (the server answered)."""
+    import socket
+    import threading
+
+    from corduroy2.errors import ResponseCut
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/db/doc"
+        requests = []
+
+        def serve() -> None:
+            listener.settimeout(0.5)
+            try:
+                while True:
+                    conn, _ = listener.accept()
+                    with conn:
+                        requests.append(conn.recv(65536))
+                        conn.sendall(b"HTTP/1.1 201 Created\r\nContent-Type: applic")
+            except TimeoutError:
+                return
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        sink = Recorder()
+        backend.send(Request("PUT", url, body=b"{}"), sink)
+        thread.join(5)
+    assert sink.kinds == ["error"], sink.events
+    assert isinstance(sink.events[0][1], ResponseCut)
+    assert len(requests) == 1

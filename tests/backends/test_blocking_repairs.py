@@ -10,7 +10,9 @@ again (it may have become unnecessary, or need another way in).
 from __future__ import annotations
 
 import http.client
+import io
 import socket
+import struct
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -64,7 +66,7 @@ def test_blocking_put_header_lines_writes_what_putheader_writes(way: str) -> Non
     assert _request_bytes(lambda conn: put(conn, LINES)) == expected
 
 
-# -- StreamResponse: HTTPResponse.fp made by sock.makefile("rb") -----------------------------
+# -- Response, StreamResponse: HTTPResponse.fp made by sock.makefile("rb") --------------------
 
 CHUNK = 60_000  # more than makefile()'s 8 KiB buffer, less than the repair's 64 KiB
 
@@ -102,28 +104,83 @@ def test_blocking_plain_response_still_splits_a_big_chunk(chunked_reply: socket.
     assert _first_read(http.client.HTTPResponse, chunked_reply) <= 8192
 
 
-def test_blocking_stream_response_replaces_the_reader_made_in_init() -> None:
-    """``HTTPResponse.__init__`` still makes ``fp`` with ``sock.makefile("rb")``: the repair
-    closes that reader and makes its own with a buffer size."""
+def test_blocking_response_reader_is_made_by_sock_makefile() -> None:
+    """``HTTPResponse.__init__`` still makes ``fp`` with ``sock.makefile("rb")`` and nothing
+    else of the socket: the repair hands it a stand-in whose ``makefile`` makes ours (which
+    holds the socket's own unbuffered reader open, so that it keeps the descriptor)."""
     calls: list[tuple[object, ...]] = []
-    readers: list[_Reader] = []
+    client, server = socket.socketpair()
+    try:
+        class Sock:
+            recv_into = client.recv_into
 
-    class Sock:
-        def makefile(self, *args: object) -> _Reader:
-            calls.append(args)
-            readers.append(_Reader())
-            return readers[-1]
+            def makefile(self, *args: object, **kwargs: object) -> object:
+                calls.append((args, kwargs))
+                return client.makefile(*args, **kwargs)  # type: ignore[call-overload]
 
-    response = _repairs.StreamResponse(Sock(), method="GET")  # type: ignore[arg-type]
-    assert calls == [("rb",), ("rb", _repairs.STREAM_BUFFER)]
-    assert readers[0].closed and response.fp is readers[1] and not readers[1].closed
+        for response_class, size in ((_repairs.Response, io.DEFAULT_BUFFER_SIZE),
+                                     (_repairs.StreamResponse, _repairs.STREAM_BUFFER)):
+            calls.clear()
+            response = response_class(Sock(), method="GET")  # type: ignore[arg-type]
+            assert calls == [(("rb",), {"buffering": 0})]
+            assert isinstance(response.fp, io.BufferedReader)
+            assert isinstance(response.fp.raw, _repairs.TimedReader)
+            response.close()
+        server.sendall(b"x")
+        assert client.recv(1) == b"x"  # closing the response left the socket open
+    finally:
+        client.close()
+        server.close()
 
 
-class _Reader:
-    closed = False
+@pytest.fixture
+def silent() -> Iterator[socket.socket]:
+    """The client end of a blocking connection whose server says nothing, with a 50 ms
+    kernel receive timeout."""
+    client, server = socket.socketpair()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", 0, 50_000))
+    try:
+        yield client
+    finally:
+        client.close()
+        server.close()
 
-    def close(self) -> None:
-        self.closed = True
+
+def test_blocking_response_times_out_on_the_kernel_receive_timeout(
+        silent: socket.socket) -> None:
+    response = _repairs.Response(silent, method="GET")
+    with pytest.raises(TimeoutError):
+        response.begin()
+
+
+def test_blocking_makefile_takes_a_kernel_timeout_for_a_closed_connection(
+        silent: socket.socket) -> None:
+    """What the repair is for: through ``makefile()``'s reader the expired receive looks like
+    a connection the server closed (if this fails, http.client raises something telling, and
+    the repair may go)."""
+    response = http.client.HTTPResponse(silent, method="GET")
+    with pytest.raises(http.client.RemoteDisconnected):
+        response.begin()
+
+
+def test_blocking_response_outlives_the_connection_it_ends() -> None:
+    """A reply with ``Connection: close``: ``getresponse()`` closes the connection's socket
+    and the response reads on (the reader holds the descriptor, as makefile's does)."""
+    client, server = socket.socketpair()
+    try:
+        server.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\n")
+        conn = http.client.HTTPConnection("127.0.0.1", 5984)
+        conn.sock = client
+        conn.putrequest("GET", "/")
+        conn.endheaders()
+        conn.response_class = _repairs.Response
+        response = conn.getresponse()
+        assert conn.sock is None  # closed, the reply handed to the response
+        server.sendall(b"hello")
+        assert response.read() == b"hello"
+    finally:
+        client.close()
+        server.close()
 
 
 def test_blocking_getresponse_builds_the_response_class(chunked_reply: socket.socket) -> None:
@@ -136,3 +193,47 @@ def test_blocking_getresponse_builds_the_response_class(chunked_reply: socket.so
     response = conn.getresponse()
     assert type(response) is _repairs.StreamResponse
     assert len(response.read()) == CHUNK
+
+
+# -- Response.begin: a head cut short --------------------------------------------------------
+
+CUT_HEAD = b"HTTP/1.1 201 Created\r\nContent-Type: applic"
+
+
+@pytest.fixture
+def cut_head() -> Iterator[socket.socket]:
+    """The client end of a connection whose server sent part of a head, then closed."""
+    client, server = socket.socketpair()
+    server.sendall(CUT_HEAD)
+    server.close()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def test_blocking_response_refuses_a_head_cut_short(cut_head: socket.socket) -> None:
+    response = _repairs.Response(cut_head, method="PUT")
+    with pytest.raises(_repairs.HeadCut):
+        response.begin()
+
+
+def test_blocking_http_client_takes_a_cut_head_for_a_whole_one(cut_head: socket.socket) -> None:
+    """What the repair is for: http.client's ``begin()`` takes the end of the connection for
+    the end of the head (if this fails, it tells a cut itself and the repair may go)."""
+    response = http.client.HTTPResponse(cut_head, method="PUT")
+    response.begin()
+    assert response.status == 201 and response.read() == b""
+
+
+def test_blocking_response_takes_a_whole_head_before_the_end(cut_head: socket.socket) -> None:
+    """The control: a whole head followed by the end of the connection is no cut."""
+    client, server = socket.socketpair()
+    server.sendall(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+    server.close()
+    try:
+        response = _repairs.Response(client, method="DELETE")
+        response.begin()
+        assert response.status == 204 and response.read() == b""
+    finally:
+        client.close()

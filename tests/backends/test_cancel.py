@@ -48,7 +48,7 @@ def _problems(caplog: pytest.LogCaptureFixture) -> list[str]:
 # -- Twisted ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["twisted"])
+@pytest.mark.parametrize("backend", ["twisted", "twisted-httptools"])
 @pytest.mark.parametrize("when", ["before-headers", "mid-body", "streamed"])
 async def test_twisted_cancel_aborts_connection(h: Harness, fault: WatchedFaultServer,
                                                 caplog: pytest.LogCaptureFixture,

@@ -112,6 +112,29 @@ def test_blocking_calls_from_greenlets_queue_without_patching(
     assert result["max_gap"] >= STALL * 0.9, result  # the ticker waited as long
 
 
+def test_blocking_idle_timeout_under_gevent(fault: WatchedFaultServer) -> None:
+    """A silent server still ends in Timeout under gevent, whose sockets wait in its hub (a
+    plain socket's kernel receive timeout would not bound that wait), and the hub runs
+    meanwhile."""
+    fault.add("GET", "/db/silent", Reply.json({"_id": "silent"}, stall_before_headers=5.0))
+    script = """
+    from corduroy2.errors import Timeout
+    tick = gevent.spawn(ticker)
+    db = Couch(os.environ["URL"], retry=False, idle_timeout=0.3).database("db")
+    began = time.monotonic()
+    try:
+        db.get("silent")
+        error = None
+    except Timeout as exc:
+        error = str(exc)
+    report(took=time.monotonic() - began, error=error)
+    """
+    result = _run(script, URL=fault.url)
+    assert result["error"] is not None and "idle_timeout" in result["error"], result
+    assert 0.3 <= result["took"] < 2.0, result
+    assert result["max_gap"] < 0.2, result
+
+
 def test_blocking_greenlets_share_one_login_under_gevent(fault: WatchedFaultServer) -> None:
     """Cookie auth: the first greenlet logs in, the others wait for that login (an Event,
     gevent's once patched) instead of blocking the hub or logging in themselves."""

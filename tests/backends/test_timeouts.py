@@ -257,10 +257,10 @@ async def test_idle_timeout_not_counted_while_paused(h: Harness,
     assert b"".join(v for k, v in sink.events if k == "data") == body
 
 
-@pytest.mark.parametrize("backend", TORNADO)
+@pytest.mark.parametrize("backend", [*TORNADO, "twisted-httptools"])
 async def test_timed_out_in_the_queue_is_never_sent(h: Harness,
                                                    fault: WatchedFaultServer) -> None:
-    """Tornado queues requests beyond max_connections. One whose idle timeout expires while
+    """Tornado and Twisted's httptools client queue requests beyond max_connections. One whose idle timeout expires while
     it waits there has failed for its caller, so it must not go out once a slot frees up
     (the caller may well have sent it again by then)."""
     fault.add("GET", "/slow", Reply.json(VALUE, stall_before_headers=0.6))

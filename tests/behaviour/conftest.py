@@ -22,15 +22,16 @@ from corduroy2.api import Couch
 from ..conftest import LOOP, Server
 from corduroy2.testing import recording
 
-BACKENDS = ["tornado-curl", "tornado-simple", "tornado-aiohttp", "twisted", "blocking"]
+BACKENDS = ["tornado-curl", "tornado-simple", "tornado-aiohttp", "twisted", "twisted-httptools",
+            "blocking"]
 ASYNC_STYLES = ["callback", "promise", "relax", "await"]
 BLOCKING_STYLES = ["blocking", "callback", "relax"]
-#: The styles each backend runs the suite in (ASYNC_STYLES unless said here). The Tornado
-#: transports share everything above ``send``: the Future, and the callback, @relax and await
-#: styles made from it (tornado_io.backend.LoopBackend), which tornado-curl and
-#: tornado-simple run in every style. So tornado-aiohttp runs every test once, awaited: the
-#: whole suite on its transport, for a quarter of the time.
-STYLES = {"blocking": BLOCKING_STYLES, "tornado-aiohttp": ["await"]}
+#: The styles are the API's, the same over every transport of a front door (the Future or
+#: Deferred, and the callback, @relax and await styles made from it): a front door's second
+#: transports run the suite in one of them, to keep CI time (their transport-level behaviour
+#: is checked in full by tests/backends).
+STYLES = {"blocking": BLOCKING_STYLES, "tornado-aiohttp": ["await"],
+          "twisted-httptools": ["await"]}
 MATRIX = [(b, s) for b in BACKENDS for s in STYLES.get(b, ASYNC_STYLES)]
 
 
@@ -44,8 +45,11 @@ def make_couch(backend: str, url: str | list[str], auth: Any, **kwargs: Any) -> 
         if client == "aiohttp":
             pytest.importorskip("aiohttp", reason="aiohttp is not installed")
         return tornado_io.Couch(url, auth, client=client, **kwargs)  # type: ignore[no-any-return]
-    if backend == "twisted":
+    if backend.startswith("twisted"):
         twisted_io = pytest.importorskip("corduroy2.twisted_io", reason="twisted is not installed")
+        if backend == "twisted-httptools":
+            pytest.importorskip("httptools", reason="httptools is not installed")
+            kwargs["client"] = "httptools"
         return twisted_io.Couch(url, auth, **kwargs)  # type: ignore[no-any-return]
     from corduroy2 import blocking
 
@@ -70,7 +74,7 @@ class Client:
     def relax(self) -> Callable[..., Any]:
         if self.backend.startswith("tornado"):
             from corduroy2.tornado_io import relax
-        elif self.backend == "twisted":
+        elif self.backend.startswith("twisted"):
             from corduroy2.twisted_io import relax
         else:
             from corduroy2.blocking import relax
@@ -78,7 +82,7 @@ class Client:
 
     async def resolve(self, result: Any) -> Any:
         """Await a backend's native promise on the shared loop."""
-        if self.backend == "twisted":
+        if self.backend.startswith("twisted"):
             from twisted.internet.defer import Deferred
 
             assert isinstance(result, Deferred), f"expected a Deferred, got {result!r}"
@@ -113,7 +117,7 @@ class Client:
             async def body_await() -> Any:
                 return await method(*args, **kwargs)
 
-            if self.backend == "twisted":
+            if self.backend.startswith("twisted"):
                 from twisted.internet.defer import Deferred
 
                 return await Deferred.fromCoroutine(body_await()).asFuture(LOOP)

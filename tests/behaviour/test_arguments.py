@@ -43,8 +43,9 @@ NON_STR_KEYS: list[dict[Any, Any]] = [{1: "a"}, {None: 1}, {("t",): 1}, {1.5: 1}
 
 @pytest.fixture(params=BACKENDS)
 def dead(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A ``Couch`` of each backend on a port where nothing listens."""
-    couch = make_couch(request.param, DEAD, None)
+    """A ``Couch`` of each backend on a port where nothing listens; a refused connection is
+    not retried, so a request that was sent fails within milliseconds."""
+    couch = make_couch(request.param, DEAD, None, retry=False)
     yield couch
     closing = couch.close()
     if closing is not None and hasattr(closing, "asFuture"):
@@ -67,7 +68,7 @@ class Calls:
             method(*args, callback=self.callback, **kw)
 
     async def assert_no_callback(self) -> None:
-        await asyncio.sleep(0.05)  # a request to the dead port would have failed by now
+        await asyncio.sleep(0.02)  # a request to the dead port would have failed by now
         assert self.called == []
 
 

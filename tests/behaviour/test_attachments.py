@@ -88,7 +88,7 @@ async def test_upload_sources(c: Client, db: Any, admin: Any, tmp_path: Any) -> 
 def agen(c: Client, pieces: list[bytes]) -> Any:
     """An async generator of ``pieces`` that awaits between them the way the front door's
     framework awaits (Twisted: a Deferred; Tornado: asyncio)."""
-    if c.backend == "twisted":
+    if c.backend.startswith("twisted"):
         from twisted.internet import reactor
         from twisted.internet.task import deferLater
 

@@ -71,6 +71,11 @@ async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
     return await LOOP.run_in_executor(None, fn, *args)
 
 
+#: Continuous feeds' heartbeat (ms): short, since a blocking feed's reader sees ``stop()`` only
+#: when bytes arrive, and the tests wait a few heartbeats to see that nothing comes after it.
+HEARTBEAT = 50
+
+
 def write_later(delay: float, fn: Callable[[], Any]) -> None:
     """Run the blocking ``fn`` in a worker thread ``delay`` seconds from now."""
     LOOP.call_later(delay, lambda: LOOP.run_in_executor(None, fn))
@@ -219,11 +224,11 @@ async def test_seq_interval_accepted(c: Client, db: Any, adb: Any) -> None:
 async def test_longpoll_waits_for_a_write(c: Client, db: Any, adb: Any) -> None:
     write_in_order(adb, ["a", "b"])
     current = (await c.call(db.changes))["last_seq"]
-    write_later(0.3, lambda: adb.save({"_id": "late"}))
+    write_later(0.05, lambda: adb.save({"_id": "late"}))
     started = time.monotonic()
     # timeout bounds CouchDB 3; pouchdb-server ignores it (pouchdb-server.md, Pitfall 5)
     res = await c.call(db.changes, feed="longpoll", since=current, timeout=10000)
-    assert time.monotonic() - started >= 0.2  # it waited for the write
+    assert time.monotonic() - started >= 0.04  # it waited for the write
     assert ids_of(res["results"]) == ["late"]
     assert res["last_seq"] == res["results"][-1]["seq"]
     assert (await c.call(db.changes, since=current))["results"] == res["results"]
@@ -231,10 +236,11 @@ async def test_longpoll_waits_for_a_write(c: Client, db: Any, adb: Any) -> None:
 
 async def test_longpoll_since_now(c: Client, db: Any, adb: Any) -> None:
     write_in_order(adb, ["a", "b"])
-    write_later(0.3, lambda: adb.save({"_id": "late"}))
+    # "now" is when the server takes the request: the write must come after that
+    write_later(0.1, lambda: adb.save({"_id": "late"}))
     started = time.monotonic()
     res = await c.call(db.changes, feed="longpoll", since="now", timeout=10000)
-    assert time.monotonic() - started >= 0.2
+    assert time.monotonic() - started >= 0.08
     assert ids_of(res["results"]) == ["late"]
     assert res["last_seq"] == res["results"][-1]["seq"]
 
@@ -245,7 +251,7 @@ async def test_longpoll_timeout_returns_empty(c: Client, db: Any, adb: Any,
         pytest.skip("pouchdb-server ignores timeout on longpoll and hangs "
                     "(pouchdb-server.md, Pitfall 5)")
     write_in_order(adb, ["a"])
-    res = await c.call(db.changes, feed="longpoll", since="now", timeout=300)
+    res = await c.call(db.changes, feed="longpoll", since="now", timeout=20)
     assert res["results"] == [] and res["last_seq"] is not None
     assert (await c.call(db.changes, since=res["last_seq"]))["results"] == []
 
@@ -292,11 +298,11 @@ async def wait_live(adb: Any, calls: Calls, latency: float = 0.0) -> None:
     ping docs until one is delivered."""
     for i in range(30):
         await in_thread(adb.save, {"_id": f"ping{i:02d}"})
-        deadline = time.monotonic() + 0.3 + latency
+        deadline = time.monotonic() + 0.05 + latency
         while time.monotonic() < deadline:
             if any(doc_id.startswith("ping") for doc_id in calls.ids()):
                 return
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.005)
     raise AssertionError("the feed never delivered a change")
 
 
@@ -305,7 +311,7 @@ async def test_continuous_callback_one_call_per_change(couch: Any, dbname: str,
     db = couch.database(dbname)
     calls = Calls()
     errors: list[BaseException] = []
-    feed = db.changes(feed="continuous", callback=calls, since="now", heartbeat=200,
+    feed = db.changes(feed="continuous", callback=calls, since="now", heartbeat=HEARTBEAT,
                       on_error=errors.append)
     try:
         assert isinstance(feed, ChangesFeed)  # the one callback-style call returning something
@@ -332,7 +338,7 @@ async def test_continuous_callback_one_call_per_change(couch: Any, dbname: str,
     delivered = len(calls.calls)
     seq = feed.seq
     await in_thread(adb.save, {"_id": "after-stop"})
-    await asyncio.sleep(0.5)  # > heartbeat: the blocking feed's reader has seen bytes since
+    await asyncio.sleep(3 * HEARTBEAT / 1000)  # the blocking feed's reader has seen bytes since
     assert len(calls.calls) == delivered  # nothing after stop()
     assert feed.seq == seq and not listening(feed)
     assert errors == []  # stopping is not an error
@@ -341,15 +347,15 @@ async def test_continuous_callback_one_call_per_change(couch: Any, dbname: str,
 async def test_continuous_callback_latency_batches(couch: Any, dbname: str, adb: Any) -> None:
     db = couch.database(dbname)
     calls = Calls()
-    feed = db.changes(feed="continuous", callback=calls, since="now", heartbeat=200,
-                      latency=0.3)
+    feed = db.changes(feed="continuous", callback=calls, since="now", heartbeat=HEARTBEAT,
+                      latency=0.1)
     try:
-        await wait_live(adb, calls, latency=0.3)
+        await wait_live(adb, calls, latency=0.1)
         names = [f"d{i}" for i in range(6)]
         # one _bulk_docs: all six changes reach the feed well within the latency
         await in_thread(adb.save, [{"_id": name} for name in names])
         await until(lambda: [ch["id"] for _, b in calls.live() for ch in b] == names)
-        await asyncio.sleep(0.4)  # a late extra call would show up now
+        await asyncio.sleep(0.15)  # > latency: a late extra call would show up now
         live = calls.live()
         assert [ch["id"] for _, batch in live for ch in batch] == names  # all, in order, once
         assert len(live) < len(names)  # batched: fewer calls than changes
@@ -361,7 +367,7 @@ async def test_continuous_callback_latency_batches(couch: Any, dbname: str, adb:
     assert not listening(feed)
     delivered = len(calls.calls)
     await in_thread(adb.save, {"_id": "after-stop"})
-    await asyncio.sleep(0.6)  # > latency + heartbeat
+    await asyncio.sleep(0.1 + 3 * HEARTBEAT / 1000)  # > latency + heartbeat
     assert len(calls.calls) == delivered
 
 
@@ -374,11 +380,11 @@ async def test_continuous_burst_in_batches_of_max_batch(couch: Any, dbname: str,
     calls = Calls()
     with pytest.raises(ValueError):
         db.changes(feed="continuous", callback=calls, since=0, max_batch=0)
-    feed = db.changes(feed="continuous", callback=calls, since=0, heartbeat=200, latency=60,
-                      max_batch=10)
+    feed = db.changes(feed="continuous", callback=calls, since=0, heartbeat=HEARTBEAT,
+                      latency=60, max_batch=10)
     try:
         await until(lambda: len(calls.calls) >= 2)
-        await asyncio.sleep(0.5)  # the last 5 changes are in too, waiting for their batch
+        await asyncio.sleep(0.1)  # the last 5 changes are in too, waiting for their batch
     finally:
         feed.stop()
     assert [len(batch) for _, batch in calls.calls] == [10, 10]
@@ -390,14 +396,15 @@ async def test_continuous_feed_stopped_before_its_batch_is_due(couch: Any, dbnam
                                                                adb: Any) -> None:
     db = couch.database(dbname)
     calls = Calls()
-    feed = db.changes(feed="continuous", callback=calls, since=0, heartbeat=200, latency=0.5)
+    feed = db.changes(feed="continuous", callback=calls, since=0, heartbeat=HEARTBEAT,
+                      latency=0.3)
     try:
         await in_thread(adb.save, {"_id": "x"})
-        # x reached the feed's batch, which is due 0.5 s after it arrived; stop before that
-        await asyncio.sleep(0.2)
+        # x reached the feed's batch, which is due 0.3 s after it arrived; stop before that
+        await asyncio.sleep(0.1)
     finally:
         feed.stop()
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(0.35)
     assert calls.calls == []  # stop() drops the pending batch: nothing after stop()
 
 
@@ -407,7 +414,7 @@ async def test_continuous_without_callback_is_a_type_error(couch: Any, dbname: s
         with pytest.raises(TypeError):
             db.changes(feed=feed)
         with pytest.raises(TypeError):
-            db.changes(feed=feed, since="now", heartbeat=200)
+            db.changes(feed=feed, since="now", heartbeat=HEARTBEAT)
     with pytest.raises(ValueError):
         db.changes(feed="bogus")
     with pytest.raises(TypeError):
@@ -427,7 +434,7 @@ async def test_continuous_feed_ended_by_server(couch: Any, dbname: str, adb: Any
     db = couch.database(dbname)
     calls = Calls()
     errors: list[BaseException] = []
-    feed = db.changes(feed="continuous", callback=calls, since=0, limit=2, heartbeat=200,
+    feed = db.changes(feed="continuous", callback=calls, since=0, limit=2, heartbeat=HEARTBEAT,
                       on_error=errors.append)
     try:
         await until(lambda: not listening(feed), timeout=10)
@@ -445,7 +452,7 @@ async def test_continuous_feed_on_missing_db_reports_not_found(couch: Any) -> No
     db = couch.database(f"c2test-missing-{uuid.uuid4().hex[:12]}")
     calls = Calls()
     errors: list[BaseException] = []
-    feed = db.changes(feed="continuous", callback=calls, on_error=errors.append, heartbeat=200)
+    feed = db.changes(feed="continuous", callback=calls, on_error=errors.append, heartbeat=HEARTBEAT)
     try:
         await until(lambda: bool(errors), timeout=10)
         assert isinstance(errors[0], NotFound)
@@ -520,9 +527,9 @@ async def test_iter_changes_in_order_then_live_then_close(couch: Any, dbname: st
 
     # the five already there, then two written while the feed is open
     def later() -> None:
-        write_later(0.3, lambda: write_in_order(adb, ["f", "g"]))
+        write_later(0.05, lambda: write_in_order(adb, ["f", "g"]))
 
-    items, fields, more = await drain(couch, lambda: db.iter_changes(since=0, heartbeat=200),
+    items, fields, more = await drain(couch, lambda: db.iter_changes(since=0, heartbeat=HEARTBEAT),
                                       stop=7, after_start=later)
     assert ids_of(items) == ["a", "b", "c", "d", "e", "f", "g"]
     assert [ch["seq"] for ch in items[:5]] == [ch["seq"] for ch in expected]
@@ -531,19 +538,19 @@ async def test_iter_changes_in_order_then_live_then_close(couch: Any, dbname: st
 
     # closed early, with a tiny queue
     items, _, more = await drain(
-        couch, lambda: db.iter_changes(since=0, heartbeat=200, high_water=1), stop=2)
+        couch, lambda: db.iter_changes(since=0, heartbeat=HEARTBEAT, high_water=1), stop=2)
     assert ids_of(items) == ["a", "b"] and more == []
 
     # from a seq the server gave, with include_docs
     items, _, _ = await drain(
         couch, lambda: db.iter_changes(since=expected[2]["seq"], include_docs=True,
-                                       heartbeat=200), stop=4)
+                                       heartbeat=HEARTBEAT), stop=4)
     assert ids_of(items) == ["d", "e", "f", "g"]
     assert [ch["doc"]["_id"] for ch in items] == ["d", "e", "f", "g"]
 
     # doc_ids travel in a POST body, on a continuous feed too
     items, _, _ = await drain(
-        couch, lambda: db.iter_changes(since=0, doc_ids=["g", "b"], heartbeat=200), stop=2)
+        couch, lambda: db.iter_changes(since=0, doc_ids=["g", "b"], heartbeat=HEARTBEAT), stop=2)
     assert ids_of(items) == ["b", "g"]
 
     with pytest.raises(ValueError):
@@ -558,7 +565,7 @@ async def test_iter_changes_limit_ends_with_last_seq(couch: Any, dbname: str, ad
     write_in_order(adb, ["a", "b", "c", "d", "e"])
     db = couch.database(dbname)
     items, fields, more = await drain(couch, lambda: db.iter_changes(since=0, limit=3,
-                                                                     heartbeat=200))
+                                                                     heartbeat=HEARTBEAT))
     assert ids_of(items) == ["a", "b", "c"]  # it ended by itself
     assert more == []
     assert fields["last_seq"] is not None
@@ -567,7 +574,7 @@ async def test_iter_changes_limit_ends_with_last_seq(couch: Any, dbname: str, ad
     assert ids_of(rest["results"]) == ["d", "e"]
 
     # timeout ends a quiet feed the same way
-    items, fields, _ = await drain(couch, lambda: db.iter_changes(since="now", timeout=300))
+    items, fields, _ = await drain(couch, lambda: db.iter_changes(since="now", timeout=20))
     assert items == [] and fields["last_seq"] is not None
 
 
@@ -580,7 +587,7 @@ async def test_iter_changes_eventsource(couch: Any, dbname: str, adb: Any,
     db = couch.database(dbname)
     expected = (await in_thread(adb.changes))["results"]
     items, _, more = await drain(
-        couch, lambda: db.iter_changes(feed="eventsource", since=0, heartbeat=200), stop=3)
+        couch, lambda: db.iter_changes(feed="eventsource", since=0, heartbeat=HEARTBEAT), stop=3)
     assert ids_of(items) == ["a", "b", "c"]
     assert [ch["seq"] for ch in items] == [ch["seq"] for ch in expected]
     assert more == []
@@ -593,7 +600,7 @@ async def test_iter_changes_limit_holds_even_when_the_server_ignores_it(
     write_in_order(adb, ["a", "b", "c", "d", "e"])
     db = couch.database(dbname)
     items, fields, more = await drain(couch, lambda: db.iter_changes(since=0, limit=3,
-                                                                     heartbeat=200))
+                                                                     heartbeat=HEARTBEAT))
     assert len(items) == 3 and len(set(ids_of(items))) == 3
     assert more == []
     assert fields["last_seq"] is not None
@@ -606,7 +613,7 @@ async def test_callback_feed_limit_holds_even_when_the_server_ignores_it(
     write_in_order(adb, ["a", "b", "c"])
     db = couch.database(dbname)
     calls = Calls()
-    feed = db.changes(feed="continuous", callback=calls, since=0, limit=2, heartbeat=200)
+    feed = db.changes(feed="continuous", callback=calls, since=0, limit=2, heartbeat=HEARTBEAT)
     try:
         await until(lambda: not listening(feed), timeout=10)
         assert len(calls.ids()) == 2

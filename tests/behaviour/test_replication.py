@@ -141,7 +141,7 @@ async def test_a_crashing_replication_fails_with_couchdbs_reason(c: Client, serv
     replication = await c.call(c.couch.start_replication, "c2test-missing-source", target)
     try:
         with pytest.raises(ReplicationFailed) as failure:
-            await c.call(replication.wait, interval=0.1, timeout=30)
+            await c.call(replication.wait, interval=0.02, timeout=30)
         assert failure.value.state in ("crashing", "error")
         assert "db_not_found" in (failure.value.reason or "")
         assert failure.value.doc_id == replication.id
@@ -241,7 +241,7 @@ async def test_wait_fails_with_the_reason_of_a_crash(remote: Client, fault: Faul
     # and a replication that does not end within the timeout
     fault.add("GET", SCHEDULER, [entry("running", 1)])
     with pytest.raises(Timeout):
-        await remote.call(replication.wait, interval=0.01, timeout=0.1)
+        await remote.call(replication.wait, interval=0.01, timeout=0.05)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from corduroy2 import ConnectError, NotFound, PreconditionFailed
+from corduroy2 import ConnectError, NotFound, PreconditionFailed, Retry
 
 from .conftest import Client, make_couch
 
@@ -58,8 +58,8 @@ async def test_db_checks_existence(c: Client, admin) -> None:
 
 
 async def test_connection_refused(c: Client) -> None:
-    # Port 1 on loopback: nothing listens there.
-    dead = make_couch(c.backend, "http://127.0.0.1:1", None)
+    # Port 1 on loopback: nothing listens there. (Refused connections are retried: quickly.)
+    dead = make_couch(c.backend, "http://127.0.0.1:1", None, retry=Retry(base=0.01))
     with pytest.raises(ConnectError):
         await c.call(dead.info)
     dead.close()

@@ -183,6 +183,7 @@ class FaultServer:
     def stop(self, timeout: float = 5.0) -> None:
         """Close all sockets and join all threads; idempotent."""
         self._stopping.set()
+        wake_accept(self._listener)
         self._acceptor.join(timeout)
         self._listener.close()
         # After the acceptor has ended no new connection can be registered.
@@ -400,6 +401,15 @@ def _keep_alive(req: Received) -> bool:
     if "close" in tokens:
         return False
     return req.version != "HTTP/1.0" or "keep-alive" in tokens
+
+
+def wake_accept(listener: socket.socket) -> None:
+    """Wake a thread blocked in ``listener.accept()`` now: on Linux, shutting a listening socket
+    down makes accept() fail at once (elsewhere the accept timeout does it, a little later)."""
+    try:
+        listener.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _linger_close(conn: socket.socket, timeout: float = 2.0) -> None:

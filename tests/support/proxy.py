@@ -17,6 +17,8 @@ import socket
 import threading
 from types import TracebackType
 
+from .faultserver import wake_accept
+
 
 class Proxy:
     """Forwards ``127.0.0.1:<port>`` to ``target`` (host, port)."""
@@ -108,6 +110,7 @@ class Proxy:
 
     def stop(self) -> None:
         self._stopped.set()
+        wake_accept(self._listener)
         self._listener.close()
         with self._lock:
             pairs, self._pairs = list(self._pairs), []

@@ -13,4 +13,4 @@ async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.005)  # short: a test waits this long again after each change
