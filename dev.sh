@@ -29,7 +29,7 @@ ensure_venv() {
     done
     digest=$(cat "${files[@]}" /dev/null | sha256sum | cut -d' ' -f1)
     if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$digest" ]]; then
-        "$VENV/bin/pip" install -q -e ".[tornado,twisted,curl,httptools,test,docs,cli]"
+        "$VENV/bin/pip" install -q -e ".[tornado,twisted,curl,aiohttp,httptools,test,docs,cli]"
         echo "$digest" >"$STAMP"
     fi
 }

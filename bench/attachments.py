@@ -177,6 +177,26 @@ def measure(backend: str, mode: str, url: str, body_file: str) -> dict[str, Any]
             await client.fetch(request)
         return size
 
+    async def aiohttp_raw(up: bool) -> int:
+        import aiohttp
+
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout()) as session:
+            if up:
+                async def pieces() -> Any:
+                    with open(body_file, "rb") as f:
+                        while piece := f.read(PIECE):
+                            yield piece
+
+                async with session.put(url + PATH, data=pieces(),
+                                       headers={"Content-Length": str(size)}) as response:
+                    await response.read()
+                return size
+            got = 0
+            async with session.get(url + PATH) as response:
+                async for chunk in response.content.iter_any():
+                    got += len(chunk)
+            return got
+
     async def twisted_raw(up: bool) -> int:
         from twisted.internet import defer, protocol, reactor
         from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
@@ -238,7 +258,8 @@ def measure(backend: str, mode: str, url: str, body_file: str) -> dict[str, Any]
     if backend == "blocking":
         n = blocking_raw(up) if mode.startswith("raw") else blocking_corduroy(up)
     elif mode.startswith("raw"):
-        raw = tornado_raw if backend.startswith("tornado") else twisted_raw
+        raw = (aiohttp_raw if backend == "tornado-aiohttp"
+               else tornado_raw if backend.startswith("tornado") else twisted_raw)
         n = loop.run_until_complete(raw(up))
     else:
         n = loop.run_until_complete(corduroy_up() if up else corduroy_down())

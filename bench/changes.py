@@ -105,7 +105,13 @@ def measure(backend: str, mode: str, url: str, changes: int) -> dict[str, Any]:
 
     async def run_async() -> None:
         if mode == "raw":
-            if backend.startswith("tornado"):
+            if backend == "tornado-aiohttp":
+                import aiohttp
+                async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout()) as session:
+                    async with session.get(url + PATH) as response:
+                        async for chunk in response.content.iter_any():
+                            lines(chunk)
+            elif backend.startswith("tornado"):
                 from tornado.httpclient import HTTPRequest
                 if backend == "tornado-curl":
                     from tornado.curl_httpclient import CurlAsyncHTTPClient as cls

@@ -18,6 +18,8 @@ both. With two CPUs or more, nginx is pinned to CPU 0 and the client to the last
 
 - tornado-curl / tornado-simple: ``CurlAsyncHTTPClient`` / ``SimpleAsyncHTTPClient``
   ``.fetch`` + ``orjson.loads`` vs ``corduroy2.tornado_io`` ``db.get`` (Future).
+- tornado-aiohttp: aiohttp's ``session.get`` + ``read`` + ``orjson.loads`` in a task per
+  request, on the same loop, vs ``corduroy2.tornado_io`` ``Couch(client="aiohttp")``.
 - twisted: ``Agent`` on ``HTTPConnectionPool(persistent=True)`` + ``readBody`` +
   ``orjson.loads`` vs ``corduroy2.twisted_io`` ``db.get`` (Deferred). On the shared asyncio loop
   (Twisted's asyncioreactor, as the tests run), and on Twisted's default (epoll) reactor in a
@@ -86,7 +88,8 @@ Done = Callable[[BaseException | None], None]
 Issue = Callable[[Done], None]  # start one request; done(error or None) when it completes
 Get = Callable[[int], None]  # one blocking request on thread i's connection
 
-ALL = ["tornado-curl", "tornado-simple", "twisted", "twisted-epoll", "twisted-httptools",
+ALL = ["tornado-curl", "tornado-simple", "tornado-aiohttp", "twisted", "twisted-epoll",
+       "twisted-httptools",
        "blocking"]
 CONCURRENCY = (1, 32)
 
@@ -304,6 +307,34 @@ def tornado_corduroy(settings: Settings, concurrency: int,
     return issue, couch.close
 
 
+def aiohttp_raw(settings: Settings, concurrency: int) -> tuple[Issue, Callable[[], Any]]:
+    """aiohttp itself on the same loop: a task per request, as the harness issues requests by
+    callback (corduroy2's aiohttp transport runs one per request too)."""
+    import asyncio
+
+    import aiohttp
+
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
+                                    skip_auto_headers=("Accept-Encoding", "User-Agent"))
+    url = settings.url + DOC_PATH
+    headers = dict(REQUEST_HEADERS)
+
+    async def get() -> None:
+        async with session.get(url, headers=headers) as response:
+            body = await response.read()
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}")
+        _check(orjson.loads(body))
+
+    def issue(done: Done) -> None:
+        def finished(task: Any) -> None:
+            done(task.exception())
+
+        asyncio.ensure_future(get()).add_done_callback(finished)
+
+    return issue, session.close
+
+
 def twisted_raw(settings: Settings, concurrency: int) -> tuple[Issue, Callable[[], Any]]:
     from twisted.internet import reactor
     from twisted.web.client import Agent, HTTPConnectionPool, readBody
@@ -421,6 +452,8 @@ class _Client:
 
 def _async_client(settings: Settings, backend: str, side: str,
                   concurrency: int) -> tuple[Issue, Callable[[], Any]]:
+    if backend == "tornado-aiohttp" and side == "raw":
+        return aiohttp_raw(settings, concurrency)
     if backend.startswith("tornado-"):
         kind = backend.split("-", 1)[1]
         maker = tornado_raw if side == "raw" else tornado_corduroy

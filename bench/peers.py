@@ -8,7 +8,8 @@ into the project's environment) and that folder is put at the *end* of ``sys.pat
 measuring processes, so corduroy2's own dependencies keep their installed versions.
 
 Each client is driven the way its users write code, each measurement in a fresh process
-(clients pinned to the last CPU, the server to CPU 0), the best of ``--repeats``:
+(clients pinned to the last CPU, the server to CPU 0), the best of ``--repeats`` rounds (each
+round runs every client once, so that a machine whose speed drifts slows all of them alike):
 
 * ``get1`` / ``get32``: ``GET /db/doc1`` and decode, one at a time / 32 at once (async clients:
   32 coroutines; sync clients: 32 threads), served by nginx (bench/nginx.py) with CouchDB's
@@ -76,15 +77,19 @@ def _run(client: str, loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
     return loop.run_until_complete(coro)
 
 
-def _corduroy(client: str, url: str) -> Any:
+def _corduroy(client: str, url: str, connections: int = 10) -> Any:
+    """A corduroy2 Couch on ``client``'s backend, with as many connections as the run has
+    requests at once (as the aiohttp floor has; aiocouch keeps aiohttp's default of 100)."""
+    kwargs = {"max_connections": max(connections, 10)}
     if client.startswith("tornado"):
         from corduroy2.tornado_io import Couch
-        return Couch(url, client=client.split("-")[1])
+        return Couch(url, client=client.split("-")[1], **kwargs)
     if client.startswith("twisted"):
         from corduroy2.twisted_io import Couch as TCouch
-        return TCouch(url, client="httptools" if client == "twisted-httptools" else "agent")
+        return TCouch(url, client="httptools" if client == "twisted-httptools" else "agent",
+                      **kwargs)
     from corduroy2.blocking import Couch as BCouch
-    return BCouch(url)
+    return BCouch(url, **kwargs)
 
 
 def _ibm(url: str) -> Any:
@@ -105,7 +110,7 @@ def measure_get(client: str, url: str, n: int, concurrency: int) -> float:
     if client in SYNC:
         def make_get() -> Callable[[], Any]:
             if client == "blocking":
-                db = _corduroy(client, url).database("db")
+                db = _corduroy(client, url, concurrency).database("db")
                 return lambda: db.get("doc1")
             if client == "couchdb-python":
                 import couchdb
@@ -149,7 +154,7 @@ def measure_get(client: str, url: str, n: int, concurrency: int) -> float:
             async def get() -> Any:
                 return (await adb.get("doc1")).data
         else:
-            db = _corduroy(client, url).database("db")
+            db = _corduroy(client, url, concurrency).database("db")
 
             async def get() -> Any:
                 return await db.get("doc1")
@@ -325,8 +330,15 @@ def main(argv: list[str]) -> int:
             print(f"\n{workload} ({n:,} {'requests' if workload.startswith('get') else 'items'})")
             print(f"  {'client':<16}{unit:>12}{'x floor':>9}{'peak MB':>9}")
             floor = None
-            for client in clients_for(workload):
-                results = [run_one(workload, client, url, n) for _ in range(args.repeats)]
+            clients = clients_for(workload)
+            # Round-robin, one process of each client per round: the machine's speed drifts
+            # (other load), and a drift then hits every client alike instead of a few.
+            runs: dict[str, list[dict[str, Any] | str]] = {client: [] for client in clients}
+            for _ in range(args.repeats):
+                for client in clients:
+                    runs[client].append(run_one(workload, client, url, n))
+            for client in clients:
+                results = runs[client]
                 good = [r for r in results if isinstance(r, dict)]
                 if not good:
                     print(f"  {client:<16}  failed: {results[0]}", flush=True)

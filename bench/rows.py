@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-BACKENDS = ["tornado-curl", "tornado-simple", "twisted", "blocking"]
+BACKENDS = ["tornado-curl", "tornado-simple", "tornado-aiohttp", "twisted", "blocking"]
 REPO = Path(__file__).resolve().parent.parent
 PATH = "/db/_design/d/_view/v"
 
@@ -130,6 +130,10 @@ def preload(backend: str) -> None:
         import corduroy2.tornado_io  # noqa: F401
         if backend == "tornado-curl":
             import tornado.curl_httpclient  # noqa: F401
+        if backend == "tornado-aiohttp":
+            import aiohttp  # noqa: F401
+
+            import corduroy2.tornado_io.aiohttp_backend  # noqa: F401
     elif backend == "twisted":
         import twisted.web.client  # noqa: F401
 
@@ -225,7 +229,12 @@ def measure(backend: str, mode: str, url: str, rows: int) -> dict[str, Any]:
         return counted[0]
 
     async def raw() -> int:
-        if backend.startswith("tornado"):
+        if backend == "tornado-aiohttp":
+            import aiohttp
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout()) as session:
+                async with session.get(url + PATH) as response:
+                    body = await response.read()
+        elif backend.startswith("tornado"):
             from tornado.httpclient import HTTPRequest
             if backend == "tornado-curl":
                 from tornado.curl_httpclient import CurlAsyncHTTPClient as cls

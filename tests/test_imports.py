@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-FRAMEWORKS = ("tornado", "twisted", "pycurl")
+FRAMEWORKS = ("tornado", "twisted", "pycurl", "aiohttp")
 
 # Prints the framework modules present in sys.modules after importing MODULES (and every
 # submodule of corduroy2.protocol).
@@ -36,7 +36,8 @@ _PROBE = textwrap.dedent(
                 importlib.import_module(info.name)
                 loaded.append(info.name)
     frameworks = sorted(
-        m for m in sys.modules if m.split(".")[0] in ("tornado", "twisted", "pycurl")
+        m for m in sys.modules
+        if m.split(".")[0] in ("tornado", "twisted", "pycurl", "aiohttp")
     )
     print(json.dumps({"loaded": loaded, "frameworks": frameworks}))
     """
@@ -90,6 +91,35 @@ def test_tornado_io_does_not_import_twisted() -> None:
     frameworks = _probe("corduroy2.tornado_io")["frameworks"]
     assert "tornado" in frameworks  # the probe sees what it should
     assert [m for m in frameworks if m.split(".")[0] == "twisted"] == []
+
+
+def test_tornado_io_imports_aiohttp_only_for_its_client() -> None:
+    assert [m for m in _probe("corduroy2.tornado_io")["frameworks"]
+            if m.split(".")[0] == "aiohttp"] == []
+
+
+def test_aiohttp_client_without_aiohttp() -> None:
+    """Without aiohttp the Tornado front door works, and only ``client="aiohttp"`` fails, when
+    the Couch is made, saying what to install."""
+    pytest.importorskip("tornado", reason="tornado is not installed")
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["aiohttp"] = None  # as if it were not installed: importing it fails
+        from corduroy2.tornado_io import Couch
+        Couch("http://127.0.0.1:5984", client="simple").close()
+        try:
+            Couch("http://127.0.0.1:5984", client="aiohttp")
+        except ImportError as exc:
+            print(exc)
+        """
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "client='aiohttp' needs aiohttp: pip install corduroy2[aiohttp]" in proc.stdout
 
 
 def test_twisted_io_does_not_import_tornado_or_pycurl() -> None:

@@ -49,7 +49,7 @@ except ImportError:  # pycurl is optional: the simple client is used without it
     CurlAsyncHTTPClient = None  # type: ignore[assignment,misc]
     CurlError = None  # type: ignore[assignment,misc]
 
-__all__ = ["TornadoBackend", "HAS_CURL"]
+__all__ = ["LoopBackend", "TornadoBackend", "make_backend", "CLIENTS", "HAS_CURL"]
 
 HAS_CURL = CurlAsyncHTTPClient is not None
 
@@ -415,15 +415,67 @@ class _LoopCall:
         self._loop.remove_timeout(self._handle)
 
 
-class TornadoBackend(Backend):
-    """``client="curl"`` (the default when pycurl imports) or ``"simple"``."""
+class LoopBackend(Backend):
+    """What every transport of the Tornado front door shares: its promises are
+    asyncio-compatible Tornado Futures, and its timers run on the current loop. A transport
+    adds ``send`` and ``close``."""
+
+    def run(self, start: Start) -> Future[Any]:
+        future: _CallFuture[Any] = _CallFuture()
+        future.call = start(future.settle)
+        return future
+
+    def when_done(self, value: Any, done: Callable[[Outcome], None]) -> bool:
+        if not isinstance(value, Awaitable):
+            return False
+        future = gen.convert_yielded(value)  # Futures, coroutines, and yieldable lists
+
+        def settled(f: Future[Any]) -> None:
+            if f.cancelled():
+                done(Outcome(error=asyncio.CancelledError()))
+            elif f.exception() is not None:
+                done(Outcome(error=f.exception()))
+            else:
+                done(Outcome(value=f.result()))
+
+        future.add_done_callback(settled)
+        return True
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> Cancel:
+        loop = IOLoop.current()
+        return _LoopCall(loop, loop.call_later(delay, fn))
+
+
+#: The transports of the Tornado front door, by the name ``Couch(client=...)`` takes.
+CLIENTS = ("curl", "simple", "aiohttp")
+
+
+def make_backend(options: TransportOptions, client: str | None) -> LoopBackend:
+    """The transport ``client`` names (None: curl when pycurl imports, else simple). aiohttp
+    is imported only when it is asked for, so the front door works without it."""
+    if client is not None and client not in CLIENTS:
+        raise ValueError(f"client must be one of {', '.join(map(repr, CLIENTS))}, "
+                         f"not {client!r}")
+    if client == "aiohttp":
+        try:
+            from .aiohttp_backend import AiohttpBackend
+        except ImportError as exc:
+            raise ImportError("client='aiohttp' needs aiohttp: pip install "
+                              f"corduroy2[aiohttp] ({exc})") from exc
+        return AiohttpBackend(options)
+    return TornadoBackend(options, client)
+
+
+class TornadoBackend(LoopBackend):
+    """``client="curl"`` (the default when pycurl imports) or ``"simple"``: Tornado's
+    ``AsyncHTTPClient``."""
 
     def __init__(self, options: TransportOptions | None = None, client: str | None = None) -> None:
         super().__init__(options)
         if client is None:
             client = "curl" if HAS_CURL else "simple"
         if client not in ("curl", "simple"):
-            raise ValueError(f"client must be 'curl' or 'simple', not {client!r}")
+            raise ValueError(f"TornadoBackend's client is 'curl' or 'simple', not {client!r}")
         if client == "curl" and not HAS_CURL:
             raise ImportError("client='curl' needs pycurl: pip install corduroy2[curl]")
         self.client = client
@@ -526,31 +578,6 @@ class TornadoBackend(Backend):
         if not self._curl:
             abandon_with(tornado_request, transfer)
         return tornado_request
-
-    def run(self, start: Start) -> Future[Any]:
-        future: _CallFuture[Any] = _CallFuture()
-        future.call = start(future.settle)
-        return future
-
-    def when_done(self, value: Any, done: Callable[[Outcome], None]) -> bool:
-        if not isinstance(value, Awaitable):
-            return False
-        future = gen.convert_yielded(value)  # Futures, coroutines, and yieldable lists
-
-        def settled(f: Future[Any]) -> None:
-            if f.cancelled():
-                done(Outcome(error=asyncio.CancelledError()))
-            elif f.exception() is not None:
-                done(Outcome(error=f.exception()))
-            else:
-                done(Outcome(value=f.result()))
-
-        future.add_done_callback(settled)
-        return True
-
-    def call_later(self, delay: float, fn: Callable[[], None]) -> Cancel:
-        loop = IOLoop.current()
-        return _LoopCall(loop, loop.call_later(delay, fn))
 
     def close(self) -> None:
         if self._http is not None:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from ..behaviour.conftest import make_couch
+from .conftest import BACKENDS
 from ..conftest import LOOP
 
 ROWS = 400_000  # about 31 MB of JSON: far more than socket buffers plus high_water rows
@@ -64,8 +65,7 @@ class ViewStreamer:
         self.listener.close()
 
 
-@pytest.mark.parametrize("backend", ["tornado-curl", "tornado-simple", "twisted", "twisted-httptools",
-                                     "blocking"])
+@pytest.mark.parametrize("backend", BACKENDS)
 async def test_slow_reader_pauses_the_transport(backend: str) -> None:
     server = ViewStreamer()
     couch = make_couch(backend, server.url, None, retry=False)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from ..support.faultserver import Reply
-from .conftest import Harness, WatchedFaultServer
+from .conftest import TORNADO, Harness, WatchedFaultServer
 
 VALUE = {"couchdb": "Welcome", "version": "3.3.3"}
 ROWS = [{"id": f"d{i:03}", "key": i, "value": None} for i in range(40)]
@@ -97,7 +97,7 @@ async def test_twisted_cancel_aborts_connection(h: Harness, fault: WatchedFaultS
 # failure must not surface as "Future exception was never retrieved".
 
 
-@pytest.mark.parametrize("backend", ["tornado-curl", "tornado-simple"])
+@pytest.mark.parametrize("backend", TORNADO)
 @pytest.mark.parametrize("how", ["cancel", "wait_for"])
 @pytest.mark.parametrize("then", ["replies", "drops"])
 async def test_tornado_cancel_buffered(request: pytest.FixtureRequest, h: Harness,
@@ -126,7 +126,7 @@ async def test_tornado_cancel_buffered(request: pytest.FixtureRequest, h: Harnes
     assert _problems(caplog) == []
 
 
-@pytest.mark.parametrize("backend", ["tornado-curl", "tornado-simple"])
+@pytest.mark.parametrize("backend", TORNADO)
 async def test_tornado_cancel_streamed_aborts(h: Harness, fault: WatchedFaultServer) -> None:
     """A cancelled streamed request is torn down (curl: the progress callback, about once a
     second; simple: at the next chunk), so the server sees the connection close; nothing more
@@ -148,7 +148,7 @@ async def test_tornado_cancel_streamed_aborts(h: Harness, fault: WatchedFaultSer
 
 
 
-@pytest.mark.parametrize("backend", ["tornado-curl", "tornado-simple"])
+@pytest.mark.parametrize("backend", TORNADO)
 async def test_tornado_cancel_streamed_is_quiet(request: pytest.FixtureRequest, h: Harness,
                                                 fault: WatchedFaultServer,
                                                 caplog: pytest.LogCaptureFixture) -> None:

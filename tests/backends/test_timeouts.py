@@ -30,7 +30,7 @@ from corduroy2.protocol.responses import Headers
 
 from ..conftest import LOOP
 from ..support.faultserver import FullBacklog, Reply
-from .conftest import CALL_TIMEOUT, Harness, WatchedFaultServer
+from .conftest import CALL_TIMEOUT, TORNADO, Harness, WatchedFaultServer
 
 JSON = {"Content-Type": "application/json"}
 VALUE = {"couchdb": "Welcome", "pad": "x" * 200}
@@ -257,7 +257,7 @@ async def test_idle_timeout_not_counted_while_paused(h: Harness,
     assert b"".join(v for k, v in sink.events if k == "data") == body
 
 
-@pytest.mark.parametrize("backend", ["tornado-curl", "tornado-simple", "twisted-httptools"])
+@pytest.mark.parametrize("backend", [*TORNADO, "twisted-httptools"])
 async def test_timed_out_in_the_queue_is_never_sent(h: Harness,
                                                    fault: WatchedFaultServer) -> None:
     """Tornado and Twisted's httptools client queue requests beyond max_connections. One whose idle timeout expires while

@@ -410,3 +410,16 @@ def test_a_long_idle_timeout_on_a_plain_curl_request_is_left_to_libcurl() -> Non
                             curl=curl)
         assert "streaming_callback" in watched.callbacks(object() if curl else None)
     assert timers  # watched on the loop
+
+
+def test_aiohttp_retry_switch_is_as_assumed() -> None:
+    """_repairs.without_retries: ``ClientSession._request`` sends an idempotent request again
+    only while ``self._retry_connection`` is true (test_transport.py's
+    test_drop_on_fresh_connection[tornado-aiohttp-*] shows the effect)."""
+    aiohttp = pytest.importorskip("aiohttp", reason="aiohttp is not installed")
+    assert "_retry_connection" in aiohttp.ClientSession.ATTRS
+    source = inspect.getsource(aiohttp.ClientSession._request)
+    assert "self._retry_connection and method in IDEMPOTENT_METHODS" in source
+    assert "if not retry_persistent_connection:" in source
+    init = inspect.getsource(aiohttp.ClientSession.__init__)
+    assert "self._retry_connection: bool = True" in init

@@ -405,14 +405,15 @@ async def test_header_value_with_a_line_break_is_not_sent(h: Harness,
 # -- a Tornado Couch and its event loop --------------------------------------------------------
 
 
-@pytest.mark.parametrize("client", ["simple", "curl"])
+@pytest.mark.parametrize("client", ["simple", "curl", "aiohttp"])
 def test_a_tornado_couch_follows_its_caller_to_a_new_event_loop(
         fault: WatchedFaultServer, client: str) -> None:
     """A script may call asyncio.run() more than once with one Couch: each run has a new loop,
     and the HTTP client made on the first (closed by then) must not be used on the second."""
     pytest.importorskip("tornado", reason="Tornado is not installed")
-    if client == "curl":
-        pytest.importorskip("pycurl", reason="pycurl is not installed")
+    if client in ("curl", "aiohttp"):
+        pytest.importorskip("pycurl" if client == "curl" else "aiohttp",
+                            reason=f"{client} is not installed")
     import asyncio
 
     from corduroy2.tornado_io import Couch
@@ -449,3 +450,19 @@ async def test_a_header_that_cannot_be_sent_is_refused_every_time(
         else:
             assert await h.run(couch.runner.call, request, None) == {"ok": True}
     assert len(fault.received("GET", "/")) == 1
+
+
+async def test_the_transport_keeps_no_cookies_and_asks_for_no_compression(
+        h: Harness, fault: WatchedFaultServer) -> None:
+    """Sessions are the pipeline's business: a transport must not store a Set-Cookie and send
+    it back by itself (aiohttp's session would, with its default cookie jar). Nor may it ask
+    for compression: a compressing server holds a live feed back until its buffer fills."""
+    fault.add("GET", "/", Reply.json(VALUE, headers={"Set-Cookie": "AuthSession=abc; Path=/"}))
+    # A host name: aiohttp's cookie jar ignores cookies of IP addresses.
+    couch = h.couch(fault.url.replace("127.0.0.1", "localhost"))
+    assert await h.run(couch.info) == VALUE
+    assert await h.run(couch.info) == VALUE
+    for received in fault.requests:
+        assert "cookie" not in received.headers, received.headers
+        # http.client says "identity": no compression, explicitly.
+        assert received.headers.get("accept-encoding", "identity") == "identity", received.headers

@@ -164,6 +164,12 @@ class FaultServer:
         return [r for r in self.requests
                 if method in (None, r.method) and path in (None, r.path)]
 
+    @property
+    def open_connections(self) -> int:
+        """Connections the server holds open now (a client's kept-alive ones, say)."""
+        with self._lock:
+            return len(self._conns)
+
     def drop_connections(self) -> None:
         """Close every open connection now (e.g. to stale a client's pool)."""
         with self._lock:
