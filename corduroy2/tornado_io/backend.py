@@ -15,7 +15,6 @@ whatever its status; code 599 is a failed exchange. What Tornado has no public A
 from __future__ import annotations
 
 import asyncio
-import collections
 import errno
 import functools
 import math
@@ -187,9 +186,7 @@ class _Transfer:
     on, so while paused it is handed a Future that ``resume()`` resolves. The curl transfer is
     paused with ``curl_easy_pause``. Tornado's curl buffer unpauses the transfer after pausing
     it itself (when a megabyte waits in it), which undoes our pause too: a chunk that arrives
-    while we are paused pauses the transfer again. What that buffer still hands over once we
-    are paused is kept as bytes and delivered first on ``resume()``, and so is the fetch's end
-    if it comes meanwhile.
+    while we are paused pauses the transfer again.
     """
 
     def __init__(self, request: Request, sink: Sink, idle: float | None,
@@ -200,10 +197,6 @@ class _Transfer:
         self.abort: Callable[[], None] | None = None
         self._paused = False
         self._waiter: Future[None] | None = None  # simple client, while paused
-        # curl, while paused: the pieces Tornado still hands over, kept as bytes until resume()
-        # (see on_chunk), and the fetch's end if it came meanwhile.
-        self._held: collections.deque[bytes] | None = None
-        self._held_end: HTTPResponse | None = None
         self._curl: CurlRun | None = None
         # A streamed request body (an attachment upload): pieces read as they are sent.
         self.upload = (_Upload(request.body, self.heard)
@@ -276,16 +269,6 @@ class _Transfer:
         if not self._started:
             self._early.append(chunk)
             return None
-        if self._held is not None:
-            # Paused, and Tornado's curl buffer hands over what it has queued (up to 1 MiB)
-            # whatever curl_easy_pause said: kept as bytes, not parsed into rows that would
-            # wait in an iterator's queue and be scanned by every collection meanwhile
-            # (async for over a feed, bench changes: 10,878 -> 10,528 instructions a change;
-            # timed, 0.55 -> 0.63 of the callback feed's rate).
-            self._held.append(chunk)
-            if self._curl is not None:
-                self._curl.pause()  # Tornado's buffer may have unpaused the transfer
-            return None
         self._sink.on_data(chunk)
         if not self._paused:
             return None
@@ -332,9 +315,6 @@ class _Transfer:
         of the exchange."""
         if self.cancelled:
             return
-        if self._held is not None:  # what came before the end is delivered first (resume)
-            self._held_end = response
-            return
         if response.code == 599 and response.error is not None:
             upload_error = self.upload.error if self.upload is not None else None
             self.fail(upload_error or _map_error(response.error, self._request))
@@ -373,7 +353,6 @@ class _Transfer:
         if self.cancelled:
             return
         self.cancelled = True
-        self._held = self._held_end = None
         if self.idle_timeout:
             self._silences.unwatch(self)
         self.resume()
@@ -387,8 +366,6 @@ class _Transfer:
         if self.idle_timeout:
             self._silences.unwatch(self)
         if self._curl is not None:
-            if self._held is None:
-                self._held = collections.deque()
             self._curl.pause()
 
     def resume(self) -> None:
@@ -401,18 +378,6 @@ class _Transfer:
             waiter, self._waiter = self._waiter, None
             if not waiter.done():
                 waiter.set_result(None)
-        if self._held is not None and not self.cancelled:
-            # What came while paused first, in order: a piece may pause the transfer again.
-            held = self._held
-            while held and not self._paused and not self.cancelled:
-                self._sink.on_data(held.popleft())
-            if self._paused or self.cancelled:
-                return
-            self._held = None
-            if self._held_end is not None:
-                response, self._held_end = self._held_end, None
-                self.fetched(response)
-                return
         if self._curl is not None:
             self._curl.resume()
 
