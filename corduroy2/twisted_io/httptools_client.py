@@ -44,6 +44,7 @@ from ..errors import ConnectError, CouchError, ResponseCut, Timeout, TransportEr
 from ..protocol.bodies import BodySource
 from ..protocol.requests import Request, check_headers
 from ..protocol.responses import Headers
+from . import _repairs
 from .backend import ATTEMPT_DELAY, DeferredBackend, StreamProducer, refusal
 from .tls import MissingTLS, TLSPolicy, is_tls_error, twisted_ssl
 
@@ -368,13 +369,14 @@ class _Connection(Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _HeadersOnly):
+            raised = _repairs.callback_error(exc)
+            if isinstance(raised, _HeadersOnly):
                 self.parser = httptools.HttpResponseParser(self)
                 return
             # A sink raised: corduroy2's own sinks do not, so this is a bug worth a trace;
             # the response cannot be followed any further.
-            log.error("a response's consumer failed", exc_info=exc.__context__ or exc)
-            self._invalid(exchange, f"its consumer failed: {_text(exc.__context__ or exc)}")
+            log.error("a response's consumer failed", exc_info=raised or exc)
+            self._invalid(exchange, f"its consumer failed: {_text(raised or exc)}")
         except httptools.HttpParserError as exc:
             self._invalid(exchange, f"invalid HTTP response: {_text(exc)}")
 
