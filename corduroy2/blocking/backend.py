@@ -36,8 +36,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
-from urllib.parse import urlsplit
+from typing import Any
 
 from ..backend import (
     Backend, Cancel, Outcome, Sink, Start, StopTransfer, Transfer, TransportOptions, ssl_context,
@@ -47,6 +46,7 @@ from ..errors import ConnectError, CouchError, ResponseCut, Timeout, TransportEr
 from ..protocol.bodies import BodySource
 from ..protocol.requests import Request, check_headers
 from ..protocol.responses import Headers
+from ..protocol.urls import Address, address_and_target
 from ._repairs import HeadCut, Response, StreamResponse, put_header_lines
 
 __all__ = ["BlockingBackend"]
@@ -75,15 +75,6 @@ class _FinishedTransfer:
 _FINISHED_TRANSFER = _FinishedTransfer()
 
 
-class _Origin(NamedTuple):
-    """The server a request goes to; the pool's key."""
-
-    scheme: str
-    host: str
-    port: int
-    netloc: str  # as the URL spells it, for messages
-
-
 class BlockingBackend(Backend):
     """Performs each request synchronously inside :meth:`send`.
 
@@ -101,7 +92,7 @@ class BlockingBackend(Backend):
         super().__init__(options)
         # Idle keep-alive connections per server. No lock: a deque's append and pop are atomic
         # (a lock taken twice per request made 32 threads queue on it).
-        self._idle: dict[_Origin, collections.deque[_Connection]] = {}
+        self._idle: dict[Address, collections.deque[_Connection]] = {}
         # Custom TLS settings are checked now (bad files fail when the Couch is made); the
         # default context costs ~25 ms, so it waits for the first HTTPS connection.
         self._ssl = ssl_context(self.options) if self.options.custom_tls else None
@@ -141,7 +132,7 @@ class BlockingBackend(Backend):
         sink.on_end()
         return _FINISHED_TRANSFER
 
-    def _ask(self, request: Request, origin: _Origin, target: str, lines: bytes,
+    def _ask(self, request: Request, origin: Address, target: str, lines: bytes,
              budget: _Budget) -> tuple[_Connection, http.client.HTTPResponse]:
         """Send ``request`` and read the response head, on an idle connection if there is one.
         A failed connection is closed."""
@@ -164,7 +155,7 @@ class BlockingBackend(Backend):
                 conn.close()
                 raise
 
-    def _checkout(self, request: Request, origin: _Origin,
+    def _checkout(self, request: Request, origin: Address,
                   budget: _Budget) -> tuple[_Connection, bool]:
         """An idle connection to ``origin`` (reused: True), else a new one (False)."""
         idle = self._idle.get(origin)
@@ -175,7 +166,7 @@ class BlockingBackend(Backend):
                 pass
         return self._connect(request, origin, budget), False
 
-    def _connect(self, request: Request, origin: _Origin, budget: _Budget) -> _Connection:
+    def _connect(self, request: Request, origin: Address, budget: _Budget) -> _Connection:
         try:
             timeout = budget.connect_wait()
             conn: http.client.HTTPConnection
@@ -200,7 +191,7 @@ class BlockingBackend(Backend):
         except _NATIVE as exc:
             raise _mapped(_CONNECTING, exc, request, budget, netloc=origin.netloc) from exc
 
-    def _checkin(self, origin: _Origin, conn: _Connection,
+    def _checkin(self, origin: Address, conn: _Connection,
                  response: http.client.HTTPResponse) -> None:
         """Keep ``conn`` for the next request to ``origin``, unless the response ended it
         or enough connections are idle already."""
@@ -300,16 +291,12 @@ def _timeval(seconds: float | None) -> bytes:
 # -- the steps of one request --------------------------------------------------------------
 
 
-def _prepare(request: Request) -> tuple[_Origin, str, bytes]:
+def _prepare(request: Request) -> tuple[Address, str, bytes]:
     """What sending ``request`` takes, before anything is sent: its server, its target (path
     and query) and its header lines (for :func:`~._repairs.put_header_lines`). TransportError
     if a header cannot be sent: the message names it, never its value (it may be a
     credential)."""
-    # Our URLs are built from a base URL that urlsplit accepted and quoted paths and queries
-    # (no fragment, no whitespace), so the target is all that follows the origin.
-    url = request.url
-    slash = url.find("/", url.find("//") + 2)
-    origin, target = (_origin(url), "/") if slash < 0 else (_origin(url[:slash]), url[slash:])
+    origin, target = address_and_target(request.url)
     try:
         lines = _header_lines(origin.netloc, request.headers)
     except ValueError as exc:
@@ -332,15 +319,6 @@ def _header_lines(netloc: str, fields: tuple[tuple[str, str], ...]) -> bytes:
         host = netloc.encode("idna")
     own = (f"{name}: {value}".encode("latin-1") for name, value in fields)
     return b"\r\n".join((b"Host: " + host, b"Accept-Encoding: identity", *own))
-
-
-@functools.lru_cache(maxsize=32)
-def _origin(prefix: str) -> _Origin:
-    """The server named by ``prefix``, a URL up to its path. Cached: a Couch talks to one
-    server (parsing it on every request: +18,600 instructions per request)."""
-    parts = urlsplit(prefix)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return _Origin(parts.scheme, parts.hostname or "", port, parts.netloc)
 
 
 def _write(conn: _Connection, reused: bool, request: Request, target: str,

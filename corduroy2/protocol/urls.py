@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit, unquote
 
 import orjson
@@ -18,6 +18,8 @@ __all__ = [
     "doc_path",
     "encode_query",
     "split_credentials",
+    "Address",
+    "address_and_target",
 ]
 
 SYSTEM_DATABASES = frozenset({"_users", "_replicator", "_global_changes"})
@@ -154,3 +156,32 @@ def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
         creds = (unquote(user), unquote(password))
     path = parts.path.rstrip("/")
     return urlunsplit((parts.scheme, netloc, path, "", "")), creds
+
+
+class Address(NamedTuple):
+    """The server a request URL names, for a transport that keeps its own connections (its
+    pools' key)."""
+
+    scheme: str
+    host: str
+    port: int
+    netloc: str  # as the URL spells it: the Host header, and for messages
+
+
+def address_and_target(url: str) -> tuple[Address, str]:
+    """A request URL's server and its target (path and query). Our URLs are built from a base
+    URL that urlsplit accepted and quoted paths and queries (no fragment, no whitespace), so
+    the target is all that follows the server. ValueError for an invalid port."""
+    slash = url.find("/", url.find("//") + 2)
+    if slash < 0:
+        return _address(url), "/"
+    return _address(url[:slash]), url[slash:]
+
+
+@functools.lru_cache(maxsize=32)
+def _address(prefix: str) -> Address:
+    """The server named by ``prefix``, a URL up to its path. Cached: a Couch talks to one
+    server or a few (parsing it on every request: +18,600 instructions per blocking GET)."""
+    parts = urlsplit(prefix)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return Address(parts.scheme, parts.hostname or "", port, parts.netloc)

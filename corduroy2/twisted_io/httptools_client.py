@@ -29,8 +29,7 @@ import functools
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any, NamedTuple
-from urllib.parse import urlsplit
+from typing import Any
 
 import httptools
 from twisted.internet import defer, error as ierror
@@ -44,6 +43,7 @@ from ..errors import ConnectError, CouchError, ResponseCut, Timeout, TransportEr
 from ..protocol.bodies import BodySource
 from ..protocol.requests import Request, check_headers
 from ..protocol.responses import Headers
+from ..protocol.urls import Address, address_and_target
 from . import _repairs
 from .backend import ATTEMPT_DELAY, DeferredBackend, StreamProducer, refusal
 from .tls import MissingTLS, TLSPolicy, is_tls_error, twisted_ssl
@@ -55,24 +55,6 @@ log = logging.getLogger("corduroy2")
 #: Methods that send ``Content-Length: 0`` when they have no body, as Agent does (a server
 #: may refuse a PUT or POST without a length: 411).
 _LENGTH_REQUIRED = frozenset({"PUT", "POST", "PATCH"})
-
-
-class _Origin(NamedTuple):
-    """A server: the pool's key."""
-
-    scheme: str
-    host: str
-    port: int
-    netloc: str  # the Host header, as the URL spells it
-
-
-@functools.lru_cache(maxsize=32)
-def _origin(prefix: str) -> _Origin:
-    """The server named by ``prefix`` (a URL up to its path). Cached: a Couch talks to one
-    server or a few."""
-    parts = urlsplit(prefix)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return _Origin(parts.scheme, parts.hostname or "", port, parts.netloc)
 
 
 @functools.lru_cache(maxsize=32)
@@ -451,7 +433,7 @@ class _Pool:
     kept for the next request (the last one in first: the warmest), requests beyond the limit
     queued in order."""
 
-    def __init__(self, backend: HttptoolsBackend, origin: _Origin) -> None:
+    def __init__(self, backend: HttptoolsBackend, origin: Address) -> None:
         self.origin = origin
         self.reactor = backend.reactor
         self._limit = backend.options.max_connections
@@ -617,7 +599,7 @@ class HttptoolsBackend(DeferredBackend):
         # Made now, so that the TLS settings given (a bad certificate file, or pyOpenSSL
         # missing) fail when the Couch is made.
         self.tls = TLSPolicy(self.options)
-        self._pools: dict[_Origin, _Pool] = {}
+        self._pools: dict[Address, _Pool] = {}
         self._silences: SilenceWatch | None = None
 
     def send(self, request: Request, sink: Sink) -> Transfer:
@@ -625,14 +607,9 @@ class HttptoolsBackend(DeferredBackend):
         if silences is None:
             silences = self._silences = SilenceWatch(self.reactor.callLater)
         options = self.options
-        url = request.url
-        # Our URLs are built from a base URL that urlsplit accepted and quoted paths and
-        # queries, so the target is all that follows the origin.
-        slash = url.find("/", url.find("//") + 2)
-        prefix, target = (url, "/") if slash < 0 else (url[:slash], url[slash:])
         try:
             lines = _header_lines(request.headers)
-            origin = _origin(prefix)
+            origin, target = address_and_target(request.url)
             if origin.scheme == "https":
                 twisted_ssl()  # without TLS support, a clear error now
         except (ValueError, MissingTLS) as exc:
