@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.rows import BACKENDS, make_loop, pin_apart, preload, run_measurement
+from bench.rows import AIOHTTP_RAW, BACKENDS, make_loop, pin_apart, preload, run_measurement
 
 PATH = "/db/doc/big.bin"
 PIECE = 256 * 1024  # corduroy2's file piece (api/attachments.FILE_PIECE), for the raw too
@@ -258,7 +258,7 @@ def measure(backend: str, mode: str, url: str, body_file: str) -> dict[str, Any]
     if backend == "blocking":
         n = blocking_raw(up) if mode.startswith("raw") else blocking_corduroy(up)
     elif mode.startswith("raw"):
-        raw = (aiohttp_raw if backend == "tornado-aiohttp"
+        raw = (aiohttp_raw if backend in AIOHTTP_RAW
                else tornado_raw if backend.startswith("tornado") else twisted_raw)
         n = loop.run_until_complete(raw(up))
     else:

@@ -35,7 +35,8 @@ from typing import Any
 
 from bench import instructions
 from bench.rows import (
-    BACKENDS, answer_measurement, interleaved, make_loop, peak_rss_mb, preload, replay,
+    AIOHTTP_RAW, BACKENDS, answer_measurement, interleaved, make_loop, peak_rss_mb, preload,
+    replay,
 )
 
 PATH = "/db/_changes?feed=continuous&since=0"
@@ -105,7 +106,7 @@ def measure(backend: str, mode: str, url: str, changes: int) -> dict[str, Any]:
 
     async def run_async() -> None:
         if mode == "raw":
-            if backend == "tornado-aiohttp":
+            if backend in AIOHTTP_RAW:
                 import aiohttp
                 async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout()) as session:
                     async with session.get(url + PATH) as response:

@@ -20,6 +20,8 @@ both. With two CPUs or more, nginx is pinned to CPU 0 and the client to the last
   ``.fetch`` + ``orjson.loads`` vs ``corduroy2.tornado_io`` ``db.get`` (Future).
 - tornado-aiohttp: aiohttp's ``session.get`` + ``read`` + ``orjson.loads`` in a task per
   request, on the same loop, vs ``corduroy2.tornado_io`` ``Couch(client="aiohttp")``.
+- tornado-httptools: the same raw aiohttp vs ``Couch(client="httptools")`` (HTTP/1.1 on
+  asyncio's connections, parsed by httptools): negative where corduroy2 is faster than aiohttp.
 - twisted: ``Agent`` on ``HTTPConnectionPool(persistent=True)`` + ``readBody`` +
   ``orjson.loads`` vs ``corduroy2.twisted_io`` ``db.get`` (Deferred). On the shared asyncio loop
   (Twisted's asyncioreactor, as the tests run), and on Twisted's default (epoll) reactor in a
@@ -88,9 +90,8 @@ Done = Callable[[BaseException | None], None]
 Issue = Callable[[Done], None]  # start one request; done(error or None) when it completes
 Get = Callable[[int], None]  # one blocking request on thread i's connection
 
-ALL = ["tornado-curl", "tornado-simple", "tornado-aiohttp", "twisted", "twisted-epoll",
-       "twisted-httptools",
-       "blocking"]
+ALL = ["tornado-curl", "tornado-simple", "tornado-aiohttp", "tornado-httptools", "twisted",
+       "twisted-epoll", "twisted-httptools", "blocking"]
 CONCURRENCY = (1, 32)
 
 
@@ -452,7 +453,7 @@ class _Client:
 
 def _async_client(settings: Settings, backend: str, side: str,
                   concurrency: int) -> tuple[Issue, Callable[[], Any]]:
-    if backend == "tornado-aiohttp" and side == "raw":
+    if backend in ("tornado-aiohttp", "tornado-httptools") and side == "raw":
         return aiohttp_raw(settings, concurrency)
     if backend.startswith("tornado-"):
         kind = backend.split("-", 1)[1]

@@ -38,7 +38,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-BACKENDS = ["tornado-curl", "tornado-simple", "tornado-aiohttp", "twisted", "blocking"]
+BACKENDS = ["tornado-curl", "tornado-simple", "tornado-aiohttp", "tornado-httptools", "twisted",
+            "blocking"]
+#: Whose raw side is aiohttp on the same loop (their own transport has no raw form of its own).
+AIOHTTP_RAW = ("tornado-aiohttp", "tornado-httptools")
 REPO = Path(__file__).resolve().parent.parent
 PATH = "/db/_design/d/_view/v"
 
@@ -130,10 +133,12 @@ def preload(backend: str) -> None:
         import corduroy2.tornado_io  # noqa: F401
         if backend == "tornado-curl":
             import tornado.curl_httpclient  # noqa: F401
-        if backend == "tornado-aiohttp":
+        if backend in AIOHTTP_RAW:
             import aiohttp  # noqa: F401
-
+        if backend == "tornado-aiohttp":
             import corduroy2.tornado_io.aiohttp_backend  # noqa: F401
+        if backend == "tornado-httptools":
+            import corduroy2.tornado_io.httptools_client  # noqa: F401
     elif backend == "twisted":
         import twisted.web.client  # noqa: F401
 
@@ -229,7 +234,7 @@ def measure(backend: str, mode: str, url: str, rows: int) -> dict[str, Any]:
         return counted[0]
 
     async def raw() -> int:
-        if backend == "tornado-aiohttp":
+        if backend in AIOHTTP_RAW:
             import aiohttp
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout()) as session:
                 async with session.get(url + PATH) as response:

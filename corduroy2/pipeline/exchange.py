@@ -136,9 +136,10 @@ class Exchange:
     def cancel(self) -> None:
         if self._over:
             return
-        self._over = True
-        if self._current is not None:
-            self._current.cancel()
+        current = self._current
+        self._finish()  # (and lets go of the attempt: a cancelled call holds nothing)
+        if current is not None:
+            current.cancel()
 
     def pause(self) -> None:
         self._paused = True

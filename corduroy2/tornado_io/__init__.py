@@ -23,8 +23,10 @@ __all__ = ["Couch", "Database", "relax", "TornadoBackend", "HAS_CURL"]
 class Couch(api.Couch):
     """A CouchDB server on Tornado. ``client="curl"`` (default when pycurl is installed: it
     keeps connections alive), ``client="simple"`` (Tornado's own client, which opens a new
-    connection per request) or ``client="aiohttp"`` (aiohttp on the same asyncio loop, the
-    fastest for many small requests; ``pip install corduroy2[aiohttp]``)."""
+    connection per request), ``client="aiohttp"`` (aiohttp on the same asyncio loop;
+    ``pip install corduroy2[aiohttp]``) or ``client="httptools"`` (HTTP/1.1 on asyncio's own
+    connections, parsed by httptools: the fastest for many small requests; ``pip install
+    corduroy2[httptools]``)."""
 
     backend_name = "tornado"
 

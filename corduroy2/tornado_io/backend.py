@@ -400,8 +400,9 @@ class _CallFuture(Future[T]):
     def cancel(self, msg: Any = None) -> bool:
         if not super().cancel(msg):
             return False
-        if self.call is not None:
-            self.call.cancel()
+        call, self.call = self.call, None  # a cancelled Future holds nothing of its call
+        if call is not None:
+            call.cancel()
         return True
 
 
@@ -447,12 +448,12 @@ class LoopBackend(Backend):
 
 
 #: The transports of the Tornado front door, by the name ``Couch(client=...)`` takes.
-CLIENTS = ("curl", "simple", "aiohttp")
+CLIENTS = ("curl", "simple", "aiohttp", "httptools")
 
 
 def make_backend(options: TransportOptions, client: str | None) -> LoopBackend:
     """The transport ``client`` names (None: curl when pycurl imports, else simple). aiohttp
-    is imported only when it is asked for, so the front door works without it."""
+    and httptools are imported only when asked for, so the front door works without them."""
     if client is not None and client not in CLIENTS:
         raise ValueError(f"client must be one of {', '.join(map(repr, CLIENTS))}, "
                          f"not {client!r}")
@@ -463,6 +464,16 @@ def make_backend(options: TransportOptions, client: str | None) -> LoopBackend:
             raise ImportError("client='aiohttp' needs aiohttp: pip install "
                               f"corduroy2[aiohttp] ({exc})") from exc
         return AiohttpBackend(options)
+    if client == "httptools":
+        try:
+            from .httptools_client import HttptoolsBackend
+        except ImportError as exc:
+            if exc.name != "httptools":
+                raise
+            raise ImportError("client='httptools' needs the httptools package, which is not "
+                              "installed: pip install 'corduroy2[httptools]'",
+                              name="httptools") from exc
+        return HttptoolsBackend(options)
     return TornadoBackend(options, client)
 
 

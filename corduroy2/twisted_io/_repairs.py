@@ -1,4 +1,4 @@
-"""Where the Twisted adapter needs more than Twisted's (and httptools') public API
+"""Where the Twisted adapter needs more than Twisted's public API
 (DESIGN.md section 9).
 
 Each repair is one small function that reaches a private name of Twisted, and falls back to
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["not_sent_errors", "body_connection", "abort_body", "callback_error"]
+__all__ = ["not_sent_errors", "body_connection", "abort_body"]
 
 
 def not_sent_errors() -> tuple[type[Exception], ...]:
@@ -57,17 +57,3 @@ def abort_body(transport: Any) -> None:
         connection.abortConnection()
     else:
         transport.stopProducing()
-
-
-def callback_error(exc: BaseException) -> BaseException | None:
-    """What a parser callback raised, given the ``HttpParserCallbackError`` that httptools
-    raised from ``feed_data`` in its place (the httptools client's; httptools is imported
-    there only).
-
-    Why: httptools documents that a callback's exception stops the parser and becomes an
-    ``HttpParserCallbackError``, but not where the original goes; it is the new exception's
-    implicit context (``__context__``). The httptools client stops the parser after a HEAD
-    response's headers this way, and logs a failing sink's own error. Fallback: None (a HEAD
-    response is then taken for a failed consumer, which the repair test would show first).
-    """
-    return exc.__context__

@@ -27,12 +27,13 @@ from ..behaviour.conftest import make_couch
 from ..conftest import LOOP
 from ..support.faultserver import FaultServer, Reply, _Abort
 
-BACKENDS = ["tornado-curl", "tornado-simple", "tornado-aiohttp", "twisted", "twisted-httptools",
-            "blocking"]
+BACKENDS = ["tornado-curl", "tornado-simple", "tornado-aiohttp", "tornado-httptools", "twisted",
+            "twisted-httptools", "blocking"]
 #: Backends that keep connections alive. Tornado's simple client opens one per request.
-KEEPALIVE = ["tornado-curl", "tornado-aiohttp", "twisted", "twisted-httptools", "blocking"]
+KEEPALIVE = ["tornado-curl", "tornado-aiohttp", "tornado-httptools", "twisted", "twisted-httptools",
+             "blocking"]
 #: The transports of the Tornado front door (for what only they have: a Future to cancel).
-TORNADO = ["tornado-curl", "tornado-simple", "tornado-aiohttp"]
+TORNADO = ["tornado-curl", "tornado-simple", "tornado-aiohttp", "tornado-httptools"]
 
 #: Upper bound for any single call in these tests.
 CALL_TIMEOUT = 5.0

@@ -293,22 +293,3 @@ def _defined_names(tree: ast.Module) -> set[str]:
         elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
             names.add(node.id)
     return names
-
-
-# -- callback_error: httptools keeps a callback's exception as __context__ -------------------
-
-
-def test_twisted_callback_error_is_what_the_callback_raised() -> None:
-    httptools = pytest.importorskip("httptools")
-
-    class Stop(Exception):
-        pass
-
-    class Callbacks:
-        def on_headers_complete(self) -> None:
-            raise Stop()
-
-    parser = httptools.HttpResponseParser(Callbacks())
-    with pytest.raises(httptools.HttpParserCallbackError) as info:
-        parser.feed_data(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
-    assert isinstance(_repairs.callback_error(info.value), Stop)

@@ -22,8 +22,8 @@ from corduroy2.api import Couch
 from ..conftest import LOOP, Server
 from corduroy2.testing import recording
 
-BACKENDS = ["tornado-curl", "tornado-simple", "tornado-aiohttp", "twisted", "twisted-httptools",
-            "blocking"]
+BACKENDS = ["tornado-curl", "tornado-simple", "tornado-aiohttp", "tornado-httptools", "twisted",
+            "twisted-httptools", "blocking"]
 ASYNC_STYLES = ["callback", "promise", "relax", "await"]
 BLOCKING_STYLES = ["blocking", "callback", "relax"]
 #: The styles are the API's, the same over every transport of a front door (the Future or
@@ -31,7 +31,7 @@ BLOCKING_STYLES = ["blocking", "callback", "relax"]
 #: transports run the suite in one of them, to keep CI time (their transport-level behaviour
 #: is checked in full by tests/backends).
 STYLES = {"blocking": BLOCKING_STYLES, "tornado-aiohttp": ["await"],
-          "twisted-httptools": ["await"]}
+          "tornado-httptools": ["await"], "twisted-httptools": ["await"]}
 MATRIX = [(b, s) for b in BACKENDS for s in STYLES.get(b, ASYNC_STYLES)]
 
 
@@ -44,6 +44,8 @@ def make_couch(backend: str, url: str | list[str], auth: Any, **kwargs: Any) -> 
             pytest.skip("pycurl is not installed")
         if client == "aiohttp":
             pytest.importorskip("aiohttp", reason="aiohttp is not installed")
+        if client == "httptools":
+            pytest.importorskip("httptools", reason="httptools is not installed")
         return tornado_io.Couch(url, auth, client=client, **kwargs)  # type: ignore[no-any-return]
     if backend.startswith("twisted"):
         twisted_io = pytest.importorskip("corduroy2.twisted_io", reason="twisted is not installed")
