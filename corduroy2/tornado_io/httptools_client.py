@@ -41,6 +41,7 @@ class _Link(asyncio.Protocol):
     """An asyncio connection, as the core's :class:`~corduroy2.http1.client.Link`."""
 
     transport: asyncio.Transport  # set when connected, before anyone uses it
+    loop: asyncio.AbstractEventLoop  # the loop it runs on (set then too)
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
@@ -49,6 +50,7 @@ class _Link(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         self._conn.data_received(data)
@@ -63,7 +65,7 @@ class _Link(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self._writable is None:
-            self._writable = asyncio.get_running_loop().create_future()
+            self._writable = self.loop.create_future()
 
     def resume_writing(self) -> None:
         writable, self._writable = self._writable, None
@@ -104,7 +106,7 @@ class _Upload:
 
     def __init__(self, exchange: Exchange, link: _Link) -> None:
         self.done = False
-        self._task = asyncio.get_running_loop().create_task(self._send(exchange, link))
+        self._task = link.loop.create_task(self._send(exchange, link))
 
     async def _send(self, exchange: Exchange, link: _Link) -> None:
         source = exchange.request.body
@@ -152,17 +154,18 @@ class _Connecting:
 
 
 class _Connector:
-    """Opens one server's connections on the current loop (TLS for ``https``)."""
+    """Opens one server's connections on ``loop`` (TLS for ``https``)."""
 
-    def __init__(self, origin: Address, timeout: float | None,
+    def __init__(self, loop: asyncio.AbstractEventLoop, origin: Address, timeout: float | None,
                  tls: Callable[[], ssl.SSLContext]) -> None:
+        self._loop = loop
         self.origin = origin
         self._timeout = timeout
         self._tls = tls
 
     def connect(self, conn: Connection, request: Request, connected: Callable[[_Link], None],
                 failed: Callable[[CouchError], None]) -> _Connecting:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         task = loop.create_task(self._open(loop, conn, request, connected, failed))
 
         def ended(task: asyncio.Task[None]) -> None:
@@ -252,7 +255,7 @@ class HttptoolsBackend(LoopBackend):
         if pool is None:
             pool = self._pools[origin] = Pool(
                 origin, options.max_connections,
-                _Connector(origin, options.connect_timeout, self._tls))
+                _Connector(loop, origin, options.connect_timeout, self._tls))
         pool.assign(exchange, fresh=isinstance(request.body, BodySource))
         return exchange
 
