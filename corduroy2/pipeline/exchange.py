@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from ..backend import Backend, Cancel, Outcome, Sink, Start, Transfer
+from ..backend import Backend, Cancel, Outcome, PauseTransfer, Sink, Start, Transfer
 from ..errors import CouchError, TransportError
 from ..protocol.requests import Request
 from ..protocol.responses import Headers
@@ -211,6 +211,9 @@ class Exchange:
         self._in_flight = True
         transfer = self._sender.backend.send(request, self)
         if self._in_flight:  # not answered inside send(): this is what cancel() stops
+            if self._over:  # cancelled from another thread while a synchronous send() read
+                transfer.cancel()
+                return
             self._current = self._transfer = transfer
             if self._paused:
                 transfer.pause()
@@ -339,6 +342,10 @@ class Exchange:
     def on_data(self, chunk: bytes) -> None:
         if self._delivering:
             self._sink.on_data(chunk)
+            if self._paused and self._transfer is None:
+                # Paused by the caller while a synchronous backend delivers inside send():
+                # there is no handle to pause yet, so the backend is told this way.
+                raise PauseTransfer()
 
     def on_end(self) -> None:
         self._in_flight = False
