@@ -228,14 +228,14 @@ class _Reading:
     it."""
 
     __slots__ = ("_backend", "_origin", "_request", "_conn", "_response", "_budget", "_sink",
-                 "_started", "_paused", "_over")
+                 "_started", "_paused", "_over", "_reading")
 
     def __init__(self, backend: BlockingBackend, origin: Address, request: Request,
                  conn: _Connection, response: http.client.HTTPResponse, budget: _Budget,
                  sink: Sink) -> None:
         self._backend, self._origin, self._request = backend, origin, request
         self._conn, self._response, self._budget, self._sink = conn, response, budget, sink
-        self._started = self._paused = self._over = False
+        self._started = self._paused = self._over = self._reading = False
 
     def pause(self) -> None:
         self._paused = True
@@ -246,15 +246,22 @@ class _Reading:
             self.read()
 
     def cancel(self) -> None:
-        """Drop the connection; from another thread too, waking a read waiting on it."""
-        if not self._over:
-            self._over = True
-            self._conn.abort()
+        """Drop the connection; nothing more is delivered. From another thread too: a read
+        under way there is woken, and that thread drops the connection (http.client's
+        objects are not to be closed under a read)."""
+        if self._over:
+            return
+        self._over = True
+        if self._reading:
+            self._conn.wake()
+        else:
+            self._conn.close()
 
     def read(self) -> None:
         """Read into the sink until the reply ends or the transfer is paused or cancelled."""
         sink, request, conn, response, budget = (
             self._sink, self._request, self._conn, self._response, self._budget)
+        self._reading = True
         try:
             if not self._started:
                 self._started = True
@@ -268,28 +275,28 @@ class _Reading:
                 if not piece:
                     break
                 sink.on_data(piece)
-            else:
-                return  # paused (resume() reads on) or cancelled
         except PauseTransfer:  # the sink paused inside send(), before it had the handle
             self._paused = True
-            return
         except StopTransfer:
-            self._drop()  # the rest of the body is unread: the connection cannot go on
-            return
+            self._over = True  # the rest of the body is unread: the connection cannot go on
         except CouchError as exc:
-            self._drop()
-            sink.on_error(exc)
-            return
+            if not self._over:  # (a cancelled transfer reports nothing)
+                self._over = True
+                conn.close()
+                sink.on_error(exc)
+                return
         except BaseException:
-            self._drop()
+            self._over = True
+            conn.close()
             raise
-        self._over = True
-        self._backend._checkin(self._origin, conn, response)
-        sink.on_end()
-
-    def _drop(self) -> None:
-        self._over = True
-        self._conn.close()
+        finally:
+            self._reading = False
+        if self._over:  # cancelled (here or from another thread), or stopped
+            conn.close()
+        elif not self._paused:  # the end of the reply
+            self._over = True
+            self._backend._checkin(self._origin, conn, response)
+            sink.on_end()
 
 
 class _Connection:
@@ -335,14 +342,13 @@ class _Connection:
     def close(self) -> None:
         self.http.close()
 
-    def abort(self) -> None:
-        """Close, first waking any read waiting on the socket in another thread (closing
-        alone would leave it waiting)."""
+    def wake(self) -> None:
+        """End the connection under a read waiting on it in another thread: the read returns
+        (closing the socket would leave it waiting)."""
         try:
             self._socket.shutdown(socket.SHUT_RDWR)
-        except OSError:  # closed already, or never connected
+        except OSError:  # closed already
             pass
-        self.close()
 
 
 # Windows takes its socket timeouts in milliseconds, and has no os.get_blocking for sockets.

@@ -31,7 +31,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from ..backend import Backend, Cancel, Outcome, PauseTransfer, Sink, Start, Transfer
+from ..backend import (
+    Backend, Cancel, Outcome, PauseTransfer, Sink, Start, StopTransfer, Transfer,
+)
 from ..errors import CouchError, TransportError
 from ..protocol.requests import Request
 from ..protocol.responses import Headers
@@ -342,10 +344,13 @@ class Exchange:
     def on_data(self, chunk: bytes) -> None:
         if self._delivering:
             self._sink.on_data(chunk)
-            if self._paused and self._transfer is None:
-                # Paused by the caller while a synchronous backend delivers inside send():
-                # there is no handle to pause yet, so the backend is told this way.
-                raise PauseTransfer()
+            if self._transfer is None:
+                # A synchronous backend delivering inside send(): no handle to pause or
+                # cancel it by yet (cancel() may come from another thread), so it is told so.
+                if self._over:
+                    raise StopTransfer()
+                if self._paused:
+                    raise PauseTransfer()
 
     def on_end(self) -> None:
         self._in_flight = False
