@@ -124,31 +124,20 @@ class RowReader:
 class ThreadedChangesFeed(ChangesFeed):
     """corduroy's callback feed in blocking mode: it reads on a daemon thread, and ``latency``
     batches are flushed by a timer thread, so ``callback(seq, changes)`` runs on those threads.
-    ``stop()`` takes effect when the next bytes arrive: ask for a ``heartbeat`` to bound that."""
+    ``stop()`` cancels the request, which takes effect when the next bytes arrive (the reading
+    thread is inside the request until then): ask for a ``heartbeat`` to bound that."""
 
     def start(self) -> ThreadedChangesFeed:
         self._lock = threading.RLock()
         self.listening = True
-        thread = threading.Thread(target=self._read, daemon=True, name="corduroy2-changes")
-        thread.start()
-        return self
-
-    def _read(self) -> None:
-        sink = ChangesSink(self._request, self, self._finished, self._feed, beat=self._beat,
+        # With latency, the reading thread and the timer thread's flushes take turns on the
+        # batch; without, the reading thread is the feed's only one and takes no lock.
+        consumer = self if self._latency <= 0 else _TakingTurns(self, self._lock)
+        sink = ChangesSink(self._request, consumer, self._finished, self._feed,
                            limit=self._limit, remember=self._sender.nodes is not None)
-        self._sender.send(self._request, sink)
-
-    def _beat(self) -> None:
-        if self._stopped:
-            raise StopTransfer()
-
-    def rows(self, changes: list[dict[str, Any]]) -> None:
-        self._beat()
-        if self._latency <= 0:  # no timer thread: this reader is the feed's only thread
-            super().rows(changes)
-            return
-        with self._lock:
-            super().rows(changes)
+        exchange = self._transfer = Exchange(self._sender, self._request, sink)
+        threading.Thread(target=exchange.start, daemon=True, name="corduroy2-changes").start()
+        return self
 
     def _call_later(self, delay: float, fn: Callable[[], None]) -> Cancel:
         def locked() -> None:
@@ -162,7 +151,28 @@ class ThreadedChangesFeed(ChangesFeed):
 
     def _finished(self, value: Any, error: BaseException | None, *rest: Any) -> None:
         with self._lock:
-            super()._finished(value, None if isinstance(error, StopTransfer) else error, *rest)
+            super()._finished(value, error, *rest)
+
+
+class _TakingTurns:
+    """A feed, as its sink's consumer, whose every call takes ``lock`` first."""
+
+    __slots__ = ("_feed", "_lock")
+
+    def __init__(self, feed: ChangesFeed, lock: threading.RLock) -> None:
+        self._feed, self._lock = feed, lock
+
+    def header(self, fields: dict[str, Any]) -> None:
+        with self._lock:
+            self._feed.header(fields)
+
+    def rows(self, changes: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._feed.rows(changes)
+
+    def end(self, fields: dict[str, Any]) -> None:
+        with self._lock:
+            self._feed.end(fields)
 
 
 class BlockingFollower(ChangesFollower):
