@@ -266,15 +266,16 @@ class _Reading:
             if not self._started:
                 self._started = True
                 sink.on_start(response.status, Headers(_Fields(response.msg)))
-            while not (self._paused or self._over):
-                if request.stream:
+            if not request.stream:  # one piece (b"" once read, should it be resumed)
+                if body := _read_whole(request, conn, response, budget):
+                    sink.on_data(body)
+            else:
+                while not (self._paused or self._over):
                     piece = (_read_piece(request, conn, response, budget)
                              or _read_rest(request, conn, response, budget))
-                else:  # b"" once read: the body, if any, was one piece
-                    piece = _read_whole(request, conn, response, budget)
-                if not piece:
-                    break
-                sink.on_data(piece)
+                    if not piece:
+                        break
+                    sink.on_data(piece)
         except PauseTransfer:  # the sink paused inside send(), before it had the handle
             self._paused = True
         except StopTransfer:
