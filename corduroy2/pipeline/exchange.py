@@ -105,9 +105,6 @@ class Exchange:
     _fresh = False  # a renewal was just waited for (see Auth._ready)
     _generation = 0  # of the credentials the attempt was sent with
     _current: Cancel | None = None  # what is under way: an attempt or a wait
-    _transfer: Transfer | None = None  # the attempt under way
-    _paused = False
-    _over = False
     _next: Callable[[], None] | None = None
     _running = False
     # The attempt under way: how its reply has gone so far (_new_attempt() puts these back).
@@ -128,6 +125,12 @@ class Exchange:
         self._sender = sender
         self._request = request
         self._sink = sink
+        # Read for every piece of a reply (on_data): an instance's own attributes are read
+        # faster than class-level values (a blocking view dropped row by row: 8,759 -> ...
+        # instructions a row, bench rows).
+        self._transfer: Transfer | None = None  # the attempt under way
+        self._paused = False
+        self._over = False
 
     def start(self) -> Exchange:
         self._step(self._attempt)
