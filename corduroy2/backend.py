@@ -34,7 +34,8 @@ from .protocol.requests import Request
 from .protocol.responses import Headers
 
 __all__ = [
-    "Sink", "Reply", "Collector", "Cancel", "Transfer", "StopTransfer", "Outcome", "Start", "Backend",
+    "Sink", "Reply", "Collector", "Cancel", "Transfer", "StopTransfer", "PauseTransfer", "Outcome",
+    "Start", "Backend",
     "TransportOptions", "ssl_context", "tls_meaning", "warn_unverified", "Watched", "SilenceWatch",
 ]
 
@@ -75,8 +76,9 @@ class Cancel(Protocol):
 
 class Transfer(Cancel, Protocol):
     """Handle returned by :meth:`Backend.send`. ``cancel()`` aborts the request and drops its
-    connection; ``pause()``/``resume()`` apply back-pressure (idempotent; a transport whose sink
-    runs inline with its reads, like the blocking one, is paused by the sink itself)."""
+    connection; ``pause()``/``resume()`` apply back-pressure (idempotent). A synchronous
+    transport (blocking) reads in the thread that drives it: ``send()`` reads until the sink
+    pauses the transfer or the reply ends, and ``resume()`` reads on the same way."""
 
     def pause(self) -> None: ...
 
@@ -87,6 +89,12 @@ class StopTransfer(Exception):
     """A sink raises this from ``on_data`` to abort a transfer that has no handle yet (a
     synchronous backend is still inside ``send``). The backend drops the connection and calls
     nothing more on the sink."""
+
+
+class PauseTransfer(Exception):
+    """Raised from ``on_data``, once the piece has been taken, to pause a transfer that has no
+    handle yet (a synchronous backend is still inside ``send``): ``send`` then returns the
+    transfer paused, and its ``resume()`` reads on."""
 
 
 class Outcome:

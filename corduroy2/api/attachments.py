@@ -115,7 +115,7 @@ class AttachmentSink(RowSink):
             return
         try:
             self._consumer.rows([chunk])
-        except Exception as exc:  # StopTransfer (a blocking reader closed) included
+        except Exception as exc:  # the consumer failed: the download is aborted
             self._fail(exc)
 
     def on_end(self) -> None:

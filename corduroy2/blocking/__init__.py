@@ -3,10 +3,11 @@
     from corduroy2.blocking import Couch, Database
 
 No event loop and no framework: :mod:`~corduroy2.blocking.backend` is stdlib ``http.client``;
-iterators and feeds read on threads (:mod:`~corduroy2.blocking.streams`). Under gevent's
-monkey-patching (``gevent.monkey.patch_all()`` first, before corduroy2 is imported, as gevent
-asks) the sockets, threads, locks and sleeps are gevent's, so calls from several greenlets
-interleave, and an iterator's or a feed's reader is a greenlet (tests/backends/test_gevent.py).
+an iterator reads in the thread that iterates it, a callback feed on a thread of its own
+(:mod:`~corduroy2.blocking.streams`). Under gevent's monkey-patching
+(``gevent.monkey.patch_all()`` first, before corduroy2 is imported, as gevent asks) the
+sockets, threads, locks and sleeps are gevent's, so calls from several greenlets interleave,
+and a feed's reader is a greenlet (tests/backends/test_gevent.py).
 """
 
 from __future__ import annotations

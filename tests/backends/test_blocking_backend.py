@@ -1,9 +1,11 @@
 """The blocking backend at the adapter contract: ``BlockingBackend.send(request, sink)`` called
-directly (the sink has had everything when it returns), against the fault server.
+directly (the sink has had everything when it returns, unless it paused), against the fault
+server.
 
 What the other backends' tests do not pin down for this one: a reply that is not streamed
-arrives as one ``on_data`` (none when empty), a streamed one piece by piece; a timeout's message
-says which limit it hit; a sink's StopTransfer or failure drops the connection.
+arrives as one ``on_data`` (none when empty), a streamed one piece by piece; a sink that pauses
+makes ``send`` return and ``resume()`` read on; a timeout's message says which limit it hit; a
+sink's StopTransfer or failure drops the connection.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from corduroy2.backend import StopTransfer, TransportOptions
+from corduroy2.backend import PauseTransfer, StopTransfer, TransportOptions
 from corduroy2.blocking import BlockingBackend
 from corduroy2.errors import CouchError, Timeout
 from corduroy2.protocol.requests import Request
@@ -225,3 +227,47 @@ def test_blocking_head_cut_short_is_a_cut_never_sent_again(backend: BlockingBack
     assert sink.kinds == ["error"], sink.events
     assert isinstance(sink.events[0][1], ResponseCut)
     assert len(requests) == 1
+
+
+class Pausing(Recorder):
+    """A sink that pauses its transfer after each piece: by raising PauseTransfer while
+    ``send`` has not returned the handle yet (as the pipeline does), then by ``pause()``."""
+
+    transfer: Any = None
+
+    def on_data(self, chunk: bytes) -> None:
+        self._record("data", chunk)
+        if self.transfer is None:
+            raise PauseTransfer()
+        self.transfer.pause()
+
+
+def test_blocking_paused_transfer_reads_only_when_resumed(backend: BlockingBackend,
+                                                          fault: WatchedFaultServer) -> None:
+    """One piece per ``resume()``, then the end; the connection is kept for the next
+    request."""
+    fault.add("GET", "/", Reply(body=BODY, chunked=True, writes=[10, 100, 200], delay=0.02))
+    sink = Pausing()
+    sink.transfer = backend.send(Request("GET", fault.url + "/", stream=True), sink)
+    assert sink.kinds == ["start", "data"]
+    while sink.kinds[-1] != "end":
+        seen = len(sink.events)
+        sink.transfer.resume()
+        assert len(sink.events) == seen + 1, sink.kinds  # one piece, or the end
+    sink.transfer.resume()  # ended: nothing more
+    assert sink.kinds.count("end") == 1
+    assert sink.kinds.count("data") >= 4 and sink.body == BODY
+    backend.send(Request("GET", fault.url + "/"), Recorder())
+    assert [r.connection for r in fault.requests] == [1, 1]
+
+
+def test_blocking_paused_transfer_cancelled_drops_the_connection(
+        backend: BlockingBackend, fault: WatchedFaultServer) -> None:
+    fault.add("GET", "/", Reply(body=BODY, chunked=True, writes=[10, 100], delay=0.02))
+    sink = Pausing()
+    transfer = backend.send(Request("GET", fault.url + "/", stream=True), sink)
+    transfer.cancel()
+    transfer.resume()  # cancelled: nothing more is read or delivered
+    assert sink.kinds == ["start", "data"]
+    backend.send(Request("GET", fault.url + "/"), Recorder())
+    assert [r.connection for r in fault.requests] == [1, 2]

@@ -157,7 +157,7 @@ def test_blocking_greenlets_share_one_login_under_gevent(fault: WatchedFaultServ
     assert result["max_gap"] < STALL / 2, result
 
 
-# -- streams: their worker threads become greenlets -------------------------------------------
+# -- streams: iterators read in their own greenlet, a feed's thread becomes one --------------------
 
 ROWS = 60
 
@@ -178,8 +178,8 @@ def filled(server: Server) -> Iterator[str]:
 
 def test_blocking_iterators_under_gevent(server: Server, filled: str) -> None:
     """Two ``iter_all_docs()`` loops in two greenlets, slow consumers with a small
-    ``high_water`` (so each iterator's reader waits on its consumer again and again): both see
-    every row, in order, they take turns, and the hub is never blocked."""
+    ``high_water`` (each loop reads in its own greenlet, again and again, as it asks for
+    rows): both see every row, in order, they take turns, and the hub is never blocked."""
     script = """
     tick = gevent.spawn(ticker)
     user, password = os.environ["AUTH"].split(":", 1)
