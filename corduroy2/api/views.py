@@ -20,6 +20,7 @@ from ..pipeline.exchange import Sender
 from ..protocol.requests import Request
 from .calls import Op, Runner, Stream
 from .documents import Document
+from .pacing import Paced
 from .sinks import Finished, RowSink
 
 __all__ = ["Row", "ViewResult", "FindResult", "RowIterator", "Pages", "Keep", "Each", "OnRow",
@@ -289,7 +290,8 @@ class RowIterator:
     def _start(self) -> None:
         sink = self._make_sink(self._request, self, self._finished)
         self._wake_at = sink.WAKE_AT
-        self._transfer = sink.keep_transfer(self._sender.send(self._request, sink))
+        paced = Paced(sink, self._sender.backend.call_later)
+        self._transfer = sink.keep_transfer(paced.keep(self._sender.send(self._request, paced)))
 
     def _take(self) -> Any:
         """The next queued row; the transport resumes once half the queue has been read."""
