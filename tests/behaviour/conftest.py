@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -33,6 +34,12 @@ BLOCKING_STYLES = ["blocking", "callback", "relax"]
 STYLES = {"blocking": BLOCKING_STYLES, "tornado-aiohttp": ["await"],
           "twisted-httptools": ["await"]}
 MATRIX = [(b, s) for b in BACKENDS for s in STYLES.get(b, ASYNC_STYLES)]
+
+#: How many times longer than the suite's own loopback server (the fake, pouchdb-server) a
+#: server at ``COUCHDB_URL`` may take to answer, perhaps across a network. Tests that must tell
+#: a silent server from a slow one, or wait for a request to reach it, scale their short
+#: timeouts with this: short on loopback (the suite's time), safe elsewhere.
+SLACK = 2.5 if os.environ.get("COUCHDB_URL") else 1.0
 
 
 def make_couch(backend: str, url: str | list[str], auth: Any, **kwargs: Any) -> Couch:

@@ -16,7 +16,6 @@ as ``since``.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 import uuid
@@ -30,7 +29,7 @@ from corduroy2.api.changes import ChangesFeed
 
 from ..conftest import LOOP, Server
 from ..support.wait import until
-from .conftest import Client, fresh_database
+from .conftest import SLACK, Client, fresh_database
 
 REV_A = "1-" + "a" * 32
 REV_B = "1-" + "b" * 32  # the winner: same generation, greater rev id
@@ -78,9 +77,8 @@ HEARTBEAT = 25
 #: The ``latency`` of the batching tests (s): long enough for one ``_bulk_docs``'s changes to
 #: reach the feed together, over a network too; the tests wait a few of it.
 LATENCY = 0.05
-#: How long a request may take to reach the server: the loopback server the suite started
-#: takes it within milliseconds; a CouchDB at COUCHDB_URL may be across a network.
-REACH = 0.1 if os.environ.get("COUCHDB_URL") else 0.04
+#: How long a request may take to reach the server.
+REACH = 0.04 * SLACK
 
 
 def write_later(delay: float, fn: Callable[[], Any]) -> None:

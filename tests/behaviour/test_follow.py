@@ -27,7 +27,7 @@ from corduroy2 import NotFound, Retry
 from ..conftest import LOOP, Server
 from ..support.wait import until
 from ..support.proxy import Proxy
-from .conftest import BACKENDS, make_couch
+from .conftest import BACKENDS, SLACK, make_couch
 
 FAST = {"heartbeat": 0.05, "backoff_base": 0.01, "backoff_cap": 0.1}
 #: The pipeline's retries of a cut request, as quick as the follower's own backoff (FAST): the
@@ -171,7 +171,7 @@ async def test_stalled_connection_is_replaced(backend: str, server: Server, admi
     couch = make_couch(backend, proxy.url, server.auth)
     run = Following(backend, couch, dbname)
     seen: list[str] = []
-    run.start(lambda c: seen.append(c["id"]), heartbeat=0.05, stall_timeout=0.25,
+    run.start(lambda c: seen.append(c["id"]), heartbeat=0.05, stall_timeout=0.15 * SLACK,
               backoff_base=0.01, backoff_cap=0.1)
     wdb = admin.database(dbname)
     wdb.save({"_id": "before"})
@@ -204,7 +204,7 @@ async def test_deleted_database_stops_with_error(backend: str, server: Server, a
     assert isinstance(errors[0], NotFound)
     await until(lambda: not run.follower.running, timeout=10)
     connections = run.follower.connections
-    await asyncio.sleep(0.25)  # > backoff_cap
+    await asyncio.sleep(0.15)  # > backoff_cap
     assert run.follower.connections == connections  # it does not loop on a 404
     admin.create(dbname)  # for the fixture's cleanup
     if run.thread is not None:
