@@ -117,7 +117,7 @@ async def test_every_change_in_order_across_cuts(backend: str, server: Server, a
         proxy.cut_after(0 if writer_done.is_set() else rng.randint(0, 120))
         await asyncio.sleep(rng.uniform(0.005, 0.03))
     await until(lambda: len(seen) >= total)
-    await asyncio.sleep(0.1)  # anything extra (a duplicate) would show up now
+    await asyncio.sleep(0.05)  # anything extra (a duplicate) would show up now
     last = await run.stop()
 
     assert proxy.cuts >= 20 and run.follower.connections > 21
@@ -159,7 +159,7 @@ async def test_restart_from_checkpoint(backend: str, server: Server, admin: Any,
     again: list[dict[str, Any]] = []
     second.start(again.append, checkpoint="ck", since=0, **FAST)  # the checkpoint wins
     await until(lambda: len(again) == 3)
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.05)  # anything extra would show up now
     await second.stop()
     # Nothing before the checkpoint, each change once (in shard order on a sharded CouchDB).
     assert sorted(c["id"] for c in again) == ["b0", "b1", "b2"]
@@ -250,7 +250,7 @@ async def test_handler_promise_is_awaited_in_order(backend: str, server: Server,
     admin.database(dbname).save([{"_id": i} for i in written])
     run.start(handler, **FAST)
     await until(lambda: sum(what == "settled" for what, _ in events) >= 10)
-    await asyncio.sleep(0.1)  # anything extra (a duplicate) would show up now
+    await asyncio.sleep(0.05)  # anything extra (a duplicate) would show up now
     await run.stop()
     started = [i for what, i in events if what == "start"]
     assert Counter(started) == Counter(written)  # every change, once
