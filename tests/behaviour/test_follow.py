@@ -93,7 +93,8 @@ async def test_every_change_in_order_across_cuts(backend: str, server: Server, a
         seen.append(change)
         connection_of.append(run.follower.connections)
 
-    run.start(handler, checkpoint="cuts", checkpoint_every=10, **FAST)
+    # Reconnects as fast as the cuts come (a cut before any heartbeat backs off anew).
+    run.start(handler, checkpoint="cuts", checkpoint_every=10, **{**FAST, "backoff_cap": 0.02})
     total = 120
     writer_done = threading.Event()
 
