@@ -402,14 +402,14 @@ async def test_continuous_feed_stopped_before_its_batch_is_due(couch: Any, dbnam
     db = couch.database(dbname)
     calls = Calls()
     feed = db.changes(feed="continuous", callback=calls, since=0, heartbeat=HEARTBEAT,
-                      latency=4 * LATENCY)
+                      latency=2.5 * REACH)
     try:
         await in_thread(adb.save, {"_id": "x"})
-        # x reached the feed's batch, which is due 4 latencies after it arrived; stop before
-        await asyncio.sleep(LATENCY)
+        # x reached the feed's batch, which is due 2.5 REACH after it arrived; stop before
+        await asyncio.sleep(REACH)
     finally:
         feed.stop()
-    await asyncio.sleep(5 * LATENCY)  # the batch would have been due by now
+    await asyncio.sleep(2.5 * REACH)  # the batch would have been due by now
     assert calls.calls == []  # stop() drops the pending batch: nothing after stop()
 
 
