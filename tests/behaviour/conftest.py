@@ -192,9 +192,10 @@ def couch(request: pytest.FixtureRequest, server: Server) -> Any:
     close_couch(couch)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def admin(server: Server) -> Any:
-    """A blocking admin client for arranging and checking state independently of ``c``."""
+    """A blocking admin client for arranging and checking state independently of ``c``: one
+    for the session (it keeps no state but its connections; tests leave it as they found it)."""
     from corduroy2 import blocking
 
     couch = blocking.Couch(server.url, server.auth)
