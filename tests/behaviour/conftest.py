@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -33,6 +35,12 @@ BLOCKING_STYLES = ["blocking", "callback", "relax"]
 STYLES = {"blocking": BLOCKING_STYLES, "tornado-aiohttp": ["await"],
           "tornado-httptools": ["await"], "twisted-httptools": ["await"]}
 MATRIX = [(b, s) for b in BACKENDS for s in STYLES.get(b, ASYNC_STYLES)]
+
+#: How many times longer than the suite's own loopback server (the fake, pouchdb-server) a
+#: server at ``COUCHDB_URL`` may take to answer, perhaps across a network. Tests that must tell
+#: a silent server from a slow one, or wait for a request to reach it, scale their short
+#: timeouts with this: short on loopback (the suite's time), safe elsewhere.
+SLACK = 2.5 if os.environ.get("COUCHDB_URL") else 1.0
 
 
 def make_couch(backend: str, url: str | list[str], auth: Any, **kwargs: Any) -> Couch:
@@ -162,13 +170,60 @@ class Client:
         raise exc
 
 
+FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed:
+        item.stash[FAILED] = True
+    return report
+
+
+#: How long a shared Couch may sit unused and still be handed out: less than any server's
+#: keep-alive timeout (pouchdb-server's: 5 s), so that no test meets a connection the server
+#: closed while it idled (a POST on one would fail, rightly not sent again).
+SHARED_IDLE = 1.0
+
+Couches = dict[str, tuple[Couch, float]]
+
+
+@pytest.fixture(scope="session")
+def couches(server: Server) -> Iterator[Couches]:
+    """The server's ``Couch`` of each backend, with when it was last used: consecutive tests
+    share one (a Couch keeps nothing from a call but its connections, and making one, a client
+    and its first connection, then closing it took more than most tests' calls)."""
+    made: Couches = {}
+    yield made
+    for couch, _ in made.values():
+        close_couch(couch)
+
+
+def shared_couch(request: pytest.FixtureRequest, couches: Couches, server: Server,
+                 backend: str) -> Iterator[Couch]:
+    """For fixtures: a ``Couch`` of ``backend`` on the server, the one the test before used if
+    it ended lately and well: handed back as found, without the recording a test put on it;
+    closed after a test that failed (it may have left a call or a feed going)."""
+    couch, last_used = couches.pop(backend, (None, 0.0))
+    if couch is not None and time.monotonic() - last_used > SHARED_IDLE:
+        close_couch(couch)
+        couch = None
+    if couch is None:
+        couch = make_couch(backend, server.url, server.auth)
+    yield couch
+    couch.backend.__dict__.pop("send", None)  # record_requests' wrapper
+    if request.node.stash.get(FAILED, False):
+        close_couch(couch)
+    else:
+        couches[backend] = (couch, time.monotonic())
+
+
 @pytest.fixture(params=MATRIX, ids=[f"{b}-{s}" for b, s in MATRIX])
-def c(request: pytest.FixtureRequest, server: Server) -> Any:
+def c(request: pytest.FixtureRequest, couches: Couches, server: Server) -> Any:
     backend, style = request.param
-    couch = make_couch(backend, server.url, server.auth)
-    client = Client(backend, style, couch)
-    yield client
-    close_couch(couch)
+    for couch in shared_couch(request, couches, server, backend):
+        yield Client(backend, style, couch)
 
 
 def close_couch(couch: Couch) -> None:
@@ -179,17 +234,16 @@ def close_couch(couch: Couch) -> None:
 
 
 @pytest.fixture(params=BACKENDS)
-def couch(request: pytest.FixtureRequest, server: Server) -> Any:
+def couch(request: pytest.FixtureRequest, couches: Couches, server: Server) -> Any:
     """A Couch of each backend, for features that are per backend rather than per style
     (iterators, feeds, paging)."""
-    couch = make_couch(request.param, server.url, server.auth)
-    yield couch
-    close_couch(couch)
+    yield from shared_couch(request, couches, server, request.param)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def admin(server: Server) -> Any:
-    """A blocking admin client for arranging and checking state independently of ``c``."""
+    """A blocking admin client for arranging and checking state independently of ``c``: one
+    for the session (it keeps no state but its connections; tests leave it as they found it)."""
     from corduroy2 import blocking
 
     couch = blocking.Couch(server.url, server.auth)

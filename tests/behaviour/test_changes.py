@@ -16,6 +16,7 @@ as ``since``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 import uuid
@@ -29,7 +30,7 @@ from corduroy2.api.changes import ChangesFeed
 
 from ..conftest import LOOP, Server
 from ..support.wait import until
-from .conftest import Client, fresh_database
+from .conftest import SLACK, Client, fresh_database
 
 REV_A = "1-" + "a" * 32
 REV_B = "1-" + "b" * 32  # the winner: same generation, greater rev id
@@ -73,7 +74,12 @@ async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
 
 #: Continuous feeds' heartbeat (ms): short, since a blocking feed's reader sees ``stop()`` only
 #: when bytes arrive, and the tests wait a few heartbeats to see that nothing comes after it.
-HEARTBEAT = 50
+HEARTBEAT = 25
+#: The ``latency`` of the batching tests (s): long enough for one ``_bulk_docs``'s changes to
+#: reach the feed together, over a network too; the tests wait a few of it.
+LATENCY = 0.05
+#: How long a request may take to reach the server.
+REACH = 0.04 * SLACK
 
 
 def write_later(delay: float, fn: Callable[[], Any]) -> None:
@@ -224,11 +230,11 @@ async def test_seq_interval_accepted(c: Client, db: Any, adb: Any) -> None:
 async def test_longpoll_waits_for_a_write(c: Client, db: Any, adb: Any) -> None:
     write_in_order(adb, ["a", "b"])
     current = (await c.call(db.changes))["last_seq"]
-    write_later(0.05, lambda: adb.save({"_id": "late"}))
+    write_later(0.02, lambda: adb.save({"_id": "late"}))
     started = time.monotonic()
     # timeout bounds CouchDB 3; pouchdb-server ignores it (pouchdb-server.md, Pitfall 5)
     res = await c.call(db.changes, feed="longpoll", since=current, timeout=10000)
-    assert time.monotonic() - started >= 0.04  # it waited for the write
+    assert time.monotonic() - started >= 0.015  # it waited for the write
     assert ids_of(res["results"]) == ["late"]
     assert res["last_seq"] == res["results"][-1]["seq"]
     assert (await c.call(db.changes, since=current))["results"] == res["results"]
@@ -237,10 +243,10 @@ async def test_longpoll_waits_for_a_write(c: Client, db: Any, adb: Any) -> None:
 async def test_longpoll_since_now(c: Client, db: Any, adb: Any) -> None:
     write_in_order(adb, ["a", "b"])
     # "now" is when the server takes the request: the write must come after that
-    write_later(0.1, lambda: adb.save({"_id": "late"}))
+    write_later(REACH, lambda: adb.save({"_id": "late"}))
     started = time.monotonic()
     res = await c.call(db.changes, feed="longpoll", since="now", timeout=10000)
-    assert time.monotonic() - started >= 0.08
+    assert time.monotonic() - started >= 0.8 * REACH
     assert ids_of(res["results"]) == ["late"]
     assert res["last_seq"] == res["results"][-1]["seq"]
 
@@ -293,17 +299,20 @@ class Calls:
         return out
 
 
-async def wait_live(adb: Any, calls: Calls, latency: float = 0.0) -> None:
+async def wait_live(adb: Any, calls: Calls) -> None:
     """A feed started ``since="now"`` misses writes made before the server set it up: write
-    ping docs until one is delivered."""
-    for i in range(30):
+    a ping doc every REACH until one is delivered (those written after the server set the feed
+    up come too, before anything the test writes next: ``Calls.live`` leaves them out)."""
+    give_up = time.monotonic() + 5
+    for i in itertools.count():
         await in_thread(adb.save, {"_id": f"ping{i:02d}"})
-        deadline = time.monotonic() + 0.05 + latency
+        deadline = time.monotonic() + REACH
         while time.monotonic() < deadline:
             if any(doc_id.startswith("ping") for doc_id in calls.ids()):
                 return
             await asyncio.sleep(0.005)
-    raise AssertionError("the feed never delivered a change")
+        if time.monotonic() > give_up:
+            raise AssertionError("the feed never delivered a change")
 
 
 async def test_continuous_callback_one_call_per_change(couch: Any, dbname: str,
@@ -348,14 +357,14 @@ async def test_continuous_callback_latency_batches(couch: Any, dbname: str, adb:
     db = couch.database(dbname)
     calls = Calls()
     feed = db.changes(feed="continuous", callback=calls, since="now", heartbeat=HEARTBEAT,
-                      latency=0.1)
+                      latency=LATENCY)
     try:
-        await wait_live(adb, calls, latency=0.1)
+        await wait_live(adb, calls)
         names = [f"d{i}" for i in range(6)]
         # one _bulk_docs: all six changes reach the feed well within the latency
         await in_thread(adb.save, [{"_id": name} for name in names])
         await until(lambda: [ch["id"] for _, b in calls.live() for ch in b] == names)
-        await asyncio.sleep(0.15)  # > latency: a late extra call would show up now
+        await asyncio.sleep(1.5 * LATENCY)  # a late extra call would show up now
         live = calls.live()
         assert [ch["id"] for _, batch in live for ch in batch] == names  # all, in order, once
         assert len(live) < len(names)  # batched: fewer calls than changes
@@ -367,7 +376,8 @@ async def test_continuous_callback_latency_batches(couch: Any, dbname: str, adb:
     assert not listening(feed)
     delivered = len(calls.calls)
     await in_thread(adb.save, {"_id": "after-stop"})
-    await asyncio.sleep(0.1 + 3 * HEARTBEAT / 1000)  # > latency + heartbeat
+    # > latency: the write's change is bytes for the blocking feed's reader to see stop() by
+    await asyncio.sleep(LATENCY + HEARTBEAT / 1000)
     assert len(calls.calls) == delivered
 
 
@@ -384,7 +394,7 @@ async def test_continuous_burst_in_batches_of_max_batch(couch: Any, dbname: str,
                       latency=60, max_batch=10)
     try:
         await until(lambda: len(calls.calls) >= 2)
-        await asyncio.sleep(0.1)  # the last 5 changes are in too, waiting for their batch
+        await asyncio.sleep(LATENCY)  # the last 5 changes are in too, waiting for their batch
     finally:
         feed.stop()
     assert [len(batch) for _, batch in calls.calls] == [10, 10]
@@ -397,14 +407,14 @@ async def test_continuous_feed_stopped_before_its_batch_is_due(couch: Any, dbnam
     db = couch.database(dbname)
     calls = Calls()
     feed = db.changes(feed="continuous", callback=calls, since=0, heartbeat=HEARTBEAT,
-                      latency=0.3)
+                      latency=2.5 * REACH)
     try:
         await in_thread(adb.save, {"_id": "x"})
-        # x reached the feed's batch, which is due 0.3 s after it arrived; stop before that
-        await asyncio.sleep(0.1)
+        # x reached the feed's batch, which is due 2.5 REACH after it arrived; stop before
+        await asyncio.sleep(REACH)
     finally:
         feed.stop()
-    await asyncio.sleep(0.35)
+    await asyncio.sleep(2.5 * REACH)  # the batch would have been due by now
     assert calls.calls == []  # stop() drops the pending batch: nothing after stop()
 
 
@@ -457,7 +467,7 @@ async def test_continuous_feed_on_missing_db_reports_not_found(couch: Any) -> No
         await until(lambda: bool(errors), timeout=10)
         assert isinstance(errors[0], NotFound)
         await until(lambda: not listening(feed), timeout=5)
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(LATENCY)  # a second error would show up now
         assert len(errors) == 1 and calls.calls == []
     finally:
         feed.stop()

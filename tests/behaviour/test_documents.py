@@ -520,7 +520,7 @@ async def test_batch_ok(c: Client, db: Any, adb: Any, server: Server) -> None:
         except NotFound:
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.05)
+            time.sleep(0.01)
     assert stored["n"] == 1
 
     if not server.deviates("batch_ok_has_rev"):

@@ -33,7 +33,7 @@ from corduroy2 import CookieAuth, CouchError, NotFound, Status, TransportError
 from ..conftest import LOOP, Server
 from ..support.proxy import Proxy
 from ..support.wait import until
-from .conftest import BACKENDS, close_couch, make_couch
+from .conftest import BACKENDS, SLACK, close_couch, make_couch
 
 
 @pytest.fixture(params=BACKENDS)
@@ -53,9 +53,9 @@ def nodes(server: Server) -> Iterator[list[Proxy]]:
 
 @pytest.fixture
 def cluster(backend: str, server: Server, nodes: list[Proxy]) -> Iterator[Any]:
-    # Feeds ask for a heartbeat every 0.05 s: 0.4 s of silence is a node that stopped.
+    # Feeds ask for a heartbeat every 0.05 s: 0.25 s of silence is a node that stopped.
     couch = make_couch(backend, [n.url for n in nodes], server.auth, connect_timeout=2.0,
-                       idle_timeout=0.4)
+                       idle_timeout=0.25 * SLACK)
     yield couch
     close_couch(couch)
 
@@ -179,7 +179,7 @@ async def test_a_post_in_flight_when_its_node_dies(cluster: Any, nodes: list[Pro
 async def test_a_silent_node_is_set_aside(backend: str, server: Server, nodes: list[Proxy],
                                           admin: Any, dbname: str, log: Log) -> None:
     admin.database(dbname).save({"_id": "doc"})
-    couch = make_couch(backend, [n.url for n in nodes], server.auth, idle_timeout=0.25)
+    couch = make_couch(backend, [n.url for n in nodes], server.auth, idle_timeout=0.15 * SLACK)
     try:
         db = couch.database(dbname)
         nodes[0].hang()  # accepts connections, answers nothing
@@ -218,8 +218,19 @@ async def test_cookie_session_across_nodes(backend: str, server: Server, nodes: 
         await closed(couch)
 
 
-async def test_feeds_resume_on_another_node(cluster: Any, nodes: list[Proxy], admin: Any,
+@pytest.fixture
+def quick_cluster(backend: str, server: Server, nodes: list[Proxy]) -> Iterator[Any]:
+    """The cluster for feeds only: 0.15 s without a heartbeat (every 0.05 s) is a silent node
+    (for calls, too short a wait for a busy server's answer, which must not fail a POST)."""
+    couch = make_couch(backend, [n.url for n in nodes], server.auth, connect_timeout=2.0,
+                       idle_timeout=0.15 * SLACK)
+    yield couch
+    close_couch(couch)
+
+
+async def test_feeds_resume_on_another_node(quick_cluster: Any, nodes: list[Proxy], admin: Any,
                                             dbname: str) -> None:
+    cluster = quick_cluster
     total = 30
     db = cluster.database(dbname)
     followed: list[str] = []
@@ -228,7 +239,7 @@ async def test_feeds_resume_on_another_node(cluster: Any, nodes: list[Proxy], ad
     blocking = cluster.backend_name == "blocking"
 
     follower = db.follow(lambda change: followed.append(change["id"]), heartbeat=0.05,
-                         stall_timeout=0.4, backoff_base=0.01, backoff_cap=0.05)
+                         stall_timeout=0.15 * SLACK, backoff_base=0.01, backoff_cap=0.05)
     if blocking:
         threading.Thread(target=follower.run, daemon=True).start()
     feed = db.changes(feed="continuous", since=0, heartbeat=50,

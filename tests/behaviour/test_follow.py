@@ -22,14 +22,18 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from corduroy2 import NotFound
+from corduroy2 import NotFound, Retry
 
 from ..conftest import LOOP, Server
 from ..support.wait import until
 from ..support.proxy import Proxy
-from .conftest import BACKENDS, make_couch
+from .conftest import BACKENDS, SLACK, make_couch
 
 FAST = {"heartbeat": 0.05, "backoff_base": 0.01, "backoff_cap": 0.1}
+#: The pipeline's retries of a cut request, as quick as the follower's own backoff (FAST): the
+#: default policy's delays (up to 0.1 s, then 0.2 s) would make each cut cost far more than
+#: the reconnect it tests.
+FAST_RETRY = Retry(base=0.01, cap=0.1)
 
 
 @pytest.fixture
@@ -80,7 +84,7 @@ def ids_in_changes(admin: Any, dbname: str) -> list[str]:
 
 async def test_every_change_in_order_across_cuts(backend: str, server: Server, admin: Any,
                                                  dbname: str, proxy: Proxy) -> None:
-    couch = make_couch(backend, proxy.url, server.auth)
+    couch = make_couch(backend, proxy.url, server.auth, retry=FAST_RETRY)
     run = Following(backend, couch, dbname)
     seen: list[dict[str, Any]] = []
     connection_of: list[int] = []  # the follower's connection count when each change came
@@ -89,7 +93,8 @@ async def test_every_change_in_order_across_cuts(backend: str, server: Server, a
         seen.append(change)
         connection_of.append(run.follower.connections)
 
-    run.start(handler, checkpoint="cuts", checkpoint_every=10, **FAST)
+    # Reconnects as fast as the cuts come (a cut before any heartbeat backs off anew).
+    run.start(handler, checkpoint="cuts", checkpoint_every=10, **{**FAST, "backoff_cap": 0.02})
     total = 120
     writer_done = threading.Event()
 
@@ -111,9 +116,9 @@ async def test_every_change_in_order_across_cuts(backend: str, server: Server, a
     while run.follower.connections <= 21 or not writer_done.is_set():
         assert time.monotonic() < deadline, f"only {run.follower.connections} connections"
         proxy.cut_after(0 if writer_done.is_set() else rng.randint(0, 120))
-        await asyncio.sleep(rng.uniform(0.01, 0.06))
+        await asyncio.sleep(rng.uniform(0.005, 0.03))
     await until(lambda: len(seen) >= total)
-    await asyncio.sleep(0.1)  # anything extra (a duplicate) would show up now
+    await asyncio.sleep(0.05)  # anything extra (a duplicate) would show up now
     last = await run.stop()
 
     assert proxy.cuts >= 20 and run.follower.connections > 21
@@ -155,7 +160,7 @@ async def test_restart_from_checkpoint(backend: str, server: Server, admin: Any,
     again: list[dict[str, Any]] = []
     second.start(again.append, checkpoint="ck", since=0, **FAST)  # the checkpoint wins
     await until(lambda: len(again) == 3)
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.05)  # anything extra would show up now
     await second.stop()
     # Nothing before the checkpoint, each change once (in shard order on a sharded CouchDB).
     assert sorted(c["id"] for c in again) == ["b0", "b1", "b2"]
@@ -167,7 +172,7 @@ async def test_stalled_connection_is_replaced(backend: str, server: Server, admi
     couch = make_couch(backend, proxy.url, server.auth)
     run = Following(backend, couch, dbname)
     seen: list[str] = []
-    run.start(lambda c: seen.append(c["id"]), heartbeat=0.05, stall_timeout=0.25,
+    run.start(lambda c: seen.append(c["id"]), heartbeat=0.05, stall_timeout=0.15 * SLACK,
               backoff_base=0.01, backoff_cap=0.1)
     wdb = admin.database(dbname)
     wdb.save({"_id": "before"})
@@ -200,7 +205,7 @@ async def test_deleted_database_stops_with_error(backend: str, server: Server, a
     assert isinstance(errors[0], NotFound)
     await until(lambda: not run.follower.running, timeout=10)
     connections = run.follower.connections
-    await asyncio.sleep(0.25)  # > backoff_cap
+    await asyncio.sleep(0.15)  # > backoff_cap
     assert run.follower.connections == connections  # it does not loop on a 404
     admin.create(dbname)  # for the fixture's cleanup
     if run.thread is not None:
@@ -246,7 +251,7 @@ async def test_handler_promise_is_awaited_in_order(backend: str, server: Server,
     admin.database(dbname).save([{"_id": i} for i in written])
     run.start(handler, **FAST)
     await until(lambda: sum(what == "settled" for what, _ in events) >= 10)
-    await asyncio.sleep(0.1)  # anything extra (a duplicate) would show up now
+    await asyncio.sleep(0.05)  # anything extra (a duplicate) would show up now
     await run.stop()
     started = [i for what, i in events if what == "start"]
     assert Counter(started) == Counter(written)  # every change, once

@@ -203,7 +203,7 @@ async def test_wait_follows_the_scheduler_to_completion(remote: Client,
                                     "http://bob:s3cret@elsewhere:5984/tgt", "rep1",
                                     continuous=False, create_target=True)
     seen: list[Any] = []
-    final = await remote.call(replication.wait, on_progress=seen.append, interval=0.01)
+    final = await remote.call(replication.wait, on_progress=seen.append, interval=0.002)
     assert final.state == "completed" and final.info["docs_written"] == 3
     # the document's own state while the scheduler had not seen it, then each change once
     assert [(s.state, (s.info or {}).get("docs_written")) for s in seen] == [
@@ -224,7 +224,7 @@ async def test_wait_fails_with_the_reason_of_a_crash(remote: Client, fault: Faul
     reason = "db_not_found: could not open http://127.0.0.1/missing/"
     fault.add("GET", SCHEDULER, [entry("running", 0), entry("crashing", error=reason)])
     with pytest.raises(ReplicationFailed) as failure:
-        await remote.call(replication.wait, interval=0.01)
+        await remote.call(replication.wait, interval=0.002)
     assert (failure.value.state, failure.value.reason, failure.value.doc_id) == (
         "crashing", reason, "rep1")
     assert failure.value.details["error_count"] == 1
@@ -232,16 +232,16 @@ async def test_wait_fails_with_the_reason_of_a_crash(remote: Client, fault: Faul
     # CouchDB retries a crashing replication: sat out, it can still complete...
     fault.add("GET", SCHEDULER, [entry("crashing", error=reason), entry("running", 1),
                                  entry("completed", 3)])
-    final = await remote.call(replication.wait, interval=0.01, sit_out_crashes=True)
+    final = await remote.call(replication.wait, interval=0.002, sit_out_crashes=True)
     assert final.state == "completed"
     # ...but failed is final, sat out or not
     fault.add("GET", SCHEDULER, [entry("failed", error="duplicate replication")])
     with pytest.raises(ReplicationFailed, match="duplicate replication"):
-        await remote.call(replication.wait, interval=0.01, sit_out_crashes=True)
+        await remote.call(replication.wait, interval=0.002, sit_out_crashes=True)
     # and a replication that does not end within the timeout
     fault.add("GET", SCHEDULER, [entry("running", 1)])
     with pytest.raises(Timeout):
-        await remote.call(replication.wait, interval=0.01, timeout=0.05)
+        await remote.call(replication.wait, interval=0.002, timeout=0.02)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

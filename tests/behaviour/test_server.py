@@ -58,8 +58,9 @@ async def test_db_checks_existence(c: Client, admin) -> None:
 
 
 async def test_connection_refused(c: Client) -> None:
-    # Port 1 on loopback: nothing listens there. (Refused connections are retried: quickly.)
-    dead = make_couch(c.backend, "http://127.0.0.1:1", None, retry=Retry(base=0.01))
+    # Port 1 on loopback: nothing listens there. (Refused connections are retried: once,
+    # quickly; Twisted learns of each refusal only ATTEMPT_DELAY later.)
+    dead = make_couch(c.backend, "http://127.0.0.1:1", None, retry=Retry(attempts=2, base=0.01))
     with pytest.raises(ConnectError):
         await c.call(dead.info)
     dead.close()

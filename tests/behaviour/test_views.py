@@ -332,7 +332,7 @@ async def test_on_row_exception_fails_the_call(c: Client, db: Any, seeded: Any) 
 
             returned = db.view("t/by_n", on_row=on_row, callback=callback)
             await done
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)  # a second call would show up now
         assert returned is None and len(calls) == 1
         data, status = calls[0]
         assert data is None and not status.ok

@@ -127,11 +127,40 @@ ROUTES: list[Route] = [
 
 
 def match_route(segments: list[str]) -> tuple[Route, dict[str, str]] | None:
-    for route in ROUTES:
+    for route, at, literal in _routes_for(len(segments)):
+        if at >= 0 and segments[at] != literal:
+            continue  # (the cheap test first: most routes differ in their last literal)
         params = _match(route.pattern, segments)
         if params is not None:
             return route, params
     return None
+
+
+#: By n: the routes that can match a path of n segments, in the table's order, each with the
+#: position and text of its last literal segment (-1: none). A request's path is matched by
+#: the few that fit, not tried against each of the table's 60-odd patterns.
+_BY_LENGTH: dict[int, list[tuple[Route, int, str]]] = {}
+
+
+def _routes_for(n: int) -> list[tuple[Route, int, str]]:
+    routes = _BY_LENGTH.get(n)
+    if routes is None:
+        routes = _BY_LENGTH[n] = [(r, *_last_literal(r.pattern)) for r in ROUTES
+                                  if _can_match(r.pattern, n)]
+    return routes
+
+
+def _can_match(pattern: tuple[str, ...], n: int) -> bool:
+    if pattern and pattern[-1].endswith("+}"):
+        return n >= len(pattern)
+    return n == len(pattern)
+
+
+def _last_literal(pattern: tuple[str, ...]) -> tuple[int, str]:
+    for at in range(len(pattern) - 1, -1, -1):
+        if not pattern[at].startswith("{"):
+            return at, pattern[at]
+    return -1, ""
 
 
 def _match(pattern: tuple[str, ...], segments: list[str]) -> dict[str, str] | None:
