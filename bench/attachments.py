@@ -37,7 +37,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.rows import AIOHTTP_RAW, BACKENDS, make_loop, pin_apart, preload, run_measurement
+from bench.rows import (
+    AIOHTTP_RAW, BACKENDS, make_loop, pin_apart, preload, run_measurement, twisted_client,
+)
 
 PATH = "/db/doc/big.bin"
 PIECE = 256 * 1024  # corduroy2's file piece (api/attachments.FILE_PIECE), for the raw too
@@ -110,14 +112,14 @@ def measure(backend: str, mode: str, url: str, body_file: str) -> dict[str, Any]
         if backend.startswith("tornado"):
             from corduroy2.tornado_io import Couch
             return Couch(url, client=backend.split("-")[1], retry=False)
-        if backend == "twisted":
+        if backend.startswith("twisted"):
             from corduroy2.twisted_io import Couch as TwistedCouch
-            return TwistedCouch(url, retry=False)
+            return TwistedCouch(url, retry=False, client=twisted_client(backend))
         from corduroy2.blocking import Couch as BlockingCouch
         return BlockingCouch(url, retry=False)
 
     def settle(value: Any) -> Any:
-        if backend == "twisted":
+        if backend.startswith("twisted"):
             return value.asFuture(loop)
         return value
 
@@ -137,7 +139,7 @@ def measure(backend: str, mode: str, url: str, body_file: str) -> dict[str, Any]
                 got += len(chunk)
             return got
 
-        if backend == "twisted":
+        if backend.startswith("twisted"):
             from twisted.internet.defer import Deferred
             return await Deferred.fromCoroutine(read()).asFuture(loop)  # type: ignore[no-any-return]
         return await read()

@@ -36,7 +36,7 @@ from typing import Any
 from bench import instructions
 from bench.rows import (
     AIOHTTP_RAW, BACKENDS, answer_measurement, interleaved, make_loop, peak_rss_mb, preload,
-    replay,
+    replay, twisted_client,
 )
 
 PATH = "/db/_changes?feed=continuous&since=0"
@@ -146,13 +146,13 @@ def measure(backend: str, mode: str, url: str, changes: int) -> dict[str, Any]:
             couch: Any = Couch(url, client=backend.split("-")[1])
         else:
             from corduroy2.twisted_io import Couch
-            couch = Couch(url)
+            couch = Couch(url, client=twisted_client(backend))
         if mode == "iter":
             async def iterate() -> None:
                 async for _change in couch.database("db").iter_changes(since=0):
                     count[0] += 1
 
-            if backend == "twisted":
+            if backend.startswith("twisted"):
                 from twisted.internet.defer import Deferred
                 await Deferred.fromCoroutine(iterate()).asFuture(loop)
             else:

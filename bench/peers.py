@@ -280,8 +280,6 @@ def run_one(workload: str, client: str, url: str, n: int) -> dict[str, Any] | st
 
 def clients_for(workload: str) -> list[str]:
     ours = list(BACKENDS)
-    if workload.startswith("get"):  # Twisted's second transport: measured on GETs only
-        ours.insert(ours.index("twisted") + 1, "twisted-httptools")
     if workload == "stream":
         return [FLOOR[workload], *ours]  # no peer streams rows
     return [FLOOR[workload], *PEERS, *ours]

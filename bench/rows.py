@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 BACKENDS = ["tornado-curl", "tornado-simple", "tornado-aiohttp", "tornado-httptools", "twisted",
-            "blocking"]
+            "twisted-httptools", "blocking"]
 #: Whose raw side is aiohttp on the same loop (their own transport has no raw form of its own).
 AIOHTTP_RAW = ("tornado-aiohttp", "tornado-httptools")
 REPO = Path(__file__).resolve().parent.parent
@@ -102,6 +102,11 @@ def serve(body_file: str, port_file: str) -> None:
         threading.Thread(target=handle, args=(conn,), daemon=True).start()
 
 
+def twisted_client(backend: str) -> str:
+    """The ``client`` of the Twisted door a backend's name stands for."""
+    return "httptools" if backend == "twisted-httptools" else "agent"
+
+
 def make_loop(backend: str) -> Any:
     """A fresh asyncio loop; for Twisted, its asyncioreactor installed on it and started (the
     reactor's thread pool only starts with startRunning)."""
@@ -109,7 +114,7 @@ def make_loop(backend: str) -> Any:
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    if backend == "twisted":
+    if backend.startswith("twisted"):
         from twisted.internet import asyncioreactor
 
         asyncioreactor.install(loop)
@@ -139,10 +144,12 @@ def preload(backend: str) -> None:
             import corduroy2.tornado_io.aiohttp_backend  # noqa: F401
         if backend == "tornado-httptools":
             import corduroy2.tornado_io.httptools_client  # noqa: F401
-    elif backend == "twisted":
+    elif backend.startswith("twisted"):
         import twisted.web.client  # noqa: F401
 
         import corduroy2.twisted_io  # noqa: F401
+        if backend == "twisted-httptools":
+            import corduroy2.twisted_io.httptools_client  # noqa: F401
 
 
 @contextlib.contextmanager
@@ -223,14 +230,14 @@ def measure(backend: str, mode: str, url: str, rows: int) -> dict[str, Any]:
             couch: Any = Couch(url, client=backend.split("-")[1])
         else:
             from corduroy2.twisted_io import Couch
-            couch = Couch(url)
+            couch = Couch(url, client=twisted_client(backend))
         db = couch.database("db")
         if mode in ("kept", "frozen"):
             result = db.view("d/v", freeze_gc=mode == "frozen")
-            result = await (result.asFuture(loop) if backend == "twisted" else result)
+            result = await (result.asFuture(loop) if backend.startswith("twisted") else result)
             return len(list(result.rows))  # every row in hand as a Row
         result = db.view("d/v", on_rows=count)
-        await (result.asFuture(loop) if backend == "twisted" else result)
+        await (result.asFuture(loop) if backend.startswith("twisted") else result)
         return counted[0]
 
     async def raw() -> int:
