@@ -302,9 +302,10 @@ def measure(backend: str, mode: str, url: str, rows: int) -> dict[str, Any]:
     collector.stop()
     n = got if isinstance(got, int) else len(got)
     assert n == rows, f"{backend}/{mode}: {n} rows, expected {rows}"
+    rss = peak_rss_mb()  # before gc.get_objects() makes its list of every tracked object
     # the rows are still in hand: the objects the collector tracks for each of them
     tracked = (len(gc.get_objects()) - tracked_before) / rows
-    return {"backend": backend, "mode": mode, "seconds": elapsed, "rss_mb": peak_rss_mb(),
+    return {"backend": backend, "mode": mode, "seconds": elapsed, "rss_mb": rss,
             "cpu_s": cpu, "gc_cpu_s": collector.cpu_s, "collections": collector.collections,
             "tracked_per_row": tracked}
 
