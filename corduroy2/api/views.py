@@ -139,8 +139,10 @@ class Keep:
     #: Bytes the sink gathers before it parses them (:class:`~corduroy2.api.sinks.RowConsumer`):
     #: nobody sees a row before the end, and rows in hand cost mostly in the cyclic collector,
     #: which costs less when rows are decoded and made Rows a few hundred at a time than per
-    #: 1.5 kB chunk (CouchDB's) or per 256 kB (aiohttp's): 1M rows in hand, collector CPU time
-    #: 2.7 s from 1.5 kB chunks, 1.6 s gathered to 16-32 kB, 2.1 s from 256 kB (issue 19).
+    #: 1.5 kB chunk (CouchDB's, as Twisted, http.client and mostly curl hand them over) or per
+    #: 256 kB (aiohttp's): 1M rows in hand (``bench rows``), the collector's CPU time went from
+    #: 2.6-2.8 s (1.5 kB) and 2.25 s (aiohttp) to 1.6-1.8 s; of 8, 16, 32 and 64 kB, 16 kB
+    #: cost least (issue 19).
     GATHER = 16 * 1024
 
     __slots__ = ("_wrap", "_build", "_rows", "_freeze", "_thaw_at_end", "__weakref__")
