@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import resource
@@ -214,6 +215,28 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class CollectorWatch:
+    """What CPython's cyclic collector did meanwhile: collections per generation and the CPU
+    seconds spent in them (``gc.callbacks``; reading the collector's state changes nothing).
+    CPU time, unlike wall time, hardly moves when other processes load the machine."""
+
+    def __init__(self) -> None:
+        self.collections = [0, 0, 0]
+        self.cpu_s = 0.0
+        self._began = 0.0
+        gc.callbacks.append(self._note)
+
+    def _note(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.process_time()
+        else:
+            self.collections[info["generation"]] += 1
+            self.cpu_s += time.process_time() - self._began
+
+    def stop(self) -> None:
+        gc.callbacks.remove(self._note)
+
+
 def measure(backend: str, mode: str, url: str, rows: int) -> dict[str, Any]:
     """One measurement, in this (fresh) process."""
     import orjson
@@ -224,7 +247,7 @@ def measure(backend: str, mode: str, url: str, rows: int) -> dict[str, Any]:
     def count(batch: list[Any]) -> None:
         counted[0] += len(batch)
 
-    async def via_corduroy() -> int:
+    async def via_corduroy() -> int | list[Any]:
         if backend.startswith("tornado"):
             from corduroy2.tornado_io import Couch
             couch: Any = Couch(url, client=backend.split("-")[1])
@@ -235,12 +258,12 @@ def measure(backend: str, mode: str, url: str, rows: int) -> dict[str, Any]:
         if mode in ("kept", "frozen"):
             result = db.view("d/v", freeze_gc=mode == "frozen")
             result = await (result.asFuture(loop) if backend.startswith("twisted") else result)
-            return len(list(result.rows))  # every row in hand as a Row
+            return list(result.rows)  # every row in hand as a Row
         result = db.view("d/v", on_rows=count)
         await (result.asFuture(loop) if backend.startswith("twisted") else result)
         return counted[0]
 
-    async def raw() -> int:
+    async def raw() -> list[Any]:
         if backend in AIOHTTP_RAW:
             import aiohttp
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout()) as session:
@@ -262,32 +285,56 @@ def measure(backend: str, mode: str, url: str, rows: int) -> dict[str, Any]:
             agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=True))
             response = await agent.request(b"GET", (url + PATH).encode()).asFuture(loop)
             body = await readBody(response).asFuture(loop)
-        return len(orjson.loads(body)["rows"])
+        return orjson.loads(body)["rows"]  # type: ignore[no-any-return]
 
-    def blocking() -> int:
+    def blocking() -> int | list[Any]:
         if mode == "raw":
             import http.client
             from urllib.parse import urlsplit
             parts = urlsplit(url)
             conn = http.client.HTTPConnection(parts.hostname, parts.port)
             conn.request("GET", PATH)
-            return len(orjson.loads(conn.getresponse().read())["rows"])
+            return orjson.loads(conn.getresponse().read())["rows"]  # type: ignore[no-any-return]
         from corduroy2.blocking import Couch
         db = Couch(url).database("db")
         if mode in ("kept", "frozen"):
-            return len(list(db.view("d/v", freeze_gc=mode == "frozen").rows))
+            return list(db.view("d/v", freeze_gc=mode == "frozen").rows)
         db.view("d/v", on_rows=count)
         return counted[0]
 
     preload(backend)
-    start = time.perf_counter()
+    tracked_before = len(gc.get_objects())
+    collector = CollectorWatch()
+    cpu, start = time.process_time(), time.perf_counter()
     if backend == "blocking":
-        n = blocking()
+        got = blocking()
     else:
-        n = loop.run_until_complete(raw() if mode == "raw" else via_corduroy())
-    elapsed = time.perf_counter() - start
+        got = loop.run_until_complete(raw() if mode == "raw" else via_corduroy())
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    collector.stop()
+    n = got if isinstance(got, int) else len(got)
     assert n == rows, f"{backend}/{mode}: {n} rows, expected {rows}"
-    return {"backend": backend, "mode": mode, "seconds": elapsed, "rss_mb": peak_rss_mb()}
+    rss = peak_rss_mb()  # before gc.get_objects() makes its list of every tracked object
+    # the rows are still in hand: the objects the collector tracks for each of them
+    tracked = (len(gc.get_objects()) - tracked_before) / rows
+    return {"backend": backend, "mode": mode, "seconds": elapsed, "rss_mb": rss,
+            "cpu_s": cpu, "gc_cpu_s": collector.cpu_s, "collections": collector.collections,
+            "tracked_per_row": tracked}
+
+
+def cpu_line(backend: str, results: dict[str, list[dict[str, Any]]]) -> str:
+    """One backend's line of the CPU table: raw and kept modes."""
+    def med(mode: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[mode])
+
+    def gen2(mode: str) -> int:
+        return int(statistics.median(r["collections"][2] for r in results[mode]))
+
+    collections = f"{gen2('raw')}/{gen2('kept')}"
+    return (f"{backend:<15}{med('raw', 'cpu_s'):>8.2f}{med('kept', 'cpu_s'):>9.2f}"
+            f"{med('kept', 'cpu_s') / med('raw', 'cpu_s'):>9.2f}{med('raw', 'gc_cpu_s'):>8.2f}"
+            f"{med('kept', 'gc_cpu_s'):>8.2f}{collections:>14}"
+            f"{med('raw', 'tracked_per_row'):>11.2f}/{med('kept', 'tracked_per_row'):.2f}")
 
 
 def main(argv: list[str]) -> int:
@@ -307,6 +354,7 @@ def main(argv: list[str]) -> int:
         print(f"{'backend':<15}{'raw s':>8}{'kept s':>8}{'kept/raw':>9}{'frozen s':>9}"
               f"{'frozen/raw':>11}{'dropped s':>10}{'raw MB':>8}{'kept MB':>8}"
               f"{'dropped MB':>11}")
+        cpu_lines = []
         for backend in args.only.split(","):
             results = interleaved("bench.rows", backend, ["raw", "kept", "frozen", "dropped"],
                                   args.repeats, url, args.rows)
@@ -317,6 +365,13 @@ def main(argv: list[str]) -> int:
                   f"{med['frozen'] / med['raw']:>11.2f}"
                   f"{med['dropped']:>10.2f}{rss['raw']:>8.0f}{rss['kept']:>8.0f}"
                   f"{rss['dropped']:>11.0f}", flush=True)
+            cpu_lines.append(cpu_line(backend, results))
+        print("\nCPU seconds (median; steadier than wall time on a loaded machine), of which in "
+              "the cyclic collector;\nfull (gen 2) collections; objects the collector tracks "
+              "per row in hand")
+        print(f"{'backend':<15}{'raw cpu':>8}{'kept cpu':>9}{'kept/raw':>9}{'raw gc':>8}"
+              f"{'kept gc':>8}{'gen2 raw/kept':>14}{'tracked raw/kept':>17}")
+        print("\n".join(cpu_lines))
     return 0
 
 

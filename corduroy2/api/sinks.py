@@ -18,7 +18,13 @@ Finished = Callable[[Any, "BaseException | None", int, Headers], None]
 
 
 class RowConsumer(Protocol):
-    """Receives a streamed row body as it is parsed; :meth:`end` gives the operation's value."""
+    """Receives a streamed row body as it is parsed; :meth:`end` gives the operation's value.
+
+    A consumer that looks at no row before :meth:`end` (a buffered result) may say so with a
+    ``GATHER`` class attribute: the bytes a :class:`RowSink` lets pile up before it parses
+    them. Rows are then parsed that many bytes at a time, whatever the chunks the transport
+    hands over (see :class:`~corduroy2.api.views.Keep` for why).
+    """
 
     def header(self, fields: dict[str, Any]) -> None: ...
 
@@ -30,13 +36,15 @@ class RowConsumer(Protocol):
 class RowSink:
     """A sink that parses a row-bearing body with :class:`RowStream` as chunks arrive.
 
-    Error replies (>= 400) are collected whole and mapped. A failure while parsing (bad JSON, an
-    error member mid-stream, the consumer raising) cancels the transfer: the rest of the body is
-    unwanted, and the connection must not be reused half-read.
+    Rows reach the consumer per received chunk, or per ``GATHER`` bytes if it has that
+    attribute (:class:`RowConsumer`). Error replies (>= 400) are collected whole and mapped. A
+    failure while parsing (bad JSON, an error member mid-stream, the consumer raising) cancels
+    the transfer: the rest of the body is unwanted, and the connection must not be reused
+    half-read.
     """
 
     __slots__ = ("_consumer", "_done", "_request", "transfer", "_parser", "_status",
-                 "_headers", "_error_chunks", "_end", "_over")
+                 "_headers", "_error_chunks", "_end", "_over", "_gather")
 
     #: How many of what this sink hands over are worth waking a waiting reader for at once
     #: (an iterator wakes it on the next loop turn otherwise: see
@@ -46,6 +54,7 @@ class RowSink:
     def __init__(self, request: Request, consumer: RowConsumer,
                  done: Finished) -> None:
         self._request = request
+        self._gather: int = getattr(consumer, "GATHER", 0)
         self._consumer = consumer
         self._done = done
         self.transfer: Transfer | None = None
@@ -68,12 +77,23 @@ class RowSink:
             self._error_chunks.append(chunk)
             return
         try:
-            self._parser.receive_data(chunk)
-            self._drain(self._parser)
+            if self._gather:
+                self._receive_gathered(self._parser, chunk)
+            else:
+                self._parser.receive_data(chunk)
+                self._drain(self._parser)
         except StopTransfer:
             raise
         except Exception as exc:
             self._fail(exc)
+
+    def _receive_gathered(self, parser: RowStream, chunk: bytes) -> None:
+        """Parse about ``GATHER`` bytes at a time, whatever the size of the chunks received."""
+        gather = self._gather
+        for start in range(0, len(chunk), gather):
+            parser.receive_data(chunk[start:start + gather])  # (a small chunk is not copied)
+            if parser.buffered >= gather:
+                self._drain(parser)
 
     def _drain(self, parser: RowStream) -> None:
         consumer = self._consumer

@@ -34,9 +34,10 @@ class Row(dict):  # type: ignore[type-arg]
 
     A dict subclass, so that the parser's rows become Rows at C speed: ``map(Row, rows)`` per
     received batch copies each parsed dict in C and lets the original go, and the attributes
-    are C-level getters (``methodcaller``). A million rows in hand this way cost less than the
-    floor's one ``orjson.loads`` of the whole body (``python -m bench rows``, ``list/raw``,
-    issue 19); a slotted wrapper over the dict, made per row in Python, cost 1.2-1.5x it.
+    are C-level getters (``methodcaller``). A million rows in hand this way cost about what the
+    floor's one ``orjson.loads`` of the whole body costs, in 30% less memory (``python -m bench
+    rows``, ``kept/raw``: 0.93-0.98 of its CPU time, issue 19); a slotted wrapper over the dict,
+    made per row in Python, cost 1.2-1.5x it.
     """
 
     __slots__ = ()
@@ -135,6 +136,15 @@ class Keep:
     """
 
     FREEZE_AFTER = 10_000
+
+    #: Bytes the sink gathers before it parses them (:class:`~corduroy2.api.sinks.RowConsumer`):
+    #: nobody sees a row before the end, and rows in hand cost mostly in the cyclic collector,
+    #: which costs less when rows are decoded and made Rows a few hundred at a time than per
+    #: 1.5 kB chunk (CouchDB's, as Twisted, http.client and mostly curl hand them over) or per
+    #: 256 kB (aiohttp's): 1M rows in hand (``bench rows``), the collector's CPU time went from
+    #: 2.6-2.8 s (1.5 kB) and 2.25 s (aiohttp) to 1.6-1.8 s; of 8, 16, 32 and 64 kB, 16 kB
+    #: cost least (issue 19).
+    GATHER = 16 * 1024
 
     __slots__ = ("_wrap", "_build", "_rows", "_freeze", "_thaw_at_end", "__weakref__")
 
