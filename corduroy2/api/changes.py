@@ -121,9 +121,9 @@ class ChangesSink(RowSink):
     feed there: ``last_seq`` is then the last delivered change's seq and ``pending`` None. A
     server that honours ``limit`` ends the feed itself, with its own ``last_seq`` line.
 
-    :meth:`resume` gives the request that picks the feed up after the last change received:
-    on a cluster, the pipeline sends it to another node when the feed's node fails, and this
-    sink starts over at ``on_start``. With ``remember`` (a cluster's feed) it drops the changes
+    :meth:`request_to_resume` gives the request that picks the feed up after the last change
+    received: on a cluster, the pipeline sends it to another node when the feed's node fails,
+    and this sink starts over at ``on_start``. With ``remember`` (a cluster's feed) it drops the changes
     it has already handed over (:class:`Delivered`), which CouchDB may send again then.
     """
 
@@ -201,7 +201,7 @@ class ChangesSink(RowSink):
             self._consumer.rows(changes)
             self._last_seq = changes[-1].get("seq", self._last_seq)
 
-    def resume(self) -> Request:
+    def request_to_resume(self) -> Request:
         """The feed's request again, from the last change received (with what is left of its
         ``limit``)."""
         return resume_feed(self._request, self._last_seq, self._left)

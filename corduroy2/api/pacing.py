@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from ..backend import Cancel, Sink, Transfer
 from ..errors import CouchError
+from ..protocol.requests import Request
 from ..protocol.responses import Headers
 
 __all__ = ["Paced"]
@@ -42,6 +43,10 @@ class Paced:
         self._stopped = False  # the transport is paused (for the reader or while holding)
         self._timer: Cancel | None = None
         self._cancelled = False
+        #: The sink's own request to pick a broken feed up on another node, if it has one
+        #: (:class:`~corduroy2.api.changes.ChangesSink`): the pipeline asks the sink it sends to.
+        self.request_to_resume: Callable[[], Request] | None = getattr(
+            sink, "request_to_resume", None)
 
     def keep(self, transfer: Transfer) -> Paced:
         """The transfer that feeds this sink; returns this handle to be used in its place."""

@@ -243,7 +243,7 @@ class Exchange:
         elif self._delivering and self._request.stream:
             # Its consumer has seen part of the reply: it is not sent again as it was. A feed
             # that can pick up where it broke goes on from there on another node.
-            decision = self._resume()
+            decision = self._pick_up()
         else:
             decision = self._decide()
         if decision is FAIL:
@@ -258,15 +258,16 @@ class Exchange:
         else:  # DELIVER after a transport error cannot be: decide() fails those
             raise AssertionError(f"{decision!r} at the end of {self._request!r}")
 
-    def _resume(self) -> Decision:
+    def _pick_up(self) -> Decision:
         """After a streamed reply broke: on a cluster, carry on with the request its sink
-        gives to pick the stream up (``resume()``, a changes feed's), as a new request: its
-        own retries, deadline and nodes, its status not yet known (so a node that went silent
-        is left like one that never answered)."""
-        resume = getattr(self._sink, "resume", None)
-        if resume is None or self._sender.nodes is None:
+        gives to pick the stream up (``request_to_resume()``, a changes feed's), as a new
+        request: its own retries, deadline and nodes, its status not yet known (so a node that
+        went silent is left like one that never answered)."""
+        # (An optional member of a sink: "resume" is the transfer handle's word for unpausing.)
+        request_to_resume = getattr(self._sink, "request_to_resume", None)
+        if request_to_resume is None or self._sender.nodes is None:
             return FAIL
-        self._request = resume()
+        self._request = request_to_resume()
         self._tried = 1 << self._node
         self._retries = 0
         self._first = time.monotonic()

@@ -156,3 +156,13 @@ def test_cancel_drops_what_is_held_and_cancels_the_transfer() -> None:
     handle.on_end()
     assert sink.data() == handed and "end" not in sink.events
     assert transfer.calls == ["pause", "cancel"]
+
+
+def test_the_sinks_request_to_resume_a_feed_is_the_pipelines_to_ask_for() -> None:
+    class FeedSink(Sink):
+        def request_to_resume(self) -> str:
+            return "the feed from its last change"
+
+    feed = FeedSink()
+    assert Paced(feed, Loop().call_later).request_to_resume == feed.request_to_resume  # type: ignore[arg-type]
+    assert Paced(Sink(), Loop().call_later).request_to_resume is None  # type: ignore[arg-type]

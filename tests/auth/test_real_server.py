@@ -16,7 +16,7 @@ from corduroy2 import BasicAuth, CookieAuth, Forbidden, Unauthorized
 from corduroy2.protocol.requests import encode_json
 
 from ..behaviour.conftest import Client, make_couch
-from ..behaviour.conftest import admin, c, dbname  # noqa: F401  (fixtures: backend x style)
+from ..behaviour.conftest import admin, c, couches, dbname  # noqa: F401  (fixtures: backend x style)
 from ..conftest import LOOP, Server
 
 
