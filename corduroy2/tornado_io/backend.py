@@ -15,6 +15,7 @@ whatever its status; code 599 is a failed exchange. What Tornado has no public A
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import functools
 import math
@@ -67,6 +68,11 @@ _READ_PAUSE: int = pycurl.READFUNC_PAUSE if pycurl is not None else 0
 _UPLOAD_BUFFER = 256 * 1024
 # libcurl's receive buffer for streamed replies (see _Transfer.prepare_curl).
 _STREAM_BUFFER = 256 * 1024
+# What a WRITEFUNCTION answers to have libcurl stop receiving and keep the piece it offered.
+_WRITE_PAUSE: int = pycurl.WRITEFUNC_PAUSE if pycurl is not None else 0
+# At most this much of a streamed reply waits in a _CurlBody before libcurl is told to stop
+# reading (and more, one receive buffer, waits in libcurl meanwhile).
+_CURL_QUEUE = 1024 * 1024
 
 # libcurl error numbers (curl/curl.h), by what they mean for the caller.
 _CURL_CONNECT = {5, 6, 7, 35, 51, 53, 54, 58, 59, 60, 77, 80, 83, 90, 91}
@@ -166,6 +172,95 @@ class _Upload:
             self._run.resume()  # PAUSE_CONT: libcurl reads again
 
 
+class _CurlBody:
+    """A streamed reply's body on the curl client, delivered by libcurl to :meth:`write` (its
+    ``WRITEFUNCTION``, set in ``prepare_curl_callback`` in place of the one Tornado sets up),
+    so that a paused reader stops libcurl reading.
+
+    Tornado's own ``streaming_callback`` buffer cannot do that: it pauses libcurl itself while
+    a megabyte waits in it, and unpauses it after handing that megabyte over whatever the
+    reader asked meanwhile. A paused reader was handed up to a megabyte per loop pass, parsed
+    into rows that waited in its queue through every collection, and the server was read on.
+
+    libcurl calls :meth:`write` inside the multi handle's ``socket_action``, where nothing may
+    reach the sink (a cancel there would remove the handle in the middle of its own callback):
+    pieces are queued, and :meth:`flush`, on the loop, hands them over. While the reader is
+    paused, or while ``_CURL_QUEUE`` bytes wait here, ``write`` answers ``WRITEFUNC_PAUSE``:
+    libcurl stops reading the socket and keeps the piece, to offer it again once it is
+    unpaused (``PAUSE_CONT``), which :meth:`flush` does from the loop once the queue is handed
+    over and the reader is not paused. The end of the fetch waits behind queued pieces.
+    """
+
+    def __init__(self, deliver: Callable[[bytes], None], heard: Callable[[], None]) -> None:
+        self._deliver = deliver
+        self._heard = heard
+        self._loop = IOLoop.current()
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0  # bytes in _chunks
+        self._flush_due = False
+        self._refused = False  # libcurl keeps a piece write() answered WRITEFUNC_PAUSE to
+        self._paused = False  # by the reader
+        self._stopped = False  # cancelled: nothing more is delivered
+        self._end: Callable[[], None] | None = None  # the fetch's end, behind queued pieces
+        #: The transfer, to unpause; set by ``prepare_curl``.
+        self.run: CurlRun | None = None
+
+    def write(self, chunk: bytes) -> int | None:
+        """libcurl's ``WRITEFUNCTION`` (None: the whole piece is taken)."""
+        if self._paused or self._size >= _CURL_QUEUE:
+            self._refused = True
+            return _WRITE_PAUSE
+        self._heard()
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        if not self._flush_due:
+            self._flush_due = True
+            self._loop.add_callback(self.flush)
+        return None
+
+    def flush(self) -> None:
+        """On the loop: hand the queued pieces over until the reader pauses; once all are, the
+        end if it came, or else let libcurl go on if it was stopped and the reader is not."""
+        self._flush_due = False
+        chunks = self._chunks
+        while chunks and not self._paused and not self._stopped:
+            chunk = chunks.popleft()
+            self._size -= len(chunk)
+            self._deliver(chunk)
+        if chunks or self._stopped:
+            return
+        if self._end is not None:  # paused or not: nothing more can come
+            end, self._end = self._end, None
+            end()
+        elif self._refused and not self._paused and self.run is not None:
+            self._refused = False
+            # libcurl may offer what it kept to write() right here; it reads on after that
+            # by itself (it asks the client for a timer, as it does after any unpause).
+            self.run.resume()
+
+    def end_after(self, end: Callable[[], None]) -> bool:
+        """Call ``end`` once the queued pieces are handed over (True), or not at all if
+        none wait (False: the caller ends now)."""
+        if not self._chunks:
+            return False
+        self._end = end
+        return True
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+        if not self._flush_due and (self._chunks or self._refused):
+            self._flush_due = True
+            self._loop.add_callback(self.flush)  # not here: the reader may be in the sink
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._chunks.clear()
+        self._end = None
+
+
 class _Transfer:
     """One request: its handle for the caller (cancel, pause, resume) and its delivery to the
     sink, from Tornado's callbacks.
@@ -183,10 +278,9 @@ class _Transfer:
     ``prepare_curl_callback``): a cancelled plain one runs to its end, unseen.
 
     Back-pressure: the simple client awaits what ``streaming_callback`` returns before reading
-    on, so while paused it is handed a Future that ``resume()`` resolves. The curl transfer is
-    paused with ``curl_easy_pause``. Tornado's curl buffer unpauses the transfer after pausing
-    it itself (when a megabyte waits in it), which undoes our pause too: a chunk that arrives
-    while we are paused pauses the transfer again.
+    on, so while paused it is handed a Future that ``resume()`` resolves. On curl a streamed
+    body comes through a :class:`_CurlBody` (no ``streaming_callback``), which stops libcurl
+    reading while paused.
     """
 
     def __init__(self, request: Request, sink: Sink, idle: float | None,
@@ -198,6 +292,8 @@ class _Transfer:
         self._paused = False
         self._waiter: Future[None] | None = None  # simple client, while paused
         self._curl: CurlRun | None = None
+        # A streamed body on curl: libcurl's WRITEFUNCTION, which delivers it on the loop.
+        self._curl_body = _CurlBody(self._deliver, self.heard) if curl and request.stream else None
         # A streamed request body (an attachment upload): pieces read as they are sent.
         self.upload = (_Upload(request.body, self.heard)
                        if isinstance(request.body, BodySource) else None)
@@ -228,9 +324,10 @@ class _Transfer:
         idleness (its progress has to be seen); none for a plain request. For the curl client
         (``curl_client``), a ``prepare_curl_callback`` too, in place of the client's default
         (_quiet), so that the transfer can be paused and aborted."""
-        if self._request.stream:
-            callbacks: dict[str, Any] = dict(header_callback=self.on_header,
-                                             streaming_callback=self.on_chunk)
+        if self._curl_body is not None:  # the body goes to libcurl's WRITEFUNCTION
+            callbacks: dict[str, Any] = dict(header_callback=self.on_header)
+        elif self._request.stream:
+            callbacks = dict(header_callback=self.on_header, streaming_callback=self.on_chunk)
         elif self._body is not None:
             # The head is not watched: it comes with the first piece of the body, whose
             # silence is watched from the start. A header_callback (Tornado formats a line per
@@ -262,22 +359,23 @@ class _Transfer:
             self._start(*head)
 
     def on_chunk(self, chunk: bytes) -> Future[None] | None:
-        """``streaming_callback`` of a streamed request."""
+        """``streaming_callback`` of a streamed request on the simple client."""
         if self.cancelled:
             return None  # being torn down; raising here would only be logged
         self.heard()
-        if not self._started:
-            self._early.append(chunk)
-            return None
-        self._sink.on_data(chunk)
+        self._deliver(chunk)
         if not self._paused:
-            return None
-        if self._curl is not None:
-            self._curl.pause()
             return None
         if self._waiter is None:
             self._waiter = Future()
         return self._waiter
+
+    def _deliver(self, chunk: bytes) -> None:
+        """A piece of a streamed body, from either client."""
+        if self._started:
+            self._sink.on_data(chunk)
+        else:
+            self._early.append(chunk)
 
     def on_piece(self, chunk: bytes) -> None:
         """``streaming_callback`` of a plain request watched for idleness."""
@@ -302,7 +400,9 @@ class _Transfer:
         self.abort = self._curl.abort
         if self.upload is not None:
             self.upload.prepare_curl(curl, self._curl)
-        if self._request.stream:
+        if self._curl_body is not None:
+            self._curl_body.run = self._curl
+            curl.setopt(pycurl.WRITEFUNCTION, self._curl_body.write)
             # libcurl hands a streamed body over in pieces of at most BUFFERSIZE (16 KiB by
             # default): each piece costs a trip through the sink and the iterator. Measured
             # with bench attachments (256 MiB down through iter_attachment): 0.75x the raw
@@ -315,6 +415,9 @@ class _Transfer:
         of the exchange."""
         if self.cancelled:
             return
+        if self._curl_body is not None and self._curl_body.end_after(
+                functools.partial(self.fetched, response)):
+            return  # what came before the end is delivered first (the reader paused)
         if response.code == 599 and response.error is not None:
             upload_error = self.upload.error if self.upload is not None else None
             self.fail(upload_error or _map_error(response.error, self._request))
@@ -355,6 +458,8 @@ class _Transfer:
         self.cancelled = True
         if self.idle_timeout:
             self._silences.unwatch(self)
+        if self._curl_body is not None:
+            self._curl_body.stop()
         self.resume()
         if self.abort is not None:
             self.abort()
@@ -365,8 +470,8 @@ class _Transfer:
         self._paused = True
         if self.idle_timeout:
             self._silences.unwatch(self)
-        if self._curl is not None:
-            self._curl.pause()
+        if self._curl_body is not None:
+            self._curl_body.pause()
 
     def resume(self) -> None:
         if not self._paused:
@@ -378,8 +483,8 @@ class _Transfer:
             waiter, self._waiter = self._waiter, None
             if not waiter.done():
                 waiter.set_result(None)
-        if self._curl is not None:
-            self._curl.resume()
+        if self._curl_body is not None:
+            self._curl_body.resume()
 
 
 class _CallFuture(Future[T]):

@@ -258,7 +258,7 @@ async def test_tornado_curl_stale_run_leaves_the_next_request_alone(
         second = client.fetch(fault.url + "/second", prepare_curl_callback=prepare)
         await _until(lambda: len(runs) == 2)
         assert runs[1].running() and not runs[0].running()
-        runs[0].pause()
+        runs[0].resume()
         runs[0].abort()
         response = await asyncio.wait_for(second, CALL_TIMEOUT)
         assert response.code == 200
@@ -408,7 +408,10 @@ def test_a_long_idle_timeout_on_a_plain_curl_request_is_left_to_libcurl() -> Non
                                  IDLE_TIMEOUT, True)]:
         watched = _Transfer(request, sink=None, idle=idle, silences=silences,  # type: ignore[arg-type]
                             curl=curl)
-        assert "streaming_callback" in watched.callbacks(object() if curl else None)
+        callbacks = watched.callbacks(object() if curl else None)
+        # progress is seen piece by piece (a streamed body on curl: through its WRITEFUNCTION)
+        assert watched.idle_timeout == idle
+        assert "streaming_callback" in callbacks or (curl and request.stream)
     assert timers  # watched on the loop
 
 
