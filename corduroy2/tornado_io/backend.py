@@ -327,8 +327,9 @@ class _Transfer:
         if watched:
             silences.watch(self)
         self._started = False
-        # Streamed: body chunks that came before the end of the header lines (Tornado's curl
-        # client queues both on the loop separately, so chunks can overtake the lines).
+        # Streamed: body chunks that came before the end of the header lines, kept for after
+        # on_start. A guard: both clients hand the lines over first (Tornado's curl client
+        # queues each line on the loop, and _CurlBody queues its flush behind them).
         self._early: list[bytes] = []
         self._head = _HeadParser() if request.stream else None
         # A plain request's body, gathered here when it is watched for idleness.
