@@ -116,9 +116,10 @@ class CurlRun:
 
     **Still ours.** Tornado resets and reuses an easy handle for the next queued request as
     soon as a transfer ends, before the fetch's Future reports the end. Resuming or aborting
-    through a stale handle would act on another request (abort it). Tornado keeps its record of a running request in ``curl.info`` (a new dict for each
-    request, None once it has ended), so a run acts only while ``curl.info`` is still the
-    record it saw when the request was set up.
+    through a stale handle would act on another request (abort it). Tornado keeps its record
+    of a running request in ``curl.info`` (a new dict for each request, None once it has
+    ended), so a run acts only while ``curl.info`` is still the record it saw when the request
+    was set up.
     """
 
     __slots__ = ("_client", "_curl", "_info")

@@ -192,11 +192,11 @@ class _CurlBody:
     libcurl calls :meth:`write` inside the multi handle's ``socket_action``, where nothing may
     reach the sink (a cancel there would remove the handle in the middle of its own callback):
     pieces are queued, and :meth:`flush`, on the loop, hands them over, ``_FLUSH_BYTES`` per
-    loop pass (a reader woken by them runs in between). While the reader is
-    paused, or while ``_CURL_QUEUE`` bytes wait here, ``write`` answers ``WRITEFUNC_PAUSE``:
-    libcurl stops reading the socket and keeps the piece, to offer it again once it is
-    unpaused (``PAUSE_CONT``), which :meth:`flush` does from the loop once the queue is handed
-    over and the reader is not paused. The end of the fetch waits behind queued pieces.
+    loop pass (a reader woken by them runs in between). While the reader is paused, or while
+    ``_CURL_QUEUE`` bytes wait here, ``write`` answers ``WRITEFUNC_PAUSE``: libcurl stops
+    reading the socket and keeps the piece, to offer it again once it is unpaused
+    (``PAUSE_CONT``), which :meth:`flush` does from the loop once the queue is handed over and
+    the reader is not paused. The end of the fetch waits behind queued pieces.
     """
 
     def __init__(self, deliver: Callable[[bytes], None], heard: Callable[[], None]) -> None:
@@ -433,7 +433,7 @@ class _Transfer:
             return
         if self._curl_body is not None and self._curl_body.end_after(
                 functools.partial(self.fetched, response)):
-            return  # what came before the end is delivered first (the reader paused)
+            return  # what came before the end is handed over first
         if response.code == 599 and response.error is not None:
             upload_error = self.upload.error if self.upload is not None else None
             self.fail(upload_error or _map_error(response.error, self._request))
