@@ -195,11 +195,12 @@ class _CurlBody:
     libcurl calls :meth:`write` inside the multi handle's ``socket_action``, where nothing may
     reach the sink (a cancel there would remove the handle in the middle of its own callback):
     pieces are queued, and :meth:`flush`, on the loop, hands them over, ``_FLUSH_BYTES`` per
-    loop pass (a reader woken by them runs in between). While the reader is paused, or while
-    ``_CURL_QUEUE`` bytes wait here, ``write`` answers ``WRITEFUNC_PAUSE``: libcurl stops
-    reading the socket and keeps the piece, to offer it again once it is unpaused
-    (``PAUSE_CONT``), which :meth:`flush` does from the loop once half the queue is handed over
-    and the reader is not paused. The end of the fetch waits behind queued pieces.
+    loop pass of a chunked body (a reader woken by them runs in between). While the reader is
+    paused, or while ``_CURL_QUEUE`` bytes wait here, ``write`` answers ``WRITEFUNC_PAUSE``:
+    libcurl stops reading the socket and keeps the piece, to offer it again once it is
+    unpaused (``PAUSE_CONT``), which :meth:`flush` does from the loop once half the queue is
+    handed over and the reader is not paused. The end of the fetch waits behind queued
+    pieces.
     """
 
     def __init__(self, deliver: Callable[[bytes], None], heard: Callable[[], None]) -> None:
