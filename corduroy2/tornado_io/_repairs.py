@@ -6,8 +6,8 @@ fails a test instead of this adapter.
 
 * :class:`SimpleClient` (``simple_httpclient``): its connections settle the fetch on a reset
   after the headers, and can be abandoned one by one (:func:`abandon_with`).
-* :class:`CurlRun` (``curl_httpclient``): pauses, resumes and aborts one request's transfer,
-  and only while the easy handle is still that request's.
+* :class:`CurlRun` (``curl_httpclient``): resumes and aborts one request's transfer, and only
+  while the easy handle is still that request's.
 * :func:`without_retries` (aiohttp, for ``client="aiohttp"``): turns off aiohttp's own
   sending again of a request whose connection closed unanswered.
 * :func:`fetch`: not a repair but a fast path, measured: ``fetch(raise_error=False)`` with a
@@ -115,11 +115,11 @@ class CurlRun:
     a continuous feed never does, holding one of ``max_clients`` handles.
 
     **Still ours.** Tornado resets and reuses an easy handle for the next queued request as
-    soon as a transfer ends, before the fetch's Future reports the end. Pausing, resuming or
-    aborting through a stale handle would act on another request (pause it forever, or abort
-    it). Tornado keeps its record of a running request in ``curl.info`` (a new dict for each
-    request, None once it has ended), so a run acts only while ``curl.info`` is still the
-    record it saw when the request was set up.
+    soon as a transfer ends, before the fetch's Future reports the end. Resuming or aborting
+    through a stale handle would act on another request (abort it). Tornado keeps its record
+    of a running request in ``curl.info`` (a new dict for each request, None once it has
+    ended), so a run acts only while ``curl.info`` is still the record it saw when the request
+    was set up.
     """
 
     __slots__ = ("_client", "_curl", "_info")
@@ -131,16 +131,11 @@ class CurlRun:
     def running(self) -> bool:
         return self._curl.info is self._info
 
-    def pause(self) -> None:
-        self._pause(pycurl.PAUSE_RECV)
-
     def resume(self) -> None:
-        self._pause(pycurl.PAUSE_CONT)
-
-    def _pause(self, how: int) -> None:
+        """Unpause the transfer (``PAUSE_CONT``): a read or write callback answered PAUSE."""
         if self.running():
             try:
-                self._curl.pause(how)
+                self._curl.pause(pycurl.PAUSE_CONT)
             except pycurl.error:
                 pass  # the transfer has failed meanwhile; its result is on its way
 

@@ -258,7 +258,7 @@ async def test_tornado_curl_stale_run_leaves_the_next_request_alone(
         second = client.fetch(fault.url + "/second", prepare_curl_callback=prepare)
         await _until(lambda: len(runs) == 2)
         assert runs[1].running() and not runs[0].running()
-        runs[0].pause()
+        runs[0].resume()
         runs[0].abort()
         response = await asyncio.wait_for(second, CALL_TIMEOUT)
         assert response.code == 200
@@ -289,6 +289,45 @@ async def test_tornado_curl_cancel_frees_the_slot_at_once(fault: WatchedFaultSer
         backend.close()
     assert after.kinds() == ["start", "data", "end"]
     assert "end" not in stalled.kinds() and "error" not in stalled.kinds()
+
+
+@needs_curl
+async def test_tornado_curl_writefunction_set_in_prepare_curl_callback_is_used(
+        fault: WatchedFaultServer) -> None:
+    """Not a repair, but what _CurlBody stands on: Tornado calls ``prepare_curl_callback``
+    after its own ``setopt`` calls, so a ``WRITEFUNCTION`` set there is the one libcurl gives
+    the body to (Tornado's buffer stays empty); and ``WRITEFUNC_PAUSE`` makes libcurl keep a
+    piece and offer it again once unpaused (``CurlRun.resume``)."""
+    import pycurl
+    from tornado.curl_httpclient import CurlAsyncHTTPClient
+
+    fault.add("GET", "/db/_all_docs", Reply(headers=JSON, chunks=ROWS))
+    client = CurlAsyncHTTPClient(force_instance=True, max_clients=1)
+    offered: list[bytes] = []
+    taken: list[bytes] = []
+    runs: list[_repairs.CurlRun] = []
+
+    def write(chunk: bytes) -> int | None:
+        offered.append(chunk)
+        if len(offered) == 1:  # refused once, then offered again after resume()
+            asyncio.get_running_loop().call_later(0.05, runs[0].resume)
+            return pycurl.WRITEFUNC_PAUSE  # type: ignore[no-any-return]
+        taken.append(chunk)
+        return None
+
+    def prepare(curl: Any) -> None:
+        runs.append(_repairs.CurlRun(client, curl))
+        curl.setopt(pycurl.WRITEFUNCTION, write)
+
+    try:
+        response = await asyncio.wait_for(
+            client.fetch(fault.url + "/db/_all_docs", prepare_curl_callback=prepare),
+            CALL_TIMEOUT)
+    finally:
+        client.close()
+    assert response.code == 200 and response.body == b""
+    # the refused piece was offered again: nothing lost, nothing twice
+    assert len(offered) == len(taken) + 1 and b"".join(taken) == b"".join(ROWS)
 
 
 # -- fetch: fetch(raise_error=False) with a callback (a fast path) -------------------------------
@@ -408,7 +447,10 @@ def test_a_long_idle_timeout_on_a_plain_curl_request_is_left_to_libcurl() -> Non
                                  IDLE_TIMEOUT, True)]:
         watched = _Transfer(request, sink=None, idle=idle, silences=silences,  # type: ignore[arg-type]
                             curl=curl)
-        assert "streaming_callback" in watched.callbacks(object() if curl else None)
+        callbacks = watched.callbacks(object() if curl else None)
+        # progress is seen piece by piece (a streamed body on curl: through its WRITEFUNCTION)
+        assert watched.idle_timeout == idle
+        assert "streaming_callback" in callbacks or (curl and request.stream)
     assert timers  # watched on the loop
 
 
