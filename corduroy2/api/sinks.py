@@ -50,6 +50,10 @@ class RowSink:
     #: (an iterator wakes it on the next loop turn otherwise: see
     #: :class:`~corduroy2.api.views.RowIterator`): parsed rows are small.
     WAKE_AT = 128
+    #: What it hands over reaches an iterator at most a slice per loop pass
+    #: (:class:`~corduroy2.api.pacing.Paced`): parsed rows, which the collector traverses
+    #: while they wait in the iterator's queue.
+    PACED = True
 
     def __init__(self, request: Request, consumer: RowConsumer,
                  done: Finished) -> None:

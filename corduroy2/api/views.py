@@ -300,6 +300,9 @@ class RowIterator:
     def _start(self) -> None:
         sink = self._make_sink(self._request, self, self._finished)
         self._wake_at = sink.WAKE_AT
+        if not sink.PACED:
+            self._transfer = sink.keep_transfer(self._sender.send(self._request, sink))
+            return
         paced = Paced(sink, self._sender.backend.call_later)
         self._transfer = sink.keep_transfer(paced.keep(self._sender.send(self._request, paced)))
 

@@ -73,17 +73,6 @@ _WRITE_PAUSE: int = pycurl.WRITEFUNC_PAUSE if pycurl is not None else 0
 # At most this much of a streamed reply waits in a _CurlBody before libcurl is told to stop
 # reading (and more, one receive buffer, waits in libcurl meanwhile).
 _CURL_QUEUE = 1024 * 1024
-# What _CurlBody hands over per loop pass of a body generated as it goes (chunked: a view, a
-# feed), which its sink parses into rows: a reader woken by them (async for) runs before the
-# next piece, so that about 200 changes wait in its queue, not up to high_water, and do not
-# outlive the collector's passes. async for over a feed, 200,000 changes (bench changes,
-# timed on a quiet machine; gen0/1/2 collections): everything at once 0.72x the callback
-# feed's rate (719/65/6), 64 KiB 0.77x (488/44/4), 32 KiB 0.92x (62/6/0), 16 KiB 0.92x
-# (50/4/0, but a loop pass and a promise per 100 changes). A body of announced length (an
-# attachment) is not limited: a pass per 32 KiB took a fifth off its download rate through
-# iter_attachment (bench attachments, down/raw 0.95 -> 0.75x; 0.81-0.85x without the limit).
-_FLUSH_BYTES = 32 * 1024
-
 # libcurl error numbers (curl/curl.h), by what they mean for the caller.
 _CURL_CONNECT = {5, 6, 7, 35, 51, 53, 54, 58, 59, 60, 77, 80, 83, 90, 91}
 _CURL_TIMEOUT = {28}
@@ -194,9 +183,9 @@ class _CurlBody:
 
     libcurl calls :meth:`write` inside the multi handle's ``socket_action``, where nothing may
     reach the sink (a cancel there would remove the handle in the middle of its own callback):
-    pieces are queued, and :meth:`flush`, on the loop, hands them over, ``_FLUSH_BYTES`` per
-    loop pass of a chunked body (a reader woken by them runs in between). While the reader is
-    paused, or while ``_CURL_QUEUE`` bytes wait here, ``write`` answers ``WRITEFUNC_PAUSE``:
+    pieces are queued, and :meth:`flush`, on the loop, hands them over (an iterator's sink
+    takes a slice per loop pass of them: :class:`~corduroy2.api.pacing.Paced`). While the
+    reader is paused, or while ``_CURL_QUEUE`` bytes wait here, ``write`` answers ``WRITEFUNC_PAUSE``:
     libcurl stops reading the socket and keeps the piece, to offer it again once it is
     unpaused (``PAUSE_CONT``), which :meth:`flush` does from the loop once half the queue is
     handed over and the reader is not paused. The end of the fetch waits behind queued
@@ -214,7 +203,6 @@ class _CurlBody:
         self._paused = False  # by the reader
         self._stopped = False  # cancelled: nothing more is delivered
         self._end: Callable[[], None] | None = None  # the fetch's end, behind queued pieces
-        self._per_pass = _FLUSH_BYTES  # bytes handed over per loop pass
         #: The transfer, to unpause; set by ``prepare_curl``.
         self.run: CurlRun | None = None
 
@@ -232,24 +220,18 @@ class _CurlBody:
         return None
 
     def flush(self) -> None:
-        """On the loop: hand queued pieces over until the reader pauses (at most
-        ``_FLUSH_BYTES``, then again on the next loop pass); once all are, the end if it came;
-        and let libcurl read on if it was stopped, once half the queue is handed over."""
+        """On the loop: hand queued pieces over until the reader pauses; once all are, the end
+        if it came; and let libcurl read on if it was stopped, once half the queue is handed
+        over."""
         self._flush_due = False
         chunks = self._chunks
-        budget = self._per_pass
-        while chunks and budget > 0 and not self._paused and not self._stopped:
+        while chunks and not self._paused and not self._stopped:
             chunk = chunks.popleft()
             self._size -= len(chunk)
-            budget -= len(chunk)
             self._deliver(chunk)
         if self._stopped:
             return
-        if chunks:
-            if not self._paused:
-                self._flush_due = True
-                self._loop.add_callback(self.flush)
-        elif self._end is not None:  # paused or not: nothing more can come
+        if not chunks and self._end is not None:  # paused or not: nothing more can come
             end, self._end = self._end, None
             end()
             return
@@ -260,11 +242,6 @@ class _CurlBody:
             # client for a timer, as it does after any unpause).
             self._refused = False
             self.run.resume()
-
-    def whole_length(self) -> None:
-        """The body's length is announced (Content-Length: an attachment, not rows generated
-        as they go): everything queued is handed over each loop pass (see _FLUSH_BYTES)."""
-        self._per_pass = _CURL_QUEUE
 
     def end_after(self, end: Callable[[], None]) -> bool:
         """Call ``end`` once the queued pieces are handed over (True), or not at all if
@@ -474,8 +451,6 @@ class _Transfer:
 
     def _start(self, status: int, headers: Headers) -> None:
         self._started = True
-        if self._curl_body is not None and "content-length" in headers:
-            self._curl_body.whole_length()
         self._sink.on_start(status, headers)
         early, self._early = self._early, []
         for chunk in early:
