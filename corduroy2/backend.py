@@ -37,6 +37,7 @@ __all__ = [
     "Sink", "Reply", "Collector", "Cancel", "Transfer", "StopTransfer", "PauseTransfer", "Outcome",
     "Start", "Backend",
     "TransportOptions", "ssl_context", "tls_meaning", "warn_unverified", "Watched", "SilenceWatch",
+    "missing_package",
 ]
 
 log = logging.getLogger("corduroy2")
@@ -143,6 +144,18 @@ class TransportOptions:
     def custom_tls(self) -> bool:
         """True when the TLS settings differ from the defaults (a system-verified connection)."""
         return bool(self.ca_file or self.cert_file or not self.verify_tls)
+
+
+def missing_package(exc: ImportError, package: str) -> ImportError:
+    """What ``Couch(client=package)`` raises when importing its transport failed with ``exc``:
+    which package and extra to install, when ``package`` is what is missing; else ``exc``
+    itself (the transport's own import failed)."""
+    if exc.name != package:
+        return exc
+    error = ImportError(f"client={package!r} needs {package}, which is not installed: "
+                        f"pip install 'corduroy2[{package}]'", name=package)
+    error.__cause__ = exc
+    return error
 
 
 def ssl_context(options: TransportOptions) -> ssl.SSLContext:

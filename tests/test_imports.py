@@ -119,7 +119,8 @@ def test_aiohttp_client_without_aiohttp() -> None:
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "client='aiohttp' needs aiohttp: pip install corduroy2[aiohttp]" in proc.stdout
+    assert "client='aiohttp' needs aiohttp, which is not installed: pip install " \
+        "'corduroy2[aiohttp]'" in proc.stdout
 
 
 def test_twisted_io_does_not_import_tornado_or_pycurl() -> None:

@@ -33,8 +33,8 @@ from tornado.iostream import StreamClosedError
 from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError
 
 from ..backend import (
-    Backend, Cancel, Outcome, SilenceWatch, Sink, Start, TransportOptions, ssl_context,
-    tls_meaning,
+    Backend, Cancel, Outcome, SilenceWatch, Sink, Start, TransportOptions, missing_package,
+    ssl_context, tls_meaning,
 )
 from ..errors import ConnectError, CouchError, ResponseCut, Timeout, TransportError
 from ..protocol.bodies import BodySource
@@ -572,18 +572,13 @@ def make_backend(options: TransportOptions, client: str | None) -> LoopBackend:
         try:
             from .aiohttp_backend import AiohttpBackend
         except ImportError as exc:
-            raise ImportError("client='aiohttp' needs aiohttp: pip install "
-                              f"corduroy2[aiohttp] ({exc})") from exc
+            raise missing_package(exc, "aiohttp")
         return AiohttpBackend(options)
     if client == "httptools":
         try:
             from .httptools_client import HttptoolsBackend
         except ImportError as exc:
-            if exc.name != "httptools":
-                raise
-            raise ImportError("client='httptools' needs the httptools package, which is not "
-                              "installed: pip install 'corduroy2[httptools]'",
-                              name="httptools") from exc
+            raise missing_package(exc, "httptools")
         return HttptoolsBackend(options)
     return TornadoBackend(options, client)
 

@@ -14,7 +14,7 @@ from twisted.internet.defer import inlineCallbacks
 
 from .. import api
 from ..pipeline.auth import AuthArg
-from ..backend import Backend, TransportOptions
+from ..backend import Backend, TransportOptions, missing_package
 from .backend import TwistedBackend
 
 __all__ = ["Couch", "Database", "relax", "TwistedBackend"]
@@ -52,11 +52,7 @@ def _httptools_backend(options: TransportOptions, reactor: Any) -> Backend:
     try:
         from .httptools_client import HttptoolsBackend
     except ImportError as exc:
-        if exc.name != "httptools":
-            raise
-        raise ImportError("client='httptools' needs the httptools package, which is not "
-                          "installed: pip install 'corduroy2[httptools]'",
-                          name="httptools") from exc
+        raise missing_package(exc, "httptools")
     return HttptoolsBackend(options, reactor)
 
 
