@@ -326,7 +326,7 @@ def main(argv: list[str]) -> int:
             server, unit = None, ("changes/s" if workload == "changes" else "s")
         try:
             print(f"\n{workload} ({n:,} {'requests' if workload.startswith('get') else 'items'})")
-            print(f"  {'client':<16}{unit:>12}{'x floor':>9}{'peak MB':>9}")
+            print(f"  {'client':<18}{unit:>14}{'x floor':>9}{'peak MB':>9}")
             floor = None
             clients = clients_for(workload)
             # Round-robin, one process of each client per round: the machine's speed drifts
@@ -339,7 +339,7 @@ def main(argv: list[str]) -> int:
                 results = runs[client]
                 good = [r for r in results if isinstance(r, dict)]
                 if not good:
-                    print(f"  {client:<16}  failed: {results[0]}", flush=True)
+                    print(f"  {client:<18}  failed: {results[0]}", flush=True)
                     continue
                 seconds = min(r["seconds"] for r in good)
                 rss = max(r["rss_mb"] for r in good)
@@ -347,7 +347,7 @@ def main(argv: list[str]) -> int:
                     floor = seconds
                 # a rate for GETs and changes; rows are a time (ratio: floor's time / ours)
                 shown = seconds if unit == "s" else n / seconds
-                print(f"  {client:<16}{shown:>12,.2f}{floor / seconds:>9.2f}{rss:>9.0f}",
+                print(f"  {client:<18}{shown:>14,.2f}{floor / seconds:>9.2f}{rss:>9.0f}",
                       flush=True)
         finally:
             if server is not None:
