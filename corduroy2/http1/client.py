@@ -143,7 +143,7 @@ class Exchange:
 
     __slots__ = ("request", "head", "sink", "pool", "conn", "connecting", "finished", "paused",
                  "started", "retried", "upload", "timer", "idle_timeout", "heard_at",
-                 "silences", "held", "_end_held", "_call_later")
+                 "silences")
 
     def __init__(self, request: Request, sink: Sink, call_later: CallLater | None,
                  timeout: float | None, idle_timeout: float | None,
@@ -165,11 +165,6 @@ class Exchange:
         self.idle_timeout = idle_timeout
         self.heard_at = 0.0
         self.silences = silences
-        # Body pieces parsed while paused (the rest of the read being parsed), handed over on
-        # resume, and whether the response's end waits behind them.
-        self.held: list[bytes] = []
-        self._end_held = False
-        self._call_later = call_later
         if timeout and call_later is not None:
             self.timer = call_later(timeout, lambda: self._timed_out(timeout))
         if idle_timeout:
@@ -178,7 +173,6 @@ class Exchange:
     # -- the sink's side ----------------------------------------------------------------------
 
     def cancel(self) -> None:
-        self.held, self._end_held = [], False
         if not self.finished:
             self.finished = True
             self._stop_timers()
@@ -196,33 +190,11 @@ class Exchange:
         if not self.paused:
             return
         self.paused = False
-        if self.held or self._end_held:
-            # Not here: the reader may be inside the sink. On the loop's next pass.
-            assert self._call_later is not None
-            self._call_later(0, self._hand_over_held)
-            return
-        self._read_on()
-
-    def _read_on(self) -> None:
         if not self.finished:
             if self.idle_timeout:  # the silence starts now
                 self.silences.watch(self)
             if self.conn is not None:
                 self.conn.link.resume_reading()
-
-    def _hand_over_held(self) -> None:
-        """What was parsed while paused, until the reader pauses again; then the end, if it
-        came meanwhile, or more reading."""
-        held = self.held
-        while held and not self.paused:  # (cancel and fail empty it)
-            self.sink.on_data(held.pop(0))
-        if self.paused or held:
-            return
-        if self._end_held:
-            self._end_held = False
-            self.sink.on_end()
-            return
-        self._read_on()
 
     # -- timers -------------------------------------------------------------------------------
 
@@ -252,7 +224,6 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
-        self.held = []
         self._stop_timers()
         self._let_go()
         self.sink.on_error(exc)
@@ -287,9 +258,6 @@ class Exchange:
                 conn.link.resume_reading()  # an idle connection reads (to see a close)
             assert self.pool is not None
             self.pool.release(conn, reusable)
-        if self.held:
-            self._end_held = True  # after what is held, once the reader resumes
-            return
         self.sink.on_end()
 
     def lost(self, conn: Connection, error: BaseException | None, tls: bool,
@@ -438,12 +406,7 @@ class Connection:
     def on_body(self, body: bytes) -> None:
         exchange = self.exchange
         if exchange is not None:
-            if exchange.paused or exchange.held:
-                # Paused in the middle of the read being parsed: nothing more reaches the
-                # sink until it resumes.
-                exchange.held.append(body)
-            else:
-                exchange.sink.on_data(body)
+            exchange.sink.on_data(body)
 
     def on_message_complete(self) -> None:
         if self._informational:
