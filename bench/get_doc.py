@@ -60,6 +60,7 @@ import orjson
 from corduroy2.api.couch import USER_AGENT
 
 from . import instructions
+from .rows import AIOHTTP_RAW, twisted_client
 from .nginx import Nginx, connections_accepted
 
 TARGET = 0.10  # overhead goal
@@ -453,7 +454,7 @@ class _Client:
 
 def _async_client(settings: Settings, backend: str, side: str,
                   concurrency: int) -> tuple[Issue, Callable[[], Any]]:
-    if backend in ("tornado-aiohttp", "tornado-httptools") and side == "raw":
+    if backend in AIOHTTP_RAW and side == "raw":
         return aiohttp_raw(settings, concurrency)
     if backend.startswith("tornado-"):
         kind = backend.split("-", 1)[1]
@@ -461,8 +462,7 @@ def _async_client(settings: Settings, backend: str, side: str,
         return maker(settings, concurrency, kind)
     if side == "raw":  # Agent, under either corduroy2 transport
         return twisted_raw(settings, concurrency)
-    return twisted_corduroy(settings, concurrency,
-                            "httptools" if backend == "twisted-httptools" else "agent")
+    return twisted_corduroy(settings, concurrency, twisted_client(backend))
 
 
 async def count_requests(mode: Any, settings: Settings, backend: str, side: str, n: int,

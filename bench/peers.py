@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.rows import BACKENDS, REPO, peak_rss_mb, pin_apart, replay
+from bench.rows import BACKENDS, REPO, peak_rss_mb, pin_apart, replay, twisted_client
 
 SITE = REPO / ".cache" / "bench-peers" / "site"
 PEER_PACKAGES = {"couchdb": "CouchDB", "aiocouch": "aiocouch", "ibmcloudant": "ibmcloudant",
@@ -86,8 +86,7 @@ def _corduroy(client: str, url: str, connections: int = 10) -> Any:
         return Couch(url, client=client.split("-")[1], **kwargs)
     if client.startswith("twisted"):
         from corduroy2.twisted_io import Couch as TCouch
-        return TCouch(url, client="httptools" if client == "twisted-httptools" else "agent",
-                      **kwargs)
+        return TCouch(url, client=twisted_client(client), **kwargs)
     from corduroy2.blocking import Couch as BCouch
     return BCouch(url, **kwargs)
 

@@ -100,10 +100,10 @@ class _Upload:
         self._exchange = exchange
         self._transport = transport
         self._chunked = source.length is None
-        self._producer = StreamProducer(source)
+        self._pieces = StreamProducer(source)
         self.done = False
-        self._transport.registerProducer(self._producer, True)
-        writing = self._producer.startProducing(self)
+        self._transport.registerProducer(self._pieces, True)
+        writing = self._pieces.startProducing(self)
         writing.addCallbacks(self._written, self._failed)
 
     def write(self, piece: bytes) -> None:
@@ -132,7 +132,7 @@ class _Upload:
     def stop(self) -> None:
         if not self.done:
             self.done = True
-            self._producer.stopProducing()
+            self._pieces.stopProducing()
             self._transport.unregisterProducer()
 
 
