@@ -15,7 +15,7 @@ from typing import Any
 
 from ..backend import Cancel, StopTransfer, Transfer
 from ..pipeline.exchange import Sender
-from ..protocol.changes import NEED_DATA, ChangesStream, FeedEnd, Heartbeat
+from ..protocol.changes import NEED_DATA, ChangesStream, FeedEnd, Heartbeat, line_slices
 from ..protocol.requests import Request, resume_feed
 from ..protocol.responses import Headers
 from .sinks import Finished, RowConsumer, RowSink
@@ -144,7 +144,23 @@ class ChangesSink(RowSink):
         if status < 400:
             self._parser = ChangesStream(self._feed, status, headers)  # type: ignore[assignment]
 
+    #: The most of a chunk parsed at once. A transport may hand over a quarter of a megabyte
+    #: at a time (aiohttp's ``readany``): parsed at once, some 1,700 changes would be alive
+    #: while the consumer takes them one by one, and they would outlive the collector's young
+    #: generation. Parsed in slices cut at line ends, only a slice's changes wait. The size of
+    #: :class:`~corduroy2.api.pacing.Paced`'s slices, so that an iterator's are not cut again.
+    PARSE_AT_MOST = 32 * 1024
+
     def on_data(self, chunk: bytes) -> None:
+        if len(chunk) <= self.PARSE_AT_MOST:
+            self._receive(chunk)
+            return
+        for piece in line_slices(chunk, self.PARSE_AT_MOST):
+            self._receive(piece)
+            if self._over:
+                return
+
+    def _receive(self, chunk: bytes) -> None:
         parser = self._parser
         if self._over or parser is None:
             super().on_data(chunk)  # ignored, or part of an error reply
