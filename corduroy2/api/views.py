@@ -300,7 +300,11 @@ class RowIterator:
     def _start(self) -> None:
         sink = self._make_sink(self._request, self, self._finished)
         self._wake_at = sink.WAKE_AT
-        if not sink.PACED:
+        # A reader the backend resumes at once takes the rows of a wake (WAKE_AT) before the
+        # transport hands over more, so that no more wait in the queue: pacing would only cost
+        # (``async for`` over a feed, ``bench changes --instructions``: Twisted 12,153 ->
+        # 11,766 instructions a change, twisted-httptools 9,260 -> 8,928).
+        if not sink.PACED or self._sender.backend.resumes_at_once:
             self._transfer = sink.keep_transfer(self._sender.send(self._request, sink))
             return
         paced = Paced(sink, self._sender.backend.call_later)
