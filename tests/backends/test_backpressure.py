@@ -184,3 +184,44 @@ async def test_paused_transfer_delivers_nothing_more(backend: str) -> None:
     if close is not None and hasattr(close, "asFuture"):
         await close.asFuture(LOOP)
     server.close()
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "blocking"])
+async def test_resumes_at_once_says_when_an_awaiting_reader_goes_on(backend: str) -> None:
+    """``Backend.resumes_at_once`` is true where a coroutine awaiting a promise of ``run`` goes
+    on inside the call that settles it (Twisted's ``Deferred.fromCoroutine``), false where it
+    goes on at a later pass of the loop (an asyncio Future's task): an ``async for`` reader
+    runs unpaced where it is true (api/views.py, RowIterator._start)."""
+    from corduroy2.backend import Outcome
+
+    couch = make_couch(backend, "http://127.0.0.1:9", None, retry=False)
+    loop_backend = couch.sender.backend
+    settle: list[Any] = []
+
+    class NoCancel:
+        def cancel(self) -> None:
+            pass
+
+    def start(done: Any) -> NoCancel:
+        settle.append(done)
+        return NoCancel()
+
+    got: list[str] = []
+
+    async def reader() -> None:
+        got.append(await loop_backend.run(start))
+
+    if backend.startswith("twisted"):
+        from twisted.internet.defer import Deferred
+
+        finished = Deferred.fromCoroutine(reader()).asFuture(LOOP)
+    else:
+        finished = asyncio.ensure_future(reader())
+        await asyncio.sleep(0)  # the task runs up to its await
+    settle[0](Outcome(value="row"))
+    assert (got == ["row"]) is loop_backend.resumes_at_once
+    await asyncio.wait_for(finished, 5)
+    assert got == ["row"]
+    close = couch.close()
+    if close is not None and hasattr(close, "asFuture"):
+        await close.asFuture(LOOP)
