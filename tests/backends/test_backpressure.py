@@ -225,3 +225,25 @@ async def test_resumes_at_once_says_when_an_awaiting_reader_goes_on(backend: str
     close = couch.close()
     if close is not None and hasattr(close, "asFuture"):
         await close.asFuture(LOOP)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "blocking"])
+async def test_call_later_zero_runs_on_a_later_pass_in_order_and_cancels(backend: str) -> None:
+    """What pacing (api/pacing.py) takes a slice per pass with: ``call_later(0, fn)`` runs
+    ``fn`` on a later pass of the loop, not inside the call; in the order asked; never once
+    cancelled."""
+    couch = make_couch(backend, "http://127.0.0.1:9", None, retry=False)
+    loop_backend = couch.sender.backend
+    ran: list[int] = []
+    loop_backend.call_later(0, lambda: ran.append(1))
+    loop_backend.call_later(0, lambda: ran.append(2)).cancel()
+    loop_backend.call_later(0, lambda: ran.append(3))
+    assert ran == []
+    deadline = time.monotonic() + 5
+    while len(ran) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert ran == [1, 3]
+    close = couch.close()
+    if close is not None and hasattr(close, "asFuture"):
+        await close.asFuture(LOOP)
