@@ -356,8 +356,14 @@ class RowIterator:
         on tornado-curl, 14,648 -> 14,100 on Twisted (``bench changes --instructions``)."""
         queue = self._queue
         while True:
-            while len(queue) > self._keep:
-                yield queue.popleft()
+            # The rows queued now but those kept for __anext__ (whose _take() resumes a paused
+            # transport), counted once rather than checked per row: ``async for`` over a feed,
+            # 11,766 -> 11,596 instructions a change on Twisted, 8,818 -> 8,637 on curl.
+            try:
+                for _ in range(len(queue) - self._keep):
+                    yield queue.popleft()
+            except IndexError:  # emptied meanwhile (close(), or another reader's __anext__)
+                pass
             try:
                 row = await self.__anext__()
             except StopAsyncIteration:
