@@ -196,6 +196,11 @@ class Backend(ABC):
     #: Whether :meth:`send` can read a request body from an async iterator (a
     #: :class:`~corduroy2.protocol.bodies.BodySource` with ``is_async``): an event loop can.
     async_bodies = True
+    #: Whether settling a promise :meth:`run` made runs whoever awaits it at once, inside the
+    #: call that settles it (a Deferred's callbacks), rather than on a later pass of the loop
+    #: (an asyncio Future's). An ``async for`` reader woken by parsed rows then takes them
+    #: before more are parsed, so that they need no pacing (:class:`~corduroy2.api.pacing.Paced`).
+    resumes_at_once = False
 
     def __init__(self, options: TransportOptions | None = None) -> None:
         self.options = options or TransportOptions()

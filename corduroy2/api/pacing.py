@@ -26,6 +26,11 @@ class Paced:
     pass, the reader runs in between and only a slice's rows wait. What is over the slice is
     held, the transport paused meanwhile, so memory stays bounded by what one read brings. The
     end of the body (or its error) comes after what was held before it.
+
+    Only where a woken reader runs on a later pass (asyncio's Futures): where the backend
+    resumes it at once (``Backend.resumes_at_once``: Twisted's Deferreds), it takes the rows
+    of each wake before more are parsed, and :class:`~corduroy2.api.views.RowIterator` does
+    without this.
     """
 
     SLICE = 32 * 1024

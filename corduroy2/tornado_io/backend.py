@@ -555,6 +555,12 @@ class LoopBackend(Backend):
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> Cancel:
         loop = IOLoop.current()
+        if delay <= 0:
+            # The loop's next pass: asyncio's ready queue, not Tornado's timeout through its
+            # timer heap. An ``async for`` reader's loop passes (api/pacing.py): ``bench
+            # changes --instructions``, 8,905 -> 8,818 instructions a change on curl, 8,608
+            # -> 8,380 on httptools, 15,804 -> 15,584 on simple, 9,057 -> 8,973 on aiohttp.
+            return loop.asyncio_loop.call_soon(fn)  # type: ignore[attr-defined,no-any-return]
         return _LoopCall(loop, loop.call_later(delay, fn))
 
 

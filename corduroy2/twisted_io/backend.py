@@ -358,6 +358,8 @@ class DeferredBackend(Backend):
     """What both Twisted transports share: the reactor (the global one, looked up on first use,
     unless one is given), Deferreds as the native promise, and the reactor's timers."""
 
+    resumes_at_once = True  # Deferred.fromCoroutine goes on inside the Deferred's callback
+
     def __init__(self, options: TransportOptions | None = None, reactor: Any = None) -> None:
         super().__init__(options)
         self._reactor = reactor

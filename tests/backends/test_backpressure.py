@@ -184,3 +184,66 @@ async def test_paused_transfer_delivers_nothing_more(backend: str) -> None:
     if close is not None and hasattr(close, "asFuture"):
         await close.asFuture(LOOP)
     server.close()
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "blocking"])
+async def test_resumes_at_once_says_when_an_awaiting_reader_goes_on(backend: str) -> None:
+    """``Backend.resumes_at_once`` is true where a coroutine awaiting a promise of ``run`` goes
+    on inside the call that settles it (Twisted's ``Deferred.fromCoroutine``), false where it
+    goes on at a later pass of the loop (an asyncio Future's task): an ``async for`` reader
+    runs unpaced where it is true (api/views.py, RowIterator._start)."""
+    from corduroy2.backend import Outcome
+
+    couch = make_couch(backend, "http://127.0.0.1:9", None, retry=False)
+    loop_backend = couch.sender.backend
+    settle: list[Any] = []
+
+    class NoCancel:
+        def cancel(self) -> None:
+            pass
+
+    def start(done: Any) -> NoCancel:
+        settle.append(done)
+        return NoCancel()
+
+    got: list[str] = []
+
+    async def reader() -> None:
+        got.append(await loop_backend.run(start))
+
+    if backend.startswith("twisted"):
+        from twisted.internet.defer import Deferred
+
+        finished = Deferred.fromCoroutine(reader()).asFuture(LOOP)
+    else:
+        finished = asyncio.ensure_future(reader())
+        await asyncio.sleep(0)  # the task runs up to its await
+    settle[0](Outcome(value="row"))
+    assert (got == ["row"]) is loop_backend.resumes_at_once
+    await asyncio.wait_for(finished, 5)
+    assert got == ["row"]
+    close = couch.close()
+    if close is not None and hasattr(close, "asFuture"):
+        await close.asFuture(LOOP)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "blocking"])
+async def test_call_later_zero_runs_on_a_later_pass_in_order_and_cancels(backend: str) -> None:
+    """What pacing (api/pacing.py) takes a slice per pass with: ``call_later(0, fn)`` runs
+    ``fn`` on a later pass of the loop, not inside the call; in the order asked; never once
+    cancelled."""
+    couch = make_couch(backend, "http://127.0.0.1:9", None, retry=False)
+    loop_backend = couch.sender.backend
+    ran: list[int] = []
+    loop_backend.call_later(0, lambda: ran.append(1))
+    loop_backend.call_later(0, lambda: ran.append(2)).cancel()
+    loop_backend.call_later(0, lambda: ran.append(3))
+    assert ran == []
+    deadline = time.monotonic() + 5
+    while len(ran) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert ran == [1, 3]
+    close = couch.close()
+    if close is not None and hasattr(close, "asFuture"):
+        await close.asFuture(LOOP)

@@ -210,6 +210,29 @@ async def test_stop_early_then_reuse(couch: Any, db: Any) -> None:
     assert [r.key for r in rows] == list(range(N)) and fields["total_rows"] == N
 
 
+async def test_close_inside_the_loop_ends_it(couch: Any, db: Any) -> None:
+    # close() while parsed rows are still queued: the loop takes none of them, and ends
+    def sync() -> Any:
+        it = db.iter_view("t/by_n")
+        seen = []
+        for row in it:
+            seen.append(row.key)
+            if len(seen) == 2:
+                it.close()
+        return seen
+
+    async def coro() -> Any:
+        it = db.iter_view("t/by_n")
+        seen = []
+        async for row in it:
+            seen.append(row.key)
+            if len(seen) == 2:
+                it.close()
+        return seen
+
+    assert await run(couch, sync, coro) == [0, 1]
+
+
 async def test_two_loops_over_one_iterator(couch: Any, db: Any) -> None:
     # leaving one loop early and iterating again goes on where the first loop stopped: the rows
     # are the iterator's, not the loop's (async for reads through a generator of its own)
