@@ -47,12 +47,13 @@ class RowSink:
                  "_headers", "_error_chunks", "_end", "_over", "_gather")
 
     #: How many of what this sink hands over are worth waking a waiting reader for at once
-    #: (an iterator wakes it on the next loop turn otherwise: see
-    #: :class:`~corduroy2.api.views.RowIterator`): parsed rows are small.
+    #: where a woken reader runs inside the wake (``Backend.resumes_at_once``: Twisted); it is
+    #: woken on the next loop turn otherwise (see :class:`~corduroy2.api.views.RowIterator`):
+    #: parsed rows are small.
     WAKE_AT = 128
-    #: What it hands over reaches an iterator at most a slice per loop pass
-    #: (:class:`~corduroy2.api.pacing.Paced`): parsed rows, which the collector traverses
-    #: while they wait in the iterator's queue.
+    #: Where a woken reader runs on a later loop pass (asyncio), what this sink hands over
+    #: reaches an iterator at most a slice per pass (:class:`~corduroy2.api.pacing.Paced`):
+    #: parsed rows, which the collector traverses while they wait in the iterator's queue.
     PACED = True
 
     def __init__(self, request: Request, consumer: RowConsumer,
