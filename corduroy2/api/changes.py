@@ -15,9 +15,9 @@ from typing import Any
 
 from ..backend import Cancel, StopTransfer, Transfer
 from ..pipeline.exchange import Sender
-from ..protocol.changes import NEED_DATA, ChangesStream, FeedEnd, Heartbeat, line_slices
+from ..protocol.changes import NEED_DATA, ChangesStream, FeedEnd, Heartbeat
 from ..protocol.requests import Request, resume_feed
-from ..protocol.responses import Headers
+from ..protocol.responses import Headers, line_slices
 from .sinks import Finished, RowConsumer, RowSink
 
 __all__ = ["HEARTBEAT_MS", "with_heartbeat", "longpoll_timeout", "feed_limit", "feed_result", "Delivered", "ChangesSink",

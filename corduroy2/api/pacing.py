@@ -7,7 +7,7 @@ from collections.abc import Callable
 from ..backend import Cancel, Sink, Transfer
 from ..errors import CouchError
 from ..protocol.requests import Request
-from ..protocol.responses import Headers
+from ..protocol.responses import Headers, piece_end
 
 __all__ = ["Paced"]
 
@@ -99,8 +99,7 @@ class Paced:
             self._held = self._held[self._offset:] + b"".join(self._more)
             self._offset, self._more = 0, []
         held, start = self._held, self._offset
-        cut = held.find(b"\n", start + size - 1)
-        end = len(held) if cut < 0 else cut + 1
+        end = piece_end(held, start, size)
         if end >= len(held):
             self._held, self._offset = b"", 0
         else:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Union, cast
 
@@ -61,18 +61,6 @@ _HEARTBEAT = Heartbeat()
 _EOL = re.compile(rb"\r\n|\r|\n")  # SSE line ends
 _SSE_EOL, _LF = re.compile(rb"[\r\n]"), re.compile(rb"\n")
 _has, _CHANGES = dict.__contains__, itertools.repeat("changes")  # "changes" in each, in C
-
-
-def line_slices(data: bytes, size: int) -> Iterator[bytes]:
-    """``data`` in pieces of about ``size`` bytes, each cut just after a line's end (a line
-    longer than ``size`` is a piece of its own, the tail after the last line end is the last
-    piece): a parser given one piece at a time has at most a piece's items in hand."""
-    start, length = 0, len(data)
-    while start < length:
-        cut = data.find(b"\n", start + size - 1)
-        end = length if cut < 0 else cut + 1
-        yield data[start:end] if start or end < length else data
-        start = end
 
 
 def _loads(data: bytes | bytearray, default: Any = None) -> Any:

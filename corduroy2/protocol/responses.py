@@ -11,7 +11,7 @@ import orjson
 from .. import errors
 
 __all__ = ["Headers", "NO_HEADERS", "Response", "error_class", "make_error", "decode_json",
-           "check_status"]
+           "check_status", "piece_end", "line_slices"]
 
 
 class Headers(Mapping[str, str]):
@@ -166,3 +166,24 @@ def check_status(
     """Raise the mapped error when ``status`` >= 400."""
     if status >= 400:
         raise make_error(status, headers, body, method=method, url=url)
+
+
+# -- pieces of a line-framed body (a feed's lines, a view's rows) ---------------------------
+
+def piece_end(data: bytes, start: int, size: int) -> int:
+    """Where the piece of ``data`` that begins at ``start`` ends when it is to be about
+    ``size`` bytes: just after the first line end that makes it at least that long (a line
+    longer than ``size`` is a piece of its own), or at the end of ``data``."""
+    cut = data.find(b"\n", start + size - 1)
+    return len(data) if cut < 0 else cut + 1
+
+
+def line_slices(data: bytes, size: int) -> Iterator[bytes]:
+    """``data`` cut into pieces of about ``size`` bytes (:func:`piece_end`); the tail after
+    the last line end is the last piece. A parser given one piece at a time has at most a
+    piece's items in hand."""
+    start, length = 0, len(data)
+    while start < length:
+        end = piece_end(data, start, size)
+        yield data[start:end] if start or end < length else data
+        start = end

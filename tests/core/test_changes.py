@@ -12,9 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from corduroy2 import errors
-from corduroy2.protocol.changes import (
-    NEED_DATA, Change, ChangesStream, FeedEnd, Heartbeat, line_slices,
-)
+from corduroy2.protocol.changes import NEED_DATA, Change, ChangesStream, FeedEnd, Heartbeat
 
 HB = Heartbeat()
 CLOSED = FeedEnd(None, None)  # the server closed the feed without a last_seq line
@@ -399,17 +397,3 @@ def test_random_changes_random_splits(items: list[Any], last: Any, layout: str, 
         body = continuous(items, eol)
     cuts = [c % (len(body) + 1) for c in cuts]
     assert feed(splits(body, cuts), feed=kind, batch=batch, quick=quick) == want(items)
-
-
-@pytest.mark.parametrize("size", [1, 2, 5, 7, 64])
-def test_line_slices_cut_after_line_ends_and_lose_nothing(size: int) -> None:
-    data = b'{"a":1}\n\n{"bb":22}\nlong line of text\ntail'
-    pieces = list(line_slices(data, size))
-    assert b"".join(pieces) == data
-    assert all(piece.endswith(b"\n") for piece in pieces[:-1])
-    assert all(len(piece) < size + len(b"long line of text\n") for piece in pieces)
-    # a piece is cut at the first line end that makes it at least ``size`` bytes long
-    for piece in pieces[:-1]:
-        assert piece.find(b"\n", size - 1) == len(piece) - 1
-    assert list(line_slices(b"", size)) == []
-    assert list(line_slices(b"no end", size)) == [b"no end"]

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 from corduroy2 import errors
-from corduroy2.protocol.responses import Headers, check_status, decode_json, error_class, make_error
+from corduroy2.protocol.responses import (
+    Headers, check_status, decode_json, error_class, line_slices, make_error,
+)
 
 # -- Headers ------------------------------------------------------------------------------------
 
@@ -289,3 +291,17 @@ def test_an_error_from_a_clusters_node_names_the_url_that_node_answered() -> Non
     answered.node, answered.url = "http://n2", "http://n2/db/x"
     assert make_error(404, answered, b"{}", method="GET", url="http://n1/db/x").url == \
         "http://n2/db/x"
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 7, 64])
+def test_line_slices_cut_after_line_ends_and_lose_nothing(size: int) -> None:
+    data = b'{"a":1}\n\n{"bb":22}\nlong line of text\ntail'
+    pieces = list(line_slices(data, size))
+    assert b"".join(pieces) == data
+    assert all(piece.endswith(b"\n") for piece in pieces[:-1])
+    assert all(len(piece) < size + len(b"long line of text\n") for piece in pieces)
+    # a piece is cut at the first line end that makes it at least ``size`` bytes long
+    for piece in pieces[:-1]:
+        assert piece.find(b"\n", size - 1) == len(piece) - 1
+    assert list(line_slices(b"", size)) == []
+    assert list(line_slices(b"no end", size)) == [b"no end"]
