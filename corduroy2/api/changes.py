@@ -17,7 +17,7 @@ from ..backend import Cancel, StopTransfer, Transfer
 from ..pipeline.exchange import Sender
 from ..protocol.changes import NEED_DATA, ChangesStream, FeedEnd, Heartbeat
 from ..protocol.requests import Request, resume_feed
-from ..protocol.responses import Headers, line_slices
+from ..protocol.responses import Headers
 from .sinks import Finished, RowConsumer, RowSink
 
 __all__ = ["HEARTBEAT_MS", "with_heartbeat", "longpoll_timeout", "feed_limit", "feed_result", "Delivered", "ChangesSink",
@@ -144,37 +144,13 @@ class ChangesSink(RowSink):
         if status < 400:
             self._parser = ChangesStream(self._feed, status, headers)  # type: ignore[assignment]
 
-    #: The most of a chunk parsed at once. A transport may hand over a quarter of a megabyte
-    #: at a time (aiohttp's ``readany``): parsed at once, some 1,700 changes would be alive
-    #: while the consumer takes them one by one, and they would outlive the collector's young
-    #: generation. Parsed in slices cut at line ends, only a slice's changes wait. The size of
-    #: :class:`~corduroy2.api.pacing.Paced`'s slices, so that an iterator's are not cut again.
-    PARSE_AT_MOST = 32 * 1024
-
-    def on_data(self, chunk: bytes) -> None:
-        if len(chunk) <= self.PARSE_AT_MOST:
-            self._receive(chunk)
-            return
-        for piece in line_slices(chunk, self.PARSE_AT_MOST):
-            self._receive(piece)
-            if self._over:
-                return
-
-    def _receive(self, chunk: bytes) -> None:
-        parser = self._parser
-        if self._over or parser is None:
-            super().on_data(chunk)  # ignored, or part of an error reply
-            return
-        try:
-            changes = parser.changes_in(chunk)  # type: ignore[attr-defined]
-            if changes:  # the usual chunk: only changes, and nothing left to parse
-                self._hand_over(changes)
-            else:
-                self._drain(parser)
-        except StopTransfer:
-            raise
-        except Exception as exc:
-            self._fail(exc)
+    def _parse(self, piece: bytes) -> None:
+        parser: Any = self._parser
+        changes = parser.changes_in(piece)
+        if changes:  # the usual piece: only changes, and nothing left to parse
+            self._hand_over(changes)
+        else:
+            self._drain(parser)
 
     def _drain(self, parser: Any) -> None:
         while not self._over:

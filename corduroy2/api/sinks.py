@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from ..backend import StopTransfer, Transfer
 from ..errors import CouchError, DecodeError, ResponseCut
 from ..protocol.requests import Request
-from ..protocol.responses import NO_HEADERS, Headers, make_error
+from ..protocol.responses import NO_HEADERS, Headers, line_slices, make_error
 from ..protocol.rows import NEED_DATA, End, Header, RowStream
 
 __all__ = ["RowConsumer", "RowSink", "Finished"]
@@ -36,8 +36,8 @@ class RowConsumer(Protocol):
 class RowSink:
     """A sink that parses a row-bearing body with :class:`RowStream` as chunks arrive.
 
-    Rows reach the consumer per received chunk, or per ``GATHER`` bytes if it has that
-    attribute (:class:`RowConsumer`). Error replies (>= 400) are collected whole and mapped. A
+    Rows reach the consumer per received chunk (a slice of it at a time when it is over
+    ``PARSE_AT_MOST``), or per ``GATHER`` bytes if it has that attribute (:class:`RowConsumer`). Error replies (>= 400) are collected whole and mapped. A
     failure while parsing (bad JSON, an error member mid-stream, the consumer raising) cancels
     the transfer: the rest of the body is unwanted, and the connection must not be reused
     half-read.
@@ -55,6 +55,13 @@ class RowSink:
     #: reaches an iterator at most a slice per pass (:class:`~corduroy2.api.pacing.Paced`):
     #: parsed rows, which the collector traverses while they wait in the iterator's queue.
     PACED = True
+    #: The most of a chunk parsed at once, cut after a line's end (CouchDB puts each row and
+    #: each change on a line of its own). A transport may hand over a quarter of a megabyte at
+    #: a time (aiohttp's ``readany``): parsed at once, some 2,000 rows would be alive while the
+    #: consumer takes them, and they would outlive the collector's young generation. The size
+    #: of :class:`~corduroy2.api.pacing.Paced`'s slices, so that an iterator's are not cut
+    #: again.
+    PARSE_AT_MOST = 32 * 1024
 
     def __init__(self, request: Request, consumer: RowConsumer,
                  done: Finished) -> None:
@@ -84,13 +91,28 @@ class RowSink:
         try:
             if self._gather:
                 self._receive_gathered(self._parser, chunk)
+            elif len(chunk) <= self.PARSE_AT_MOST:
+                self._parse(chunk)
             else:
-                self._parser.receive_data(chunk)
-                self._drain(self._parser)
+                self._parse_in_slices(chunk)
         except StopTransfer:
             raise
         except Exception as exc:
             self._fail(exc)
+
+    def _parse(self, piece: bytes) -> None:
+        """Parse a piece of the body and hand over what it completes."""
+        assert self._parser is not None
+        self._parser.receive_data(piece)
+        self._drain(self._parser)
+
+    def _parse_in_slices(self, chunk: bytes) -> None:
+        """:meth:`_parse` ``PARSE_AT_MOST`` bytes at a time (cut after a line's end), until
+        the body needs no more (it ended, or failed)."""
+        for piece in line_slices(chunk, self.PARSE_AT_MOST):
+            self._parse(piece)
+            if self._over:
+                return
 
     def _receive_gathered(self, parser: RowStream, chunk: bytes) -> None:
         """Parse about ``GATHER`` bytes at a time, whatever the size of the chunks received."""

@@ -81,6 +81,21 @@ def test_a_big_chunk_is_parsed_gather_bytes_at_a_time() -> None:
     assert max(map(len, gathering.batches)) < 30  # ~1 kB of ~60-byte rows
 
 
+def test_a_chunk_bigger_than_parse_at_most_reaches_a_plain_consumer_in_slices() -> None:
+    # (aiohttp hands over up to 256 KiB at a time: only a slice's rows are alive at once)
+    rows = [{"id": f"doc-{i:05d}", "key": ["k", i], "value": {"n": i}} for i in range(3000)]
+    body = (b'{"total_rows":3000,"offset":0,"rows":[\r\n' + b",\r\n".join(map(orjson.dumps, rows))
+            + b"\r\n]}\n")
+    assert len(body) > 4 * RowSink.PARSE_AT_MOST
+    consumer = Recorder(gather=None)
+    value, error = feed(consumer, [body])
+    assert error is None and value == {"total_rows": 3000, "offset": 0}
+    assert [row for batch in consumer.batches for row in batch] == rows
+    shortest = min(len(orjson.dumps(row)) for row in rows) + 3  # with ",\r\n"
+    assert len(consumer.batches) >= len(body) // RowSink.PARSE_AT_MOST
+    assert max(map(len, consumer.batches)) <= RowSink.PARSE_AT_MOST // shortest + 1
+
+
 @pytest.mark.parametrize("size", [1, 7, 100, len(BODY)])
 def test_every_split_gives_the_same_rows_gathered(size: int) -> None:
     consumer = Recorder(gather=256)
