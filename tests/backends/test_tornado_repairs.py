@@ -414,8 +414,9 @@ def test_a_long_idle_timeout_on_a_plain_curl_request_is_left_to_libcurl() -> Non
     pycurl = pytest.importorskip("pycurl")
     from corduroy2.api.couch import IDLE_TIMEOUT
     from corduroy2.backend import SilenceWatch
+    from corduroy2.protocol.bodies import BodySource
     from corduroy2.protocol.requests import Request
-    from corduroy2.tornado_io.backend import CURL_IDLE_MIN, _Transfer
+    from corduroy2.tornado_io.backend import CURL_IDLE_MIN, _Fetch, _Transfer, _transfer_for
 
     class Easy:
         def __init__(self) -> None:
@@ -432,8 +433,9 @@ def test_a_long_idle_timeout_on_a_plain_curl_request_is_left_to_libcurl() -> Non
         timers.append(delay)
 
     silences = SilenceWatch(call_later)
-    transfer = _Transfer(plain, sink=None, idle=IDLE_TIMEOUT, silences=silences,  # type: ignore[arg-type]
-                         curl=True)
+    transfer = _transfer_for(plain, sink=None, idle=IDLE_TIMEOUT, silences=silences,  # type: ignore[arg-type]
+                             curl=True)
+    assert isinstance(transfer, _Fetch)
     callbacks = transfer.callbacks(curl_client=object())
     assert set(callbacks) == {"prepare_curl_callback"}
     easy = Easy()
@@ -445,13 +447,22 @@ def test_a_long_idle_timeout_on_a_plain_curl_request_is_left_to_libcurl() -> Non
     for request, idle, curl in [(plain, 5.0, True), (plain, IDLE_TIMEOUT, False),
                                 (Request("GET", "http://h/db/_changes", stream=True),
                                  IDLE_TIMEOUT, True)]:
-        watched = _Transfer(request, sink=None, idle=idle, silences=silences,  # type: ignore[arg-type]
-                            curl=curl)
+        watched = _transfer_for(request, sink=None, idle=idle, silences=silences,  # type: ignore[arg-type]
+                                curl=curl)
+        assert isinstance(watched, _Transfer)
         callbacks = watched.callbacks(object() if curl else None)
         # progress is seen piece by piece (a streamed body on curl: through its WRITEFUNCTION)
         assert watched.idle_timeout == idle
         assert "streaming_callback" in callbacks or (curl and request.stream)
     assert timers  # watched on the loop
+    # No idle timeout: nothing to watch, on either client; an upload is never a plain fetch.
+    for curl in (True, False):
+        unwatched = _transfer_for(plain, sink=None, idle=None, silences=silences,  # type: ignore[arg-type]
+                                  curl=curl)
+        assert isinstance(unwatched, _Fetch) and unwatched.callbacks(None) == {}
+    upload = Request("PUT", "http://h/db/doc/att", body=BodySource(iter([b"x"]), length=1))
+    assert isinstance(_transfer_for(upload, sink=None, idle=None, silences=silences,  # type: ignore[arg-type]
+                                    curl=True), _Transfer)
 
 
 def test_aiohttp_retry_switch_is_as_assumed() -> None:
