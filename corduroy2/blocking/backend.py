@@ -49,7 +49,7 @@ from ..protocol.bodies import BodySource
 from ..protocol.requests import Request, check_headers
 from ..protocol.responses import Headers
 from ..protocol.urls import Address, address_and_target
-from ._repairs import HeadCut, Response, StreamResponse, put_header_lines
+from ._repairs import HeadCut, Response, StreamResponse, TimedReader, put_header_lines
 
 __all__ = ["BlockingBackend"]
 
@@ -312,13 +312,19 @@ class _Connection:
     cooperative library makes (under gevent the descriptor stays non-blocking).
     """
 
-    __slots__ = ("http", "_socket", "_kernel", "_bound")
+    __slots__ = ("http", "_socket", "_kernel", "_bound", "_reader", "plain_response",
+                 "stream_response")
 
     def __init__(self, conn: http.client.HTTPConnection) -> None:
         self.http = conn
         sock = conn.sock
         assert sock is not None
         self._socket = sock  # http.client lets go of it when a reply ends the connection
+        # Each response reads the socket through this reader, made by one of these:
+        # http.client's getresponse() calls its response_class with the socket.
+        self._reader = TimedReader(sock)
+        self.plain_response = functools.partial(Response, reader=self._reader)
+        self.stream_response = functools.partial(StreamResponse, reader=self._reader)
         self._kernel = False
         if _KERNEL_TIMEOUTS and not isinstance(sock, ssl.SSLSocket):
             sock.settimeout(None)  # blocking, unless a cooperative library keeps it not
@@ -342,6 +348,7 @@ class _Connection:
 
     def close(self) -> None:
         self.http.close()
+        self._reader.release()
 
     def wake(self) -> None:
         """End the connection under a read waiting on it in another thread: the read returns
@@ -430,7 +437,9 @@ def _read_head(conn: _Connection, reused: bool, request: Request,
     try:
         if budget.deadline is not None:  # else the socket's timeout stays as it is
             budget.apply(conn)
-        conn.http.response_class = StreamResponse if request.stream else Response
+        # (Any callable will do: getresponse() calls it with the socket.)
+        conn.http.response_class = (
+            conn.stream_response if request.stream else conn.plain_response)  # type: ignore[assignment]
         return conn.http.getresponse()
     except _NATIVE as exc:
         raise _mapped(_WAITING, exc, request, budget, reused) from exc

@@ -9,6 +9,7 @@ again (it may have become unnecessary, or need another way in).
 
 from __future__ import annotations
 
+import functools
 import http.client
 import io
 import socket
@@ -85,7 +86,8 @@ def chunked_reply() -> Iterator[socket.socket]:
         server.close()
 
 
-def _first_read(response_class: type[http.client.HTTPResponse], sock: socket.socket) -> int:
+def _first_read(response_class: Callable[..., http.client.HTTPResponse],
+                sock: socket.socket) -> int:
     response = response_class(sock, method="GET")
     response.begin()
     first = len(response.read1(256 * 1024))
@@ -95,7 +97,7 @@ def _first_read(response_class: type[http.client.HTTPResponse], sock: socket.soc
 
 
 def test_blocking_stream_response_reads_a_big_chunk_at_once(chunked_reply: socket.socket) -> None:
-    assert _first_read(_repairs.StreamResponse, chunked_reply) == CHUNK
+    assert _first_read(_responses(_repairs.StreamResponse, chunked_reply), chunked_reply) == CHUNK
 
 
 def test_blocking_plain_response_still_splits_a_big_chunk(chunked_reply: socket.socket) -> None:
@@ -104,10 +106,18 @@ def test_blocking_plain_response_still_splits_a_big_chunk(chunked_reply: socket.
     assert _first_read(http.client.HTTPResponse, chunked_reply) <= 8192
 
 
-def test_blocking_response_reader_is_made_by_sock_makefile() -> None:
+def _responses(response_class: type[_repairs.Response],
+               sock: socket.socket) -> Callable[..., http.client.HTTPResponse]:
+    """What the backend sets as a connection's ``response_class``."""
+    return functools.partial(response_class, reader=_repairs.TimedReader(sock))
+
+
+def test_blocking_responses_read_through_their_connection_reader() -> None:
     """``HTTPResponse.__init__`` still makes ``fp`` with ``sock.makefile("rb")`` and nothing
-    else of the socket: the repair hands it a stand-in whose ``makefile`` makes ours (which
-    holds the socket's own unbuffered reader open, so that it keeps the descriptor)."""
+    else of the socket: the repair hands it a stand-in whose ``makefile`` makes a buffered
+    reader over the connection's TimedReader. A response's end leaves that reader, and the
+    socket, open for the next response; ``release()`` closes the reader, and the socket's own
+    reader that it holds (which keeps the descriptor)."""
     calls: list[tuple[object, ...]] = []
     client, server = socket.socketpair()
     try:
@@ -118,16 +128,38 @@ def test_blocking_response_reader_is_made_by_sock_makefile() -> None:
                 calls.append((args, kwargs))
                 return client.makefile(*args, **kwargs)  # type: ignore[call-overload]
 
+        reader = _repairs.TimedReader(Sock())  # type: ignore[arg-type]
+        assert calls == [(("rb",), {"buffering": 0})]  # its hold on the descriptor
         for response_class, size in ((_repairs.Response, io.DEFAULT_BUFFER_SIZE),
                                      (_repairs.StreamResponse, _repairs.STREAM_BUFFER)):
-            calls.clear()
-            response = response_class(Sock(), method="GET")  # type: ignore[arg-type]
-            assert calls == [(("rb",), {"buffering": 0})]
+            response = response_class(Sock(), method="GET", reader=reader)  # type: ignore[arg-type]
             assert isinstance(response.fp, io.BufferedReader)
-            assert isinstance(response.fp.raw, _repairs.TimedReader)
+            assert response.fp.raw is reader
             response.close()
+            assert not reader.closed
+        assert len(calls) == 1  # the responses made no reader of the socket's
         server.sendall(b"x")
-        assert client.recv(1) == b"x"  # closing the response left the socket open
+        assert client.recv(1) == b"x"  # closing the responses left the socket open
+        reader.release()
+        assert reader.closed
+    finally:
+        client.close()
+        server.close()
+
+
+def test_blocking_connection_reads_two_responses_through_one_reader() -> None:
+    """Keep-alive: the second response of a connection reads on where the first ended."""
+    client, server = socket.socketpair()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", 5984)
+        conn.sock = client
+        conn.response_class = _responses(_repairs.Response, client)  # type: ignore[assignment]
+        for body in (b"one", b"second"):
+            conn.putrequest("GET", "/")
+            conn.endheaders()
+            server.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            response = conn.getresponse()
+            assert response.read() == body
     finally:
         client.close()
         server.close()
@@ -148,7 +180,7 @@ def silent() -> Iterator[socket.socket]:
 
 def test_blocking_response_times_out_on_the_kernel_receive_timeout(
         silent: socket.socket) -> None:
-    response = _repairs.Response(silent, method="GET")
+    response = _repairs.Response(silent, reader=_repairs.TimedReader(silent), method="GET")
     with pytest.raises(TimeoutError):
         response.begin()
 
@@ -173,7 +205,7 @@ def test_blocking_response_outlives_the_connection_it_ends() -> None:
         conn.sock = client
         conn.putrequest("GET", "/")
         conn.endheaders()
-        conn.response_class = _repairs.Response
+        conn.response_class = _responses(_repairs.Response, client)  # type: ignore[assignment]
         response = conn.getresponse()
         assert conn.sock is None  # closed, the reply handed to the response
         server.sendall(b"hello")
@@ -189,7 +221,7 @@ def test_blocking_getresponse_builds_the_response_class(chunked_reply: socket.so
     conn.sock = chunked_reply
     conn.putrequest("GET", "/")
     conn.endheaders()
-    conn.response_class = _repairs.StreamResponse
+    conn.response_class = _responses(_repairs.StreamResponse, chunked_reply)  # type: ignore[assignment]
     response = conn.getresponse()
     assert type(response) is _repairs.StreamResponse
     assert len(response.read()) == CHUNK
@@ -213,7 +245,7 @@ def cut_head() -> Iterator[socket.socket]:
 
 
 def test_blocking_response_refuses_a_head_cut_short(cut_head: socket.socket) -> None:
-    response = _repairs.Response(cut_head, method="PUT")
+    response = _repairs.Response(cut_head, reader=_repairs.TimedReader(cut_head), method="PUT")
     with pytest.raises(_repairs.HeadCut):
         response.begin()
 
@@ -232,7 +264,7 @@ def test_blocking_response_takes_a_whole_head_before_the_end(cut_head: socket.so
     server.sendall(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
     server.close()
     try:
-        response = _repairs.Response(client, method="DELETE")
+        response = _repairs.Response(client, reader=_repairs.TimedReader(client), method="DELETE")
         response.begin()
         assert response.status == 204 and response.read() == b""
     finally:
