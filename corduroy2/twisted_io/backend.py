@@ -15,10 +15,9 @@ Only Twisted's public API is used here; the few repairs it needs are in ``_repai
 from __future__ import annotations
 
 import inspect
-import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.internet import defer, error as ierror
@@ -228,19 +227,8 @@ class _Transfer(Protocol):
         if self.finished:
             response.deliverBody(_Discard())
             return
-        # Decoded on first use only (the response's headers do not change any more).
-        fields: Any = (
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, values in response.headers.getAllRawHeaders()
-            for value in values
-        )
-        if response.length is not UNKNOWN_LENGTH and response.code not in (204, 304) and \
-                not response.headers.hasHeader(b"content-length"):
-            # Twisted keeps Content-Length out of the headers (as response.length; a HEAD's
-            # stays): put it back, as the other backends report it (an attachment's length).
-            fields = itertools.chain(fields, (("Content-Length", str(response.length)),))
         self._heard()
-        self.sink.on_start(response.code, Headers(fields))
+        self.sink.on_start(response.code, Headers(_fields(response)))
         response.deliverBody(self)
         if self.paused and self.transport is not None:
             self.transport.pauseProducing()
@@ -484,6 +472,20 @@ class TwistedBackend(DeferredBackend):
         return pool.closeCachedConnections()
 
 
+
+
+def _fields(response: IResponse) -> Iterator[tuple[str, str]]:
+    """A response's header fields, decoded: read on first use only (most responses' never
+    are), when the response's headers do not change any more."""
+    headers = response.headers
+    for name, values in headers.getAllRawHeaders():
+        for value in values:
+            yield name.decode("latin-1"), value.decode("latin-1")
+    if response.length is not UNKNOWN_LENGTH and response.code not in (204, 304) and \
+            not headers.hasHeader(b"content-length"):
+        # Twisted keeps Content-Length out of the headers (as response.length; a HEAD's
+        # stays): put it back, as the other backends report it (an attachment's length).
+        yield "Content-Length", str(response.length)
 
 
 def refusal(exc: Exception, request: Request) -> CouchError:
