@@ -25,6 +25,7 @@ the rate ratio it implies is raw's count over corduroy2's.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -171,11 +172,12 @@ def measure(backend: str, mode: str, url: str, changes: int) -> dict[str, Any]:
             from urllib.parse import urlsplit
             parts = urlsplit(url)
             conn = http.client.HTTPConnection(parts.hostname, parts.port)
+            conn.request("GET", PATH)
             # The read buffer corduroy2's blocking backend gives streams (64 KiB, not 8 KiB):
             # the same transport, set up the same way.
-            from corduroy2.blocking._repairs import StreamResponse
-            conn.response_class = StreamResponse
-            conn.request("GET", PATH)
+            from corduroy2.blocking._repairs import StreamResponse, TimedReader
+            conn.response_class = functools.partial(  # type: ignore[assignment]
+                StreamResponse, reader=TimedReader(conn.sock))
             response = conn.getresponse()
             while chunk := response.read1(256 * 1024):
                 lines(chunk)
