@@ -93,23 +93,25 @@ async def test_twisted_cancel_aborts_connection(h: Harness, fault: WatchedFaultS
 
 
 # A cancelled request must leave nothing behind that asyncio would log when its abandoned
-# fetch ends later: a reply goes nowhere (_Transfer.fetched returns once cancelled), and a
-# failure must not surface as "Future exception was never retrieved".
+# fetch ends later: a reply goes nowhere (_Fetch.fetched and _Transfer.fetched return once
+# cancelled), and a failure must not surface as "Future exception was never retrieved".
 
 
 @pytest.mark.parametrize("backend", TORNADO)
 @pytest.mark.parametrize("how", ["cancel", "wait_for"])
 @pytest.mark.parametrize("then", ["replies", "drops"])
+@pytest.mark.parametrize("idle", ["default", None])
 async def test_tornado_cancel_buffered(request: pytest.FixtureRequest, h: Harness,
                                        fault: WatchedFaultServer,
                                        caplog: pytest.LogCaptureFixture, how: str,
-                                       then: str) -> None:
+                                       then: str, idle: str | None) -> None:
     """Cancelling the Future: no exception logged, nothing delivered (whatever arrives later
-    for it, a reply or a failure, goes nowhere), and later calls work."""
+    for it, a reply or a failure, goes nowhere), and later calls work. With or without an idle
+    timeout (without one, the simple client's plain request is a _Fetch too)."""
     late = (Reply.json(VALUE, stall_before_headers=0.5) if then == "replies"
             else Reply(drop=True, stall_before_headers=0.5))
     fault.add("GET", "/", [late, Reply.json(VALUE)])
-    couch = h.couch()
+    couch = h.couch() if idle == "default" else h.couch(idle_timeout=None)
     future = couch.info()
     if how == "cancel":
         await _until(lambda: fault.requests)
@@ -124,6 +126,20 @@ async def test_tornado_cancel_buffered(request: pytest.FixtureRequest, h: Harnes
     gc.collect()
     await asyncio.sleep(0)
     assert _problems(caplog) == []
+
+
+@pytest.mark.parametrize("backend", ["tornado-simple"])
+async def test_tornado_simple_cancel_plain_aborts(h: Harness, fault: WatchedFaultServer) -> None:
+    """On the simple client a cancelled plain request is aborted too (its _Fetch's ``abort``,
+    set by the client's repair): the server sees the connection close, long before its
+    stalled reply would have come."""
+    fault.add("GET", "/", [Reply.json(VALUE, stall_before_headers=5.0), Reply.json(VALUE)])
+    couch = h.couch(idle_timeout=None)
+    future = couch.info()
+    await _until(lambda: fault.requests)
+    assert future.cancel()
+    assert await fault.hung_up(fault.requests[0].connection, timeout=2.0)
+    assert await h.run(couch.info) == VALUE
 
 
 @pytest.mark.parametrize("backend", TORNADO)
