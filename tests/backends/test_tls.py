@@ -143,6 +143,10 @@ async def test_ca_file_trusted(t: TLSHarness, pki: PKI,
                                caplog: pytest.LogCaptureFixture) -> None:
     await _everything(t, t.couch(ca_file=pki.ca_file))
     assert len(t.server.requests) == 4
+    # One kept-alive TLS connection carries them all, plain and streamed replies in turn (the
+    # simple client opens one per request).
+    connections = len({r.connection for r in t.server.requests})
+    assert connections == (4 if t.backend == "tornado-simple" else 1)
     assert _warnings(caplog) == []
 
 
