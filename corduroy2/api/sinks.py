@@ -37,9 +37,10 @@ class RowSink:
     """A sink that parses a row-bearing body with :class:`RowStream` as chunks arrive.
 
     Rows reach the consumer per received chunk (a slice of it at a time when it is over
-    ``PARSE_AT_MOST``), or per ``GATHER`` bytes if it has that attribute (:class:`RowConsumer`). Error replies (>= 400) are collected whole and mapped. A
-    failure while parsing (bad JSON, an error member mid-stream, the consumer raising) cancels
-    the transfer: the rest of the body is unwanted, and the connection must not be reused
+    ``PARSE_AT_MOST``), or per ``GATHER`` bytes if it has that attribute
+    (:class:`RowConsumer`). Error replies (>= 400) are collected whole and mapped. A failure
+    while parsing (bad JSON, an error member mid-stream, the consumer raising) cancels the
+    transfer: the rest of the body is unwanted, and the connection must not be reused
     half-read.
     """
 
